@@ -1,0 +1,83 @@
+"""Exception classes. Every message says what was wrong and what to do about it.
+
+They live in one small module (imported by every layer) so that a notebook can catch
+``kvmlab.KvmlabError`` for anything kvmlab raises on purpose.
+"""
+
+from __future__ import annotations
+
+
+class KvmlabError(Exception):
+    """Base class of every error kvmlab raises on purpose."""
+
+
+class ConfigError(KvmlabError, ValueError):
+    """A machine, memory or program parameter is out of range."""
+
+
+class GuestMemoryError(KvmlabError, ValueError):
+    """A guest physical address range is not (entirely) RAM."""
+
+
+class DeviceOverlapError(KvmlabError, ValueError):
+    """A device window overlaps RAM or another device."""
+
+
+class AssemblyError(KvmlabError, ValueError):
+    """The assembler rejected a program; ``line`` is 1-based in the program's own text."""
+
+    def __init__(self, message: str, *, line: int | None = None, text: str | None = None, program: str | None = None):
+        where = f"{program}: " if program else ""
+        at = f"line {line}: " if line is not None else ""
+        quoted = f"\n    {text.strip()}" if text else ""
+        super().__init__(f"{where}{at}{message}{quoted}")
+        self.line = line
+        self.text = text
+        self.program = program
+
+
+class KickUnavailableError(KvmlabError, RuntimeError):
+    """The vCPU kick signal handler cannot be installed (not on the main thread)."""
+
+
+class VcpuError(KvmlabError):
+    """Base of errors about a vCPU (mirrors the seed's ``VcpuError``)."""
+
+
+class FaultyKvmExit(VcpuError):
+    """KVM reported an exit that means the vCPU cannot go on (the seed's ``FaultyKvmExit``)."""
+
+
+class UnhandledKvmExit(VcpuError):
+    """An exit reason this VMM does not handle (the seed's ``UnhandledKvmExit``)."""
+
+    def __str__(self) -> str:
+        return f"Unexpected kvm exit received: {self.args[0]}"
+
+
+class VcpuResponseError(VcpuError):
+    """Saving state or dumping the CPU configuration failed on the vCPU thread."""
+
+
+class VcpuFinishedError(VcpuError):
+    """An event was sent to a vCPU whose thread has finished; nothing can answer it."""
+
+
+class VcpuTimeoutError(VcpuError, TimeoutError):
+    """A vCPU did not answer in time. The kernel never hangs: the wait gave up instead."""
+
+
+class VcpuNotAllowedError(VcpuError):
+    """The vCPU answered NotAllowed (e.g. save state while running)."""
+
+
+class VcpuExitedError(VcpuError):
+    """The vCPU has exited (halted, shut down or failed) and can no longer do what was asked."""
+
+
+class MachineStateError(KvmlabError, RuntimeError):
+    """The machine is not in a state that allows the call (closed, not loaded, already started)."""
+
+
+class MachineTimeoutError(KvmlabError, TimeoutError):
+    """``Machine.wait`` ran out of time; the machine is still running."""

@@ -1,0 +1,26 @@
+"""Thin ctypes bindings for the KVM API: structs in ``structs``, numbers in ``constants``,
+and one method per ioctl on ``Kvm`` (system), ``VmFd`` and ``VcpuFd``. No threads, no policy."""
+
+from .constants import Cap, ExitReason, InternalErrorSuberror, MpState, SystemEvent
+from .stats import KvmStats, StatDescriptor
+from .syscall import KvmIoctlError
+from .system import DEFAULT_KVM_PATH, Kvm, KvmUnavailableError, kvm_unavailable_reason
+from .vcpu import VcpuFd
+from .vm import VmFd
+
+__all__ = [
+    "Cap",
+    "DEFAULT_KVM_PATH",
+    "ExitReason",
+    "InternalErrorSuberror",
+    "Kvm",
+    "KvmIoctlError",
+    "KvmStats",
+    "KvmUnavailableError",
+    "MpState",
+    "StatDescriptor",
+    "SystemEvent",
+    "VcpuFd",
+    "VmFd",
+    "kvm_unavailable_reason",
+]

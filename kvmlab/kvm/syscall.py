@@ -1,0 +1,39 @@
+"""The one place kvmlab calls ``ioctl(2)``: libc through ctypes, with errno preserved.
+
+Why ctypes and not ``fcntl.ioctl``: a ctypes foreign call releases the GIL for the whole
+``KVM_RUN`` (so several vCPU threads run at once) and returns -1/EINTR when a kick signal
+interrupts it. From Python 3.14 ``fcntl.ioctl`` retries on EINTR, which off the main thread
+spins instead of delivering the kick (DESIGN.md, measured).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+#: ``int ioctl(int fd, unsigned long request, void *arg)``; ints and ``byref`` both pass as arg.
+libc_ioctl = _libc.ioctl
+libc_ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p]
+libc_ioctl.restype = ctypes.c_int
+
+get_errno = ctypes.get_errno
+
+
+class KvmIoctlError(OSError):
+    """An ioctl on a KVM file descriptor failed; carries errno and the ioctl's name."""
+
+    def __init__(self, err: int, ioctl_name: str, what: str = ""):
+        detail = f" ({what})" if what else ""
+        super().__init__(err, f"{ioctl_name} failed: {os.strerror(err)} [{errno.errorcode.get(err, err)}]{detail}")
+        self.ioctl_name = ioctl_name
+
+
+def ioctl(fd: int, request: int, arg=None, *, name: str) -> int:
+    """Calls ioctl and raises ``KvmIoctlError`` on -1; returns the non-negative result."""
+    result = libc_ioctl(fd, request, arg)
+    if result < 0:
+        raise KvmIoctlError(get_errno(), name)
+    return result

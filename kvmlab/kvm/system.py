@@ -1,0 +1,124 @@
+"""``Kvm``: the ``/dev/kvm`` system file descriptor and its ioctls."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+
+from . import constants as c
+from . import structs as s
+from .syscall import KvmIoctlError, ioctl
+
+DEFAULT_KVM_PATH = "/dev/kvm"
+
+
+class KvmUnavailableError(RuntimeError):
+    """``/dev/kvm`` cannot be used here; the message says why and what to do."""
+
+
+def kvm_unavailable_reason(path: str = DEFAULT_KVM_PATH) -> str | None:
+    """Why KVM cannot be opened here, or None when it can. Used by ``kvmlab info`` and the engines."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except OSError as err:
+        return _explain_open_error(path, err)
+    os.close(fd)
+    return None
+
+
+def _explain_open_error(path: str, err: OSError) -> str:
+    if err.errno == errno.ENOENT:
+        return (
+            f"{path} does not exist: this machine has no KVM (no virtualization extensions, "
+            "the kvm module is not loaded, or this is a container without the device). "
+            "Load kvm_intel/kvm_amd, pass the device into the container, or use engine='emulated'."
+        )
+    if err.errno in (errno.EACCES, errno.EPERM):
+        return (
+            f"{path} exists but is not permitted for this user ({os.strerror(err.errno)}). "
+            "Add the user to the 'kvm' group (sudo usermod -aG kvm $USER, then log in again) "
+            "or run as root."
+        )
+    return f"{path} could not be opened: {os.strerror(err.errno)}"
+
+
+class Kvm:
+    """The KVM system handle. One thin method per system ioctl; no policy."""
+
+    def __init__(self, path: str = DEFAULT_KVM_PATH):
+        try:
+            self.fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        except OSError as err:
+            raise KvmUnavailableError(_explain_open_error(path, err)) from err
+        try:
+            version = self.get_api_version()
+        except BaseException:
+            self.close()
+            raise
+        if version != c.KVM_API_VERSION:
+            self.close()
+            raise KvmUnavailableError(f"{path} speaks KVM API version {version}; kvmlab needs {c.KVM_API_VERSION}")
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> "Kvm":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        self.close()
+
+    # --- ioctls ---------------------------------------------------------------------------
+
+    def get_api_version(self) -> int:
+        return ioctl(self.fd, c.KVM_GET_API_VERSION, 0, name="KVM_GET_API_VERSION")
+
+    def check_extension(self, cap: int) -> int:
+        """0 when the capability is absent, else its (often informative) value."""
+        return ioctl(self.fd, c.KVM_CHECK_EXTENSION, int(cap), name="KVM_CHECK_EXTENSION")
+
+    def get_vcpu_mmap_size(self) -> int:
+        return ioctl(self.fd, c.KVM_GET_VCPU_MMAP_SIZE, 0, name="KVM_GET_VCPU_MMAP_SIZE")
+
+    def create_vm(self) -> int:
+        """Returns the raw VM fd; ``VmFd`` owns it."""
+        return ioctl(self.fd, c.KVM_CREATE_VM, 0, name="KVM_CREATE_VM")
+
+    def get_supported_cpuid(self, capacity: int = c.KVM_MAX_CPUID_ENTRIES) -> list[s.kvm_cpuid_entry2]:
+        cpuid = s.cpuid2_with(capacity)
+        ioctl(self.fd, c.KVM_GET_SUPPORTED_CPUID, ctypes.byref(cpuid), name="KVM_GET_SUPPORTED_CPUID")
+        return [s.copy_struct(e) for e in cpuid.entries[: cpuid.nent]]
+
+    def get_msr_index_list(self) -> list[int]:
+        return self._msr_list(c.KVM_GET_MSR_INDEX_LIST, "KVM_GET_MSR_INDEX_LIST")
+
+    def get_msr_feature_index_list(self) -> list[int]:
+        return self._msr_list(c.KVM_GET_MSR_FEATURE_INDEX_LIST, "KVM_GET_MSR_FEATURE_INDEX_LIST")
+
+    def _msr_list(self, request: int, name: str) -> list[int]:
+        # The kernel answers E2BIG with the count it needs; ask twice rather than guess a size.
+        probe = s.msr_list_with(0)
+        try:
+            ioctl(self.fd, request, ctypes.byref(probe), name=name)
+            return []
+        except KvmIoctlError as err:
+            if err.errno != errno.E2BIG:
+                raise
+        full = s.msr_list_with(probe.nmsrs)
+        ioctl(self.fd, request, ctypes.byref(full), name=name)
+        return list(full.indices[: full.nmsrs])
+
+    # --- derived facts --------------------------------------------------------------------
+
+    def max_vcpus(self) -> int:
+        """KVM's limit on vCPUs per VM (``KVM_CAP_MAX_VCPUS``, else ``NR_VCPUS``, else 4 as the API says)."""
+        return self.check_extension(c.Cap.MAX_VCPUS) or self.check_extension(c.Cap.NR_VCPUS) or 4
+
+    def recommended_vcpus(self) -> int:
+        return self.check_extension(c.Cap.NR_VCPUS) or 4

@@ -1,0 +1,62 @@
+"""``VmFd``: a KVM virtual machine file descriptor and its ioctls."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+from . import constants as c
+from . import structs as s
+from .syscall import ioctl
+
+
+class VmFd:
+    """One thin method per VM ioctl; owns the fd. Memory and vCPUs are managed a layer up."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __del__(self):
+        self.close()
+
+    def check_extension(self, cap: int) -> int:
+        """Per-VM capability check (some answers, like ``XSAVE2``'s size, are per VM)."""
+        return ioctl(self.fd, c.KVM_CHECK_EXTENSION, int(cap), name="KVM_CHECK_EXTENSION")
+
+    def set_user_memory_region(self, slot: int, guest_phys_addr: int, memory_size: int, userspace_addr: int, flags: int = 0) -> None:
+        region = s.kvm_userspace_memory_region(
+            slot=slot,
+            flags=flags,
+            guest_phys_addr=guest_phys_addr,
+            memory_size=memory_size,
+            userspace_addr=userspace_addr,
+        )
+        ioctl(self.fd, c.KVM_SET_USER_MEMORY_REGION, ctypes.byref(region), name="KVM_SET_USER_MEMORY_REGION")
+
+    def create_vcpu(self, vcpu_id: int) -> int:
+        """Returns the raw vCPU fd; ``VcpuFd`` owns it."""
+        return ioctl(self.fd, c.KVM_CREATE_VCPU, vcpu_id, name="KVM_CREATE_VCPU")
+
+    def set_tss_addr(self, address: int) -> None:
+        """Three pages KVM needs on Intel to run real mode; must lie outside RAM and devices."""
+        ioctl(self.fd, c.KVM_SET_TSS_ADDR, address, name="KVM_SET_TSS_ADDR")
+
+    def set_identity_map_addr(self, address: int) -> None:
+        value = ctypes.c_uint64(address)
+        ioctl(self.fd, c.KVM_SET_IDENTITY_MAP_ADDR, ctypes.byref(value), name="KVM_SET_IDENTITY_MAP_ADDR")
+
+    def create_irqchip(self) -> None:
+        ioctl(self.fd, c.KVM_CREATE_IRQCHIP, 0, name="KVM_CREATE_IRQCHIP")
+
+    def create_pit2(self, flags: int = 0) -> None:
+        config = s.kvm_pit_config(flags=flags)
+        ioctl(self.fd, c.KVM_CREATE_PIT2, ctypes.byref(config), name="KVM_CREATE_PIT2")
+
+    def register_coalesced_mmio(self, address: int, size: int, pio: bool = False) -> None:
+        zone = s.kvm_coalesced_mmio_zone(addr=address, size=size, pio=int(pio))
+        ioctl(self.fd, c.KVM_REGISTER_COALESCED_MMIO, ctypes.byref(zone), name="KVM_REGISTER_COALESCED_MMIO")

@@ -1,0 +1,56 @@
+"""Shared fixtures. KVM tests skip where /dev/kvm is unusable, unless KVMLAB_REQUIRE_KVM=1
+(CI sets it where /dev/kvm exists), in which case they fail: a KVM test never silently skips
+on a machine that has KVM."""
+
+from __future__ import annotations
+
+import gc
+import os
+import threading
+
+import pytest
+
+from kvmlab.kvm import kvm_unavailable_reason
+
+KVM_REASON = kvm_unavailable_reason()
+REQUIRE_KVM = os.environ.get("KVMLAB_REQUIRE_KVM") == "1"
+#: kvm_pvm (nested, paravirtualized KVM) reports some faults differently from hardware KVM.
+KVM_PVM = os.path.exists("/sys/module/kvm_pvm")
+
+
+def pytest_runtest_setup(item):
+    if "kvm" in item.keywords and KVM_REASON is not None:
+        if REQUIRE_KVM:
+            pytest.fail(f"KVMLAB_REQUIRE_KVM=1 but KVM is unusable here: {KVM_REASON}", pytrace=False)
+        pytest.skip(f"no usable KVM: {KVM_REASON}")
+
+
+@pytest.fixture
+def machines():
+    """Makes Machines and closes every one of them after the test, whatever happened."""
+    from kvmlab import Machine
+
+    made = []
+
+    def make(*args, **kwargs):
+        machine = Machine(*args, **kwargs)
+        made.append(machine)
+        return machine
+
+    yield make
+    for machine in made:
+        machine.close()
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_threads():
+    """Every test must join what it started: no kvmlab thread may outlive it."""
+    yield
+    gc.collect()
+    leftovers = [t.name for t in threading.enumerate() if t.name.startswith("kvmlab") and t.is_alive()]
+    for _ in range(40):
+        if not leftovers:
+            break
+        threading.Event().wait(0.05)
+        leftovers = [t.name for t in threading.enumerate() if t.name.startswith("kvmlab") and t.is_alive()]
+    assert not leftovers, f"threads left running: {leftovers}"
