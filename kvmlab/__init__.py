@@ -1,0 +1,44 @@
+"""kvmlab: run real KVM virtual CPUs from a notebook and see what a VMM does.
+
+The public names notebooks use: ``Machine``, ``programs``, the error classes.
+"""
+
+from .errors import (
+    AssemblyError,
+    ConfigError,
+    DeviceOverlapError,
+    GuestMemoryError,
+    KvmlabError,
+    MachineStateError,
+    MachineTimeoutError,
+    VcpuError,
+    VcpuExitedError,
+    VcpuFinishedError,
+    VcpuNotAllowedError,
+    VcpuTimeoutError,
+)
+from .guest import programs
+from .kvm import KvmUnavailableError
+from .machine import Machine
+from .vmm import MachineExit
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AssemblyError",
+    "ConfigError",
+    "DeviceOverlapError",
+    "GuestMemoryError",
+    "KvmUnavailableError",
+    "KvmlabError",
+    "Machine",
+    "MachineExit",
+    "MachineStateError",
+    "MachineTimeoutError",
+    "VcpuError",
+    "VcpuExitedError",
+    "VcpuFinishedError",
+    "VcpuNotAllowedError",
+    "VcpuTimeoutError",
+    "programs",
+]

@@ -1,0 +1,197 @@
+"""The KVM engine: real ``/dev/kvm`` VMs and vCPUs behind the engine protocol.
+
+``run_emulation`` is the hot path of the whole project: one ctypes ``KVM_RUN`` (the GIL is
+released for its whole duration), an errno test, and the shared ``handle_kvm_exit``.
+"""
+
+from __future__ import annotations
+
+import errno
+
+from ..kvm import Cap, Kvm, KvmStats, VcpuFd, VmFd
+from ..kvm import constants as kc
+from ..kvm.syscall import get_errno, libc_ioctl
+from ..vstate.cpu_state import CpuConfiguration, CpuidEntry, VcpuSnapshot
+from ..vstate.exits import Emulation, Peripherals, handle_kvm_exit
+from ..vstate.layout import TSS_ADDRESS
+from ..vstate.memory import MemoryRegion
+from .cpuid import cpuid_for_vcpu
+
+KVM_RUN = kc.KVM_RUN
+EINTR = errno.EINTR
+INTERRUPTED = Emulation.INTERRUPTED
+
+
+class KvmEngine:
+    """Opens ``/dev/kvm`` (raising ``KvmUnavailableError`` with the reason) and makes VMs."""
+
+    name = "kvm"
+
+    def __init__(self, path: str | None = None):
+        self.kvm = Kvm(path) if path else Kvm()
+
+    def create_vm(self, *, irqchip: bool = False, cpuid_mask=None) -> "KvmVmBackend":
+        return KvmVmBackend(self.kvm, irqchip=irqchip, cpuid_mask=cpuid_mask)
+
+    def close(self) -> None:
+        self.kvm.close()
+
+    def describe(self) -> dict:
+        """Facts for ``kvmlab info``."""
+        kvm = self.kvm
+        return {
+            "api_version": kvm.get_api_version(),
+            "max_vcpus": kvm.max_vcpus(),
+            "recommended_vcpus": kvm.recommended_vcpus(),
+            "vcpu_mmap_size": kvm.get_vcpu_mmap_size(),
+            "capabilities": {cap.name: kvm.check_extension(cap) for cap in Cap},
+        }
+
+
+class KvmVmBackend:
+    """One KVM VM: memory slots, vCPU creation, optional in-kernel irqchip."""
+
+    name = "KVM"
+
+    def __init__(self, kvm: Kvm, *, irqchip: bool, cpuid_mask=None):
+        self.vm = VmFd(kvm.create_vm())
+        try:
+            # Intel needs three pages for real mode; harmless elsewhere (kvmtool does the same).
+            self.vm.set_tss_addr(TSS_ADDRESS)
+            self.irqchip = irqchip
+            if irqchip:
+                self.vm.create_irqchip()
+                self.vm.create_pit2()
+            self.max_vcpus = kvm.max_vcpus()
+            self._mmap_size = kvm.get_vcpu_mmap_size()
+            self._supported_cpuid = kvm.get_supported_cpuid()
+            self._cpuid_mask = cpuid_mask
+            self._msr_indices = kvm.get_msr_index_list()
+            self._xsave_size = self.vm.check_extension(Cap.XSAVE2) or (4096 if kvm.check_extension(Cap.XSAVE) else 0)
+            self._has_binary_stats = bool(kvm.check_extension(Cap.BINARY_STATS_FD))
+        except BaseException:
+            self.vm.close()
+            raise
+
+    def map_memory(self, region: MemoryRegion) -> None:
+        self.vm.set_user_memory_region(region.slot, region.guest_phys_addr, region.size, region.host_address)
+
+    def create_vcpu(self, index: int, count: int) -> "KvmVcpuBackend":
+        fd = VcpuFd(self.vm.create_vcpu(index), self._mmap_size, index)
+        try:
+            fd.set_cpuid2(cpuid_for_vcpu(self._supported_cpuid, index, count, self._cpuid_mask))
+        except BaseException:
+            fd.close()
+            raise
+        return KvmVcpuBackend(fd, self)
+
+    def close(self) -> None:
+        self.vm.close()
+
+
+class KvmVcpuBackend:
+    """A KVM vCPU behind the engine protocol."""
+
+    engine = "kvm"
+
+    def __init__(self, fd: VcpuFd, vm: KvmVmBackend):
+        self.fd = fd
+        self.index = fd.index
+        self.vm = vm
+        self.run_views = (fd.run_u8, fd.run_u16, fd.run_u32, fd.run_u64)
+        self._raw_fd = fd.fd
+        self._stats: KvmStats | None = None
+
+    # --- the hot path -------------------------------------------------------------------------
+
+    def run_emulation(self, p: Peripherals):
+        """One KVM_RUN and the handling of its exit."""
+        if libc_ioctl(self._raw_fd, KVM_RUN, 0) < 0:
+            err = get_errno()
+            if err == EINTR:
+                self.run_views[0][kc.RUN_IMMEDIATE_EXIT] = 0
+                p.metrics.interrupted += 1
+                return INTERRUPTED
+            return handle_kvm_exit(p, err)
+        return handle_kvm_exit(p, 0)
+
+    # --- registers, for guest setup and inspection -----------------------------------------------
+
+    def get_regs(self):
+        return self.fd.get_regs()
+
+    def set_regs(self, regs) -> None:
+        self.fd.set_regs(regs)
+
+    def get_sregs(self):
+        return self.fd.get_sregs()
+
+    def set_sregs(self, sregs) -> None:
+        self.fd.set_sregs(sregs)
+
+    def set_single_step(self, enabled: bool) -> None:
+        control = kc.KVM_GUESTDBG_ENABLE | kc.KVM_GUESTDBG_SINGLESTEP if enabled else 0
+        self.fd.set_guest_debug(control)
+
+    def kvmclock_ctrl(self) -> None:
+        self.fd.kvmclock_ctrl()
+
+    # --- SaveState / DumpCpuConfig ---------------------------------------------------------------
+
+    def read_msrs(self, indices: list[int]) -> tuple[dict[int, int], list[int]]:
+        """Reads every MSR it can; KVM stops at the first refusal, so step over refusals."""
+        values: dict[int, int] = {}
+        unreadable: list[int] = []
+        remaining = list(indices)
+        while remaining:
+            got = self.fd.get_msrs(remaining)
+            values.update(got)
+            if len(got) == len(remaining):
+                break
+            unreadable.append(remaining[len(got)])
+            remaining = remaining[len(got) + 1 :]
+        return values, unreadable
+
+    def save_state(self) -> VcpuSnapshot:
+        fd = self.fd
+        msrs, _ = self.read_msrs(self.vm._msr_indices)
+        xsave = None
+        if self.vm._xsave_size > 4096:
+            xsave = fd.get_xsave2(self.vm._xsave_size)
+        elif self.vm._xsave_size:
+            xsave = fd.get_xsave()
+        xcrs = fd.get_xcrs()
+        return VcpuSnapshot(
+            vcpu=self.index,
+            regs=fd.get_regs().to_dict(),
+            sregs=fd.get_sregs().to_dict(),
+            fpu=fd.get_fpu().to_dict(),
+            msrs=msrs,
+            lapic=bytes(fd.get_lapic().regs) if self.vm.irqchip else None,
+            xsave=xsave,
+            xcrs={xcrs.xcrs[i].xcr: xcrs.xcrs[i].value for i in range(xcrs.nr_xcrs)},
+            vcpu_events=fd.get_vcpu_events().to_dict(),
+            mp_state=fd.get_mp_state(),
+            debug_regs=fd.get_debugregs().to_dict(),
+        )
+
+    def dump_cpu_config(self) -> CpuConfiguration:
+        cpuid = [
+            CpuidEntry(e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx) for e in self.fd.get_cpuid2()
+        ]
+        msrs, unreadable = self.read_msrs(self.vm._msr_indices)
+        return CpuConfiguration(vcpu=self.index, cpuid=cpuid, msrs=msrs, unreadable_msrs=unreadable)
+
+    # --- kernel statistics ------------------------------------------------------------------------
+
+    def kernel_stats(self) -> KvmStats | None:
+        """This vCPU's KVM binary stats (opened on first use), or None without the capability."""
+        if self._stats is None and self.vm._has_binary_stats:
+            self._stats = KvmStats(self.fd.get_stats_fd())
+        return self._stats
+
+    def close(self) -> None:
+        if self._stats is not None:
+            self._stats.close()
+            self._stats = None
+        self.fd.close()

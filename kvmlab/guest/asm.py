@@ -1,0 +1,139 @@
+"""Assemble x86 text (Intel syntax, GNU directives) with keystone, in 16, 32 or 64-bit mode.
+
+What differs from a bare ``keystone.Ks.asm`` call:
+
+* ``;`` starts a comment, as in NASM and most teaching material (in GNU syntax it separates
+  statements, which turns every commented line into an error). ``#`` comments work too.
+* ``.include`` and ``.incbin`` are refused (keystone silently ignores them).
+* ``defines`` become ``.equ`` lines before the text: a program's parameters and the machine's
+  layout constants.
+* An error names the line of *your* text it comes from: keystone only says what went wrong,
+  so on failure each statement is assembled on its own (with every label and constant defined)
+  to find the first one that fails.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+
+from ..errors import AssemblyError
+
+try:
+    import keystone
+except ImportError:  # pragma: no cover - keystone-engine is a hard dependency
+    keystone = None
+
+BITS_TO_MODE = {16: "KS_MODE_16", 32: "KS_MODE_32", 64: "KS_MODE_64"}
+_LABEL = re.compile(r"^\s*([A-Za-z_.$][\w.$]*)\s*:")
+_EQU = re.compile(r"^\s*(?:\.equ|\.set)\s+([A-Za-z_.$][\w.$]*)\s*,", re.IGNORECASE)
+_ASSIGN = re.compile(r"^\s*([A-Za-z_$][\w.$]*)\s*=")
+_FORBIDDEN = re.compile(r"^\s*\.(include|incbin)\b", re.IGNORECASE)
+
+_engines: dict[int, object] = {}
+_lock = threading.Lock()  # keystone handles are not documented as thread-safe
+
+
+def strip_comment(line: str) -> str:
+    """Removes a ``;`` or ``#`` comment, leaving quoted strings alone."""
+    quote = None
+    for i, ch in enumerate(line):
+        if quote:
+            if ch == "\\":
+                continue
+            if ch == quote:
+                quote = None
+        elif ch in "\"'":
+            quote = ch
+        elif ch in ";#":
+            return line[:i].rstrip()
+    return line.rstrip()
+
+
+def _engine(bits: int):
+    if keystone is None:
+        raise AssemblyError("keystone-engine is not installed: pip install keystone-engine")
+    if bits not in BITS_TO_MODE:
+        raise AssemblyError(f"bits={bits!r}: assemble in 16, 32 or 64-bit mode")
+    if bits not in _engines:
+        _engines[bits] = keystone.Ks(keystone.KS_ARCH_X86, getattr(keystone, BITS_TO_MODE[bits]))
+    return _engines[bits]
+
+
+def _ks_assemble(bits: int, text: str, base: int) -> bytes:
+    encoding, _ = _engine(bits).asm(text, base)
+    return bytes(encoding or b"")
+
+
+def assemble(source: str, bits: int, base: int = 0, *, defines: dict[str, int] | None = None, name: str | None = None) -> bytes:
+    """Assembles ``source`` for code placed at guest address ``base``; raises ``AssemblyError``."""
+    if not isinstance(source, str):
+        raise AssemblyError(f"assembly source must be text, got {type(source).__name__}", program=name)
+    lines = [strip_comment(line) for line in source.splitlines()]
+    for number, line in enumerate(lines, 1):
+        if _FORBIDDEN.match(line):
+            raise AssemblyError(".include and .incbin are not supported; paste the text in instead", line=number, text=line, program=name)
+    prelude = [f".equ {key}, {int(value)}" for key, value in (defines or {}).items()]
+    text = "\n".join(prelude + lines)
+    with _lock:
+        try:
+            return _ks_assemble(bits, text, base)
+        except keystone.KsError as err:
+            number, line_text, message = _locate_error(lines, prelude, bits, base)
+            raise AssemblyError(message or str(err), line=number, text=line_text, program=name) from None
+
+
+def _locate_error(lines: list[str], prelude: list[str], bits: int, base: int) -> tuple[int | None, str | None, str | None]:
+    """Finds the first statement that fails on its own (with all symbols stubbed)."""
+    labels: set[str] = set()
+    constants: list[str] = []
+    macros: list[str] = []
+    in_macro = False
+    for line in lines:
+        stripped = line.strip()
+        if stripped.lower().startswith(".macro"):
+            in_macro = True
+        if in_macro:
+            macros.append(line)
+            if stripped.lower().startswith(".endm"):
+                in_macro = False
+            continue
+        if _EQU.match(line) or _ASSIGN.match(line):
+            constants.append(line)
+        for match in re.finditer(r"([A-Za-z_.$][\w.$]*)\s*:", stripped.split('"')[0]):
+            labels.add(match.group(1))
+    in_macro = False
+    for number, line in enumerate(lines, 1):
+        stripped = line.strip()
+        lower = stripped.lower()
+        if lower.startswith(".macro"):
+            in_macro = True
+        if in_macro:
+            if lower.startswith(".endm"):
+                in_macro = False
+            continue
+        statement = stripped
+        while True:  # drop leading "label:" definitions
+            match = _LABEL.match(statement)
+            if not match:
+                break
+            statement = statement[match.end() :].strip()
+        if not statement or statement.startswith((".if", ".else", ".endif", ".elseif", ".endm")):
+            continue
+        own = {m.group(1) for m in re.finditer(r"([A-Za-z_.$][\w.$]*)\s*:", stripped.split('"')[0])}
+        stubs = [f".equ {label}, {base}" for label in sorted(labels - own)]
+        trial = "\n".join(prelude + stubs + [c for c in constants if c.strip() != stripped] + macros + [statement])
+        try:
+            _ks_assemble(bits, trial, base)
+        except keystone.KsError as err:
+            return number, line, str(err)
+    return None, None, None
+
+
+def disassemble(code: bytes, bits: int, address: int = 0, count: int = 0) -> list[tuple[int, bytes, str]]:
+    """``(address, bytes, "mnemonic operands")`` for each instruction (capstone)."""
+    import capstone
+
+    mode = {16: capstone.CS_MODE_16, 32: capstone.CS_MODE_32, 64: capstone.CS_MODE_64}[bits]
+    engine = capstone.Cs(capstone.CS_ARCH_X86, mode)
+    return [(i.address, bytes(i.bytes), f"{i.mnemonic} {i.op_str}".strip()) for i in engine.disasm(code, address, count)]

@@ -1,0 +1,270 @@
+"""``Machine``: the notebook-facing facade (Firecracker's ``Vmm`` as a user sees it).
+
+>>> from kvmlab import Machine, programs
+>>> with Machine(vcpus=2, memory_mib=2) as m:
+...     m.load(programs.mmio_counter(), mode="real")
+...     m.start()                 # threads start Paused, are resumed; returns at once
+...     m.pause()                 # every vCPU; m.pause(1) for one
+...     cfg = m.dump_cpu_config(0)
+...     st = m.save_state(1)
+...     m.resume()
+...     print(m.states, m.console.text)
+
+Every call that waits has a timeout (``timeout=`` on the machine, 5 s by default) and raises
+instead of hanging; ``close()`` always joins every thread and is safe to call twice. A
+machine dropped without ``close()`` is closed by its finalizer.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Iterable
+
+from .devices import COM1, DEBUG_EXIT_PORT, MAILBOX_BASE, Console, DebugExit, Mailbox, Serial16550
+from .devices import mailbox as mailbox_regs
+from .engines import KvmEngine
+from .errors import ConfigError, MachineStateError, MachineTimeoutError, VcpuExitedError, VcpuNotAllowedError, VcpuResponseError
+from .guest.loader import LoadedProgram, load_program, read_results
+from .guest.modes import LOAD_ADDRESS
+from .guest.programs import Program
+from .vmm import MachineExit, Phase, Vmm
+from .vstate.bus import BusDevice, BusEntry
+from .vstate.cpu_state import CpuConfiguration, VcpuSnapshot
+from .vstate.exits import DeviceFailure
+from .vstate.kick import install_kick_handler
+from .vstate.layout import MIB
+from .vstate.memory import GuestMemory
+from .vstate.protocol import DumpedCpuConfig, Error, Exited, NotAllowed, Paused, Resumed, SavedState, VcpuEvent, VcpuState, VcpuStatus
+from .vstate.vm import Vm
+
+
+class Machine:
+    """A VM with ``vcpus`` vCPU threads, ``memory_mib`` MiB of RAM and the teaching devices.
+
+    Devices: a 16550 serial port at 0x3f8 (``console``), the debug-exit port at 0xf4 and the
+    ``mailbox`` MMIO device at 0xa0000. ``irqchip=True`` adds KVM's in-kernel interrupt
+    controllers (then HLT no longer exits to user space; the small programs want it off).
+    """
+
+    def __init__(self, vcpus: int = 1, memory_mib: float = 2, *, irqchip: bool = False, timeout: float = 5.0, kvm_path: str | None = None):
+        if not isinstance(vcpus, int) or isinstance(vcpus, bool) or vcpus < 1:
+            raise ConfigError(f"vcpus={vcpus!r}: need a whole number of at least 1")
+        if isinstance(memory_mib, bool) or not isinstance(memory_mib, (int, float)) or memory_mib <= 0:
+            raise ConfigError(f"memory_mib={memory_mib!r}: need a positive number of MiB")
+        memory_bytes = memory_mib * MIB
+        if memory_bytes != int(memory_bytes):
+            raise ConfigError(f"memory_mib={memory_mib!r} is not a whole number of bytes, let alone 4 KiB pages")
+        if not isinstance(timeout, (int, float)) or timeout <= 0:
+            raise ConfigError(f"timeout={timeout!r}: need a positive number of seconds")
+        install_kick_handler()
+        self.timeout = float(timeout)
+        engine = KvmEngine(kvm_path)
+        try:
+            backend = engine.create_vm(irqchip=irqchip)
+            try:
+                vm = Vm(backend, int(memory_bytes))
+            except BaseException:
+                backend.close()
+                raise
+        finally:
+            engine.close()
+        self._vmm = vmm = Vmm(vm, self.timeout)
+        self._finalizer = weakref.finalize(self, vmm.close)
+        try:
+            vm.create_vcpus(vcpus, on_device_error=vmm.record_device_failure)
+            self.console = Console()
+            self.serial = Serial16550(self.console)
+            self.debug_exit = DebugExit()
+            self.mailbox = Mailbox()
+            vm.pio_bus.insert(self.serial, COM1, self.serial.size)
+            vm.pio_bus.insert(self.debug_exit, DEBUG_EXIT_PORT, self.debug_exit.size)
+            vm.mmio_bus.insert(self.mailbox, MAILBOX_BASE, self.mailbox.size)
+        except BaseException:
+            self.close()
+            raise
+        self.irqchip = irqchip
+        self.engine = "kvm"
+        self.program: LoadedProgram | None = None
+
+    # --- configuration ---------------------------------------------------------------------------
+
+    @property
+    def vcpu_count(self) -> int:
+        return len(self._vmm.vcpus)
+
+    @property
+    def memory(self) -> GuestMemory:
+        return self._vmm.vm.memory
+
+    @property
+    def mmio_bus(self):
+        return self._vmm.vm.mmio_bus
+
+    @property
+    def pio_bus(self):
+        return self._vmm.vm.pio_bus
+
+    def add_device(self, device: BusDevice, base: int, size: int | None = None, *, bus: str = "mmio") -> BusEntry:
+        """Maps ``device`` at ``base`` on the ``"mmio"`` or ``"pio"`` bus; overlaps are refused."""
+        if bus not in ("mmio", "pio"):
+            raise ConfigError(f"bus={bus!r}: choose 'mmio' or 'pio'")
+        size = size if size is not None else getattr(device, "size", None)
+        if size is None:
+            raise ConfigError(f"{device!r} has no size attribute; pass size=")
+        target = self.mmio_bus if bus == "mmio" else self.pio_bus
+        return target.insert(device, base, size)
+
+    def layout(self) -> dict[str, int]:
+        """The constants a program is assembled with (``.equ`` names)."""
+        return {
+            "MAILBOX": MAILBOX_BASE,
+            "MB_ID": mailbox_regs.ID,
+            "MB_PING": mailbox_regs.PING,
+            "MB_PONG": mailbox_regs.PONG,
+            "MB_COUNTERS": mailbox_regs.COUNTERS,
+            "SERIAL": COM1,
+            "DEBUG_EXIT": DEBUG_EXIT_PORT,
+        }
+
+    def load(self, program: Program | str | bytes, mode: str = "real", *, address: int = LOAD_ADDRESS) -> LoadedProgram:
+        """Loads ``program`` (a bundled ``Program``, assembly text or machine code) for every
+        vCPU, in ``mode`` ("real", "protected" or "long"). Only before ``start()``."""
+        self._require_phase(Phase.CREATED, "load()")
+        self.program = load_program(self._vmm.vm, program, mode, self.layout(), address)
+        return self.program
+
+    # --- running ----------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Starts the vCPU threads (Paused), then resumes them all; returns at once."""
+        if self.program is None:
+            raise MachineStateError("start(): nothing is loaded; call load(program, mode=...) first")
+        self._vmm.start()
+
+    def pause(self, vcpu: int | None = None) -> None:
+        """Pauses one vCPU, or every vCPU still running; returns once they answered Paused."""
+        self._expect(self._targets(vcpu, "pause"), VcpuEvent.PAUSE, Paused)
+
+    def resume(self, vcpu: int | None = None) -> None:
+        """Resumes one vCPU, or every paused one; returns once they answered Resumed."""
+        self._expect(self._targets(vcpu, "resume"), VcpuEvent.RESUME, Resumed)
+
+    def save_state(self, vcpu: int) -> VcpuSnapshot:
+        """The full state of a *paused* vCPU (registers, MSRs, FPU, XSAVE, LAPIC, events, ...)."""
+        (response,) = self._expect([self._index(vcpu)], VcpuEvent.SAVE_STATE, SavedState)
+        return response.state
+
+    def dump_cpu_config(self, vcpu: int) -> CpuConfiguration:
+        """The CPUID entries and MSR values set on a *paused* vCPU."""
+        (response,) = self._expect([self._index(vcpu)], VcpuEvent.DUMP_CPU_CONFIG, DumpedCpuConfig)
+        return response.config
+
+    def stop(self) -> MachineExit:
+        """Finishes every vCPU thread and joins them (the VMM side of the teardown table)."""
+        self._require_open("stop()")
+        return self._vmm.stop()
+
+    def wait(self, timeout: float | None = None) -> MachineExit:
+        """Waits until the guest stops by itself; returns the exit code (an int with
+        ``vcpu_codes`` and ``reason``). Raises ``MachineTimeoutError`` if it is still running."""
+        self._require_open("wait()")
+        result = self._vmm.wait(timeout)
+        if result is None:
+            raise MachineTimeoutError(
+                f"the machine is still running after {timeout:g} s (states: {self.states}); "
+                "call stop() to end it, or wait longer"
+            )
+        return result
+
+    def close(self) -> None:
+        """Stops the machine if needed, joins every thread and releases every fd. Idempotent."""
+        self._finalizer()
+
+    def __enter__(self) -> "Machine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # --- observing --------------------------------------------------------------------------------
+
+    @property
+    def states(self) -> list[VcpuStatus]:
+        return self._vmm.statuses()
+
+    @property
+    def exit(self) -> MachineExit | None:
+        """The exit code once the machine stopped, else None."""
+        return self._vmm.exit
+
+    @property
+    def closed(self) -> bool:
+        return self._vmm.phase is Phase.CLOSED
+
+    @property
+    def phase(self) -> str:
+        return self._vmm.phase.value
+
+    @property
+    def device_errors(self) -> list[DeviceFailure]:
+        """Device handlers that raised (newest last, the last 1000), with tracebacks."""
+        return list(self._vmm.device_failures)
+
+    @property
+    def metrics(self):
+        """Per-vCPU exit counters (``metrics[i].exit_mmio_write``)."""
+        return [vcpu.peripherals.metrics for vcpu in self._vmm.vcpus]
+
+    def results(self, vcpu: int | None = None) -> dict[str, int] | list[dict[str, int]]:
+        """What a bundled program counted (its results area), for one vCPU or all."""
+        if self.program is None:
+            raise MachineStateError("results(): nothing is loaded")
+        if self.closed:
+            raise MachineStateError("results(): the machine is closed and its memory released")
+        if vcpu is None:
+            return [read_results(self._vmm.vm, self.program, i) for i in range(self.vcpu_count)]
+        return read_results(self._vmm.vm, self.program, self._index(vcpu))
+
+    def __repr__(self) -> str:
+        program = self.program.program.name if self.program else "nothing loaded"
+        return f"<Machine {self.vcpu_count} vCPU, {self.memory.size if not self.closed else 0:#x} bytes, {program}, {self.phase}>"
+
+    # --- helpers ----------------------------------------------------------------------------------
+
+    def _index(self, vcpu) -> int:
+        if not isinstance(vcpu, int) or isinstance(vcpu, bool) or not 0 <= vcpu < self.vcpu_count:
+            raise ConfigError(f"vcpu={vcpu!r}: this machine has vCPUs 0 to {self.vcpu_count - 1}")
+        return vcpu
+
+    def _targets(self, vcpu: int | None, what: str) -> list[int]:
+        if vcpu is not None:
+            return [self._index(vcpu)]
+        self._vmm.require_started(f"{what}()")
+        live = [s.index for s in self.states if s.state in (VcpuState.PAUSED, VcpuState.RUNNING)]
+        if not live:
+            raise VcpuExitedError(f"{what}(): every vCPU has exited ({self.states}); nothing to {what}")
+        return live
+
+    def _expect(self, indices: Iterable[int], event: VcpuEvent, expected: type):
+        responses = self._vmm.request(list(indices), event)
+        for index, response in zip(indices, responses):
+            if isinstance(response, expected):
+                continue
+            if isinstance(response, NotAllowed):
+                raise VcpuNotAllowedError(f"vCPU {index}: {event.value} not allowed: {response.reason}; pause it first")
+            if isinstance(response, Exited):
+                raise VcpuExitedError(
+                    f"vCPU {index} has exited with code {response.code} ({response.reason}); it cannot take {event.value}"
+                )
+            if isinstance(response, Error):
+                raise VcpuResponseError(f"vCPU {index}: {event.value} failed: {response.error}") from response.error
+            raise VcpuResponseError(f"vCPU {index}: unexpected answer {response!r} to {event.value}")
+        return responses
+
+    def _require_phase(self, phase: Phase, what: str) -> None:
+        if self._vmm.phase is not phase:
+            raise MachineStateError(f"{what}: only while the machine is {phase.value}; it is {self._vmm.phase.value}")
+
+    def _require_open(self, what: str) -> None:
+        if self._vmm.phase is Phase.CLOSED:
+            raise MachineStateError(f"{what}: the machine is closed")

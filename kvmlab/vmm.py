@@ -1,0 +1,206 @@
+"""``Vmm``: owns a VM, its vCPU threads and the supervisor, and carries out the teardown
+protocol (``kvmlab.vstate.vcpu`` has the table). ``Machine`` is the friendly face over it.
+
+Why a separate object: the vCPU and supervisor threads need a reference to whoever tears the
+machine down, and if that were the ``Machine`` a notebook user drops, it could never be garbage
+collected. Threads reference the ``Vmm``; the ``Machine`` has a finalizer that closes it.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+import logging
+import os
+import select
+import threading
+import time
+from typing import Callable
+
+from .errors import MachineStateError, VcpuError
+from .vstate.exits import DeviceFailure, ExitCode
+from .vstate.protocol import VcpuEvent, VcpuState, VcpuStatus
+from .vstate.vcpu import Vcpu, VcpuHandle, request_all
+from .vstate.vm import Vm
+
+log = logging.getLogger("kvmlab.vmm")
+
+#: ``close()`` must return within 2 s even with every vCPU spinning: kicks take well under 1 ms.
+JOIN_TIMEOUT = 1.5
+
+
+class Phase(enum.Enum):
+    CREATED = "created"  # vCPU threads not started
+    STARTED = "started"  # threads running (paused or not)
+    STOPPED = "stopped"  # every thread finished; the exit code is known
+    CLOSED = "closed"  # file descriptors released
+
+
+class MachineExit(int):
+    """A machine's exit code (an int), with each vCPU's code and the reason it stopped."""
+
+    vcpu_codes: dict[int, int | None]
+    reason: str
+
+    def __new__(cls, code: int, reason: str, vcpu_codes: dict[int, int | None]):
+        value = super().__new__(cls, code)
+        value.reason = reason
+        value.vcpu_codes = vcpu_codes
+        return value
+
+    def __repr__(self) -> str:
+        return f"MachineExit({int(self)}, reason={self.reason!r}, vcpu_codes={self.vcpu_codes})"
+
+
+class Vmm:
+    """vCPU threads, the exit eventfd supervisor and the teardown protocol."""
+
+    def __init__(self, vm: Vm, timeout: float = 5.0):
+        self.vm = vm
+        self.timeout = timeout
+        self.phase = Phase.CREATED
+        self.handles: list[VcpuHandle] = []
+        self.exit: MachineExit | None = None
+        self.device_failures: collections.deque[DeviceFailure] = collections.deque(maxlen=1000)
+        self.device_failure_count = 0
+        self._stopped = threading.Event()
+        self._teardown = threading.RLock()
+        self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        self._supervisor: threading.Thread | None = None
+        #: called (on whichever thread stopped the machine) once every vCPU thread has ended
+        self.on_stop: list[Callable[[MachineExit], None]] = []
+
+    @property
+    def vcpus(self) -> list[Vcpu]:
+        return self.vm.vcpus
+
+    def record_device_failure(self, failure: DeviceFailure) -> None:
+        self.device_failure_count += 1
+        self.device_failures.append(failure)
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Starts one thread per vCPU (each starts Paused) and the supervisor, then resumes all."""
+        if self.phase is not Phase.CREATED:
+            raise MachineStateError(f"start(): the machine is {self.phase.value}; a machine starts once (make a new Machine to run again)")
+        barrier = threading.Barrier(len(self.vcpus) + 1)
+        self.handles = [vcpu.start_threaded(barrier) for vcpu in self.vcpus]
+        self.phase = Phase.STARTED
+        barrier.wait(timeout=self.timeout)
+        self._supervisor = threading.Thread(target=self._supervise, name="kvmlab supervisor", daemon=True)
+        self._supervisor.start()
+        request_all(self.handles, VcpuEvent.RESUME, self.timeout)
+
+    def request(self, indices: list[int], event: VcpuEvent, timeout: float | None = None):
+        """Sends ``event`` to the given vCPUs at once and returns their answers."""
+        self.require_started(event.value)
+        return request_all([self.handles[i] for i in indices], event, self.timeout if timeout is None else timeout)
+
+    def require_started(self, what: str) -> None:
+        if self.phase is Phase.CREATED:
+            raise MachineStateError(f"{what}: the machine has not started; call start() first")
+        if self.phase is not Phase.STARTED:
+            raise MachineStateError(f"{what}: the machine is {self.phase.value} ({self.exit_description()}); make a new Machine to run again")
+
+    def exit_description(self) -> str:
+        return f"exit code {int(self.exit)}: {self.exit.reason}" if self.exit is not None else "no exit yet"
+
+    def statuses(self) -> list[VcpuStatus]:
+        return [vcpu.status() for vcpu in self.vcpus]
+
+    def wait(self, timeout: float | None) -> MachineExit | None:
+        """Blocks until the machine has stopped; None if ``timeout`` passed first."""
+        if self.phase is Phase.CREATED:
+            raise MachineStateError("wait(): the machine has not started; call start() first")
+        return self.exit if self._stopped.wait(timeout) else None
+
+    def stop(self, reason: str = "stopped by the controller", code: int = ExitCode.OK) -> MachineExit:
+        """Steps 4-8 of the teardown table: Finish to every vCPU, join them, set the exit code."""
+        with self._teardown:
+            if self.phase is Phase.CREATED:
+                self.exit = MachineExit(code, f"{reason} (never started)", {v.index: None for v in self.vcpus})
+                self.phase = Phase.STOPPED
+                self._stopped.set()
+            if self.phase is not Phase.STARTED:
+                return self.exit
+            for handle in self.handles:
+                try:
+                    handle.send_event(VcpuEvent.FINISH)
+                except VcpuError:
+                    pass  # already finished
+            deadline = time.monotonic() + JOIN_TIMEOUT
+            stuck = [h.index for h in self.handles if not h.join(max(deadline - time.monotonic(), 0))]
+            if stuck:
+                raise MachineStateError(
+                    f"vCPU thread(s) {stuck} did not finish within {JOIN_TIMEOUT} s of Finish "
+                    "(a device handler may be blocking); the machine is left running"
+                )
+            self.exit = MachineExit(code, reason, {v.index: (v.exit_status.code if v.exit_status else None) for v in self.vcpus})
+            self.phase = Phase.STOPPED
+            self._stopped.set()
+        log.info("machine stopped: %r", self.exit)
+        for callback in list(self.on_stop):
+            try:
+                callback(self.exit)
+            except Exception:
+                log.exception("on_stop callback %r failed", callback)
+        return self.exit
+
+    def close(self) -> None:
+        """Stops if needed, ends the supervisor and releases every fd. Safe to call twice."""
+        if self.phase is Phase.CLOSED:
+            return
+        try:
+            self.stop(reason="closed")
+        finally:
+            # Outside the teardown lock: the supervisor may be waiting for it to finish a stop.
+            self._end_supervisor()
+        with self._teardown:
+            if self.phase is Phase.STOPPED:
+                self.vm.close()
+                os.close(self._wake)
+                self.phase = Phase.CLOSED
+
+    # --- supervisor (steps 3-4 of the teardown table) ---------------------------------------------
+
+    def _supervise(self) -> None:
+        poller = select.poll()
+        poller.register(self.vm.exit_evt, select.POLLIN)
+        poller.register(self._wake, select.POLLIN)
+        while True:
+            ready = {fd for fd, _ in poller.poll(1000)}
+            if self._wake in ready or self.phase is not Phase.STARTED:
+                return
+            if self.vm.exit_evt in ready:
+                try:
+                    os.eventfd_read(self.vm.exit_evt)
+                except BlockingIOError:
+                    continue
+                self._on_vcpu_exit()
+
+    def _on_vcpu_exit(self) -> None:
+        """A vCPU exited. Machine-wide exits stop everything; otherwise wait for the last vCPU."""
+        statuses = [vcpu.exit_status for vcpu in self.vcpus]
+        for vcpu, status in zip(self.vcpus, statuses):
+            if status is not None and status.machine_wide:
+                self._stop_quietly(f"vCPU {vcpu.index}: {status.reason}", status.code)
+                return
+        if all(status is not None for status in statuses):
+            codes = [status.code for status in statuses]
+            code = next((c for c in codes if c), ExitCode.OK)
+            self._stop_quietly("every vCPU halted", code)
+
+    def _stop_quietly(self, reason: str, code: int) -> None:
+        try:
+            self.stop(reason=reason, code=code)
+        except MachineStateError:
+            log.exception("supervisor could not stop the machine")
+
+    def _end_supervisor(self) -> None:
+        if self._supervisor is not None and self._supervisor is not threading.current_thread():
+            os.eventfd_write(self._wake, 1)
+            self._supervisor.join(JOIN_TIMEOUT)
+
+    def vcpu_state(self, index: int) -> VcpuState:
+        return self.vcpus[index].state

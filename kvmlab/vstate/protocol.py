@@ -1,0 +1,119 @@
+"""The messages between a controller and a vCPU thread: the seed's ``VcpuEvent`` and
+``VcpuResponse``, plus the vCPU's observable state.
+
+One addition to the seed: every event carries a sequence number and every response names the
+event it answers (``seq``), or None when the vCPU sent it unasked (the ``Exited`` it sends when
+it stops by itself). A controller can then tell an answer from a late answer to an earlier,
+timed-out request, so no response is ever taken for the wrong question.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .cpu_state import CpuConfiguration, VcpuSnapshot
+
+
+class VcpuEvent(enum.Enum):
+    """What a controller can ask of a vCPU thread."""
+
+    FINISH = "Finish"  # the thread ends
+    PAUSE = "Pause"
+    RESUME = "Resume"
+    SAVE_STATE = "SaveState"  # only while paused
+    DUMP_CPU_CONFIG = "DumpCpuConfig"  # only while paused
+
+
+class VcpuState(enum.Enum):
+    """Where a vCPU's state machine is. ``CREATED``: its thread has not started yet."""
+
+    CREATED = "Created"
+    PAUSED = "Paused"
+    RUNNING = "Running"
+    EXITED = "Exited"
+    FINISHED = "Finished"
+
+
+#: Which events each state accepts, for views that enable buttons (the seed's NotAllowed rules:
+#: SaveState and DumpCpuConfig are refused while running; an exited vCPU only takes Finish).
+ALLOWED_EVENTS: dict[VcpuState, frozenset[VcpuEvent]] = {
+    VcpuState.CREATED: frozenset(),
+    VcpuState.PAUSED: frozenset(VcpuEvent),
+    VcpuState.RUNNING: frozenset({VcpuEvent.PAUSE, VcpuEvent.RESUME, VcpuEvent.FINISH}),
+    VcpuState.EXITED: frozenset({VcpuEvent.FINISH}),
+    VcpuState.FINISHED: frozenset(),
+}
+
+
+@dataclass(frozen=True)
+class VcpuResponse:
+    """Base of the responses. ``seq`` is the answered event's number, None if unasked."""
+
+    seq: int | None = field(default=None, kw_only=True, compare=False)
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__
+
+
+@dataclass(frozen=True)
+class Paused(VcpuResponse):
+    pass
+
+
+@dataclass(frozen=True)
+class Resumed(VcpuResponse):
+    pass
+
+
+@dataclass(frozen=True)
+class Exited(VcpuResponse):
+    """The vCPU has stopped with ``code`` (``reason`` says why) and only accepts Finish."""
+
+    code: int
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class NotAllowed(VcpuResponse):
+    reason: str
+
+
+@dataclass(frozen=True)
+class SavedState(VcpuResponse):
+    state: "VcpuSnapshot" = field(repr=False)
+
+
+@dataclass(frozen=True)
+class DumpedCpuConfig(VcpuResponse):
+    config: "CpuConfiguration" = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Error(VcpuResponse):
+    error: Any
+
+
+@dataclass(frozen=True)
+class VcpuStatus:
+    """A vCPU's state as a controller sees it; prints as ``Paused`` or ``Exited(0: HLT)``."""
+
+    index: int
+    state: VcpuState
+    exit_code: int | None = None
+    reason: str | None = None
+
+    @property
+    def allowed(self) -> frozenset[VcpuEvent]:
+        return ALLOWED_EVENTS[self.state]
+
+    def __str__(self) -> str:
+        if self.state in (VcpuState.EXITED, VcpuState.FINISHED) and self.exit_code is not None:
+            why = f": {self.reason}" if self.reason else ""
+            return f"{self.state.value}({self.exit_code}{why})"
+        return self.state.value
+
+    __repr__ = __str__

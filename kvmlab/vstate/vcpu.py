@@ -1,0 +1,379 @@
+"""The vCPU thread: Firecracker's vCPU state machine in Python, and ``VcpuHandle``.
+
+States and transitions (a vCPU thread starts ``Paused``, as the seed's ``Vcpu::run``)::
+
+              Resume                    Pause
+    Paused ────────────▶ Running ──────────────▶ Paused
+      │  Pause → Paused    │ Resume → Resumed
+      │  SaveState         │ SaveState     → NotAllowed
+      │  DumpCpuConfig     │ DumpCpuConfig → NotAllowed
+      │                    │ HLT / SHUTDOWN / debug-exit / error
+      │ Finish             ▼
+      └────────▶ (end) ◀── Exited: answers Exited(code) to anything but Finish
+
+Teardown, as the seed's table (``Vcpu::exit``), so that no path waits on itself::
+
+    +---+---------------------------+--------------------------+--------------------------+
+    |   | Vmm (supervisor/Machine)  | action                   | vCPU thread              |
+    +---+---------------------------+--------------------------+--------------------------+
+    | 1 |                           |                          | Vcpu.exit(status)        |
+    | 2 |                           |                          | exit eventfd += 1        |
+    | 3 |                           | <--- exit eventfd ---    |                          |
+    | 4 | Vmm.stop()                |                          |                          |
+    | 5 |                           | --- Finish + kick --->   |                          |
+    | 6 |                           |                          | state machine ends       |
+    | 7 | VcpuHandle.join(timeout)  |                          |                          |
+    | 8 | Vmm.exit_code is set; Machine.wait() returns it                                 |
+    +---+---------------------------+--------------------------+--------------------------+
+
+A vCPU-initiated teardown starts at step 1; a controller-initiated one (``Machine.stop`` /
+``close``) at step 4. A vCPU whose ``VcpuHandle`` is garbage-collected gets a "disconnected"
+message, the analogue of the seed's ``TryRecvError::Disconnected``, and exits.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import logging
+import os
+import queue
+import threading
+import time
+import weakref
+from typing import Callable, Iterable
+
+from ..errors import VcpuError, VcpuFinishedError, VcpuTimeoutError
+from .exits import DebugExitInfo, Emulation, ExitCode, Peripherals, Stopped
+from .kick import signal_thread
+from .protocol import (
+    DumpedCpuConfig,
+    Error,
+    Exited,
+    NotAllowed,
+    Paused,
+    Resumed,
+    SavedState,
+    VcpuEvent,
+    VcpuResponse,
+    VcpuState,
+    VcpuStatus,
+)
+
+log = logging.getLogger("kvmlab.vcpu")
+
+IMMEDIATE_EXIT = 1  # byte offset of kvm_run.immediate_exit
+
+#: The handle is gone (the seed's channel disconnection): the vCPU exits with an error.
+DISCONNECTED = None
+
+#: How often a waiting controller checks that the vCPU thread is still there (seconds).
+_FINISH_POLL = 0.05
+
+
+class Vcpu:
+    """The vCPU thread's side: the state machine around ``backend.run_emulation``.
+
+    ``backend`` is the engine's vCPU (``kvmlab.engines``): it owns the kvm_run page, runs the
+    guest until the next exit and hands that exit to ``handle_kvm_exit``.
+    """
+
+    def __init__(self, backend, peripherals: Peripherals, exit_evt: int):
+        self.index = backend.index
+        self.backend = backend
+        self.peripherals = peripherals
+        self.exit_evt = exit_evt
+        self.run_u8 = peripherals.run_u8
+        self.events: queue.SimpleQueue = queue.SimpleQueue()
+        self.responses: queue.SimpleQueue = queue.SimpleQueue()
+        self.state = VcpuState.CREATED
+        #: why and how the vCPU exited (None until it does)
+        self.exit_status: Stopped | None = None
+        #: the last KVM_EXIT_DEBUG seen (single-step, breakpoints)
+        self.last_debug: DebugExitInfo | None = None
+        # kick_lock makes "is the thread still there?" and pthread_kill one step: a finished
+        # (detached) thread's id must never be signalled.
+        self.kick_lock = threading.Lock()
+        self.kickable = False
+        self.thread: threading.Thread | None = None
+
+    # --- thread entry -------------------------------------------------------------------------
+
+    def start_threaded(self, barrier: threading.Barrier | None = None) -> "VcpuHandle":
+        """Moves the vCPU to its own thread (named ``kvmlab vcpu N``) and returns its handle."""
+        if self.thread is not None:
+            raise VcpuError(f"vCPU {self.index} was already started")
+        self.thread = threading.Thread(target=self._thread_main, args=(barrier,), name=f"kvmlab vcpu {self.index}", daemon=True)
+        self.kickable = True
+        self.thread.start()
+        return VcpuHandle(self)
+
+    def _thread_main(self, barrier: threading.Barrier | None) -> None:
+        try:
+            if barrier is not None:
+                barrier.wait(timeout=10)
+            self.state = VcpuState.PAUSED
+            state = self.paused
+            while state is not None:
+                state = state()
+        except BaseException as exc:  # a bug must not leave a controller waiting forever
+            log.exception("vCPU %d: state machine crashed", self.index)
+            self.exit_status = Stopped(ExitCode.GENERIC_ERROR, f"vCPU thread crashed: {exc!r}", machine_wide=True)
+            self.responses.put(Exited(ExitCode.GENERIC_ERROR, self.exit_status.reason))
+            self._signal_exit()
+        finally:
+            with self.kick_lock:
+                self.kickable = False
+                self.state = VcpuState.FINISHED
+
+    # --- states -------------------------------------------------------------------------------
+
+    def running(self):
+        """The Running state: run the guest until something needs the state machine."""
+        run_emulation = self.run_emulation
+        handled = Emulation.HANDLED
+        try:
+            # The inner loop is the seed's optimisation: no event check while exits are handled.
+            while True:
+                result = run_emulation()
+                if result is handled:
+                    continue
+                if type(result) is Stopped:
+                    return self.exit(result)
+                if type(result) is DebugExitInfo:
+                    self.last_debug = result
+                break  # INTERRUPTED, DIRTY_RING_FULL or a debug event: look at the events
+        except VcpuError as err:
+            return self.exit(Stopped(ExitCode.GENERIC_ERROR, str(err), machine_wide=True))
+
+        try:
+            event, seq = self.events.get_nowait()
+        except queue.Empty:
+            return self.running
+        if event is VcpuEvent.PAUSE:
+            self.state = VcpuState.PAUSED
+            self.responses.put(Paused(seq=seq))
+            self._kvmclock_ctrl()
+            return self.paused
+        if event is VcpuEvent.RESUME:
+            self.responses.put(Resumed(seq=seq))
+            return self.running
+        if event is VcpuEvent.SAVE_STATE:
+            self.responses.put(NotAllowed("save/restore unavailable while running", seq=seq))
+            return self.running
+        if event is VcpuEvent.DUMP_CPU_CONFIG:
+            self.responses.put(NotAllowed("cpu config dump is unavailable while running", seq=seq))
+            return self.running
+        if event is VcpuEvent.FINISH:
+            return None
+        return self._disconnected()
+
+    def paused(self):
+        """The Paused state: block until the next event."""
+        event, seq = self.events.get()
+        if event is VcpuEvent.RESUME:
+            if self.run_u8[IMMEDIATE_EXIT] == 1:
+                # The seed warns here; but every send_event kicks, so the Resume that woke a
+                # paused vCPU always finds immediate_exit set. Routine: debug level.
+                log.debug("vCPU %d: Resume with immediate_exit enabled; disabled before proceeding", self.index)
+                self.run_u8[IMMEDIATE_EXIT] = 0
+            self.state = VcpuState.RUNNING
+            self.responses.put(Resumed(seq=seq))
+            return self.running
+        if event is VcpuEvent.PAUSE:
+            self.responses.put(Paused(seq=seq))
+            return self.paused
+        if event is VcpuEvent.SAVE_STATE:
+            self.responses.put(self._answer(self.backend.save_state, SavedState, seq))
+            return self.paused
+        if event is VcpuEvent.DUMP_CPU_CONFIG:
+            self.responses.put(self._answer(self.backend.dump_cpu_config, DumpedCpuConfig, seq))
+            return self.paused
+        if event is VcpuEvent.FINISH:
+            return None
+        return self._disconnected()
+
+    def _disconnected(self):
+        """The handle was dropped: exit with an error and end, as nobody can send Finish."""
+        self.exit_status = Stopped(ExitCode.GENERIC_ERROR, "controller disconnected", machine_wide=True)
+        self.state = VcpuState.EXITED
+        self._signal_exit()
+        return None
+
+    def exit(self, status: Stopped):
+        """The Exited state: tell the VMM, then answer ``Exited`` until ``Finish`` comes."""
+        self.exit_status = status
+        self.state = VcpuState.EXITED
+        log.info("vCPU %d exited with code %d: %s", self.index, status.code, status.reason)
+        self._signal_exit()
+        seq = None
+        while True:
+            self.responses.put(Exited(status.code, status.reason, seq=seq))
+            event, seq = self.events.get()
+            if event is VcpuEvent.FINISH or event is DISCONNECTED:
+                return None
+
+    # --- running the guest ----------------------------------------------------------------------
+
+    def run_emulation(self):
+        """Runs the guest until the next exit and handles it (the seed's ``run_emulation``)."""
+        u8 = self.run_u8
+        if u8[IMMEDIATE_EXIT]:
+            # A kick landed while this thread was outside KVM_RUN. The seed warns; here it is
+            # routine (exit handling in Python is long enough to catch kicks), so debug level.
+            log.debug("vCPU %d: run requested with immediate_exit set; skipped", self.index)
+            u8[IMMEDIATE_EXIT] = 0
+            self.peripherals.metrics.interrupted += 1
+            return Emulation.INTERRUPTED
+        return self.backend.run_emulation(self.peripherals)
+
+    def _answer(self, action: Callable, response_type: type, seq: int) -> VcpuResponse:
+        try:
+            return response_type(action(), seq=seq)
+        except Exception as err:
+            log.exception("vCPU %d: %s failed", self.index, getattr(action, "__name__", action))
+            return Error(err, seq=seq)
+
+    def _kvmclock_ctrl(self) -> None:
+        try:
+            self.backend.kvmclock_ctrl()
+        except OSError as err:
+            if err.errno != errno.EINVAL:  # EINVAL: the guest never enabled kvmclock
+                log.warning("vCPU %d: KVM_KVMCLOCK_CTRL failed: %s", self.index, err)
+
+    def _signal_exit(self) -> None:
+        try:
+            os.eventfd_write(self.exit_evt, 1)
+        except OSError as err:
+            self.peripherals.metrics.failures += 1
+            log.error("vCPU %d: failed signaling vcpu exit event: %s", self.index, err)
+
+    def status(self) -> VcpuStatus:
+        status = self.exit_status
+        if status is None:
+            return VcpuStatus(self.index, self.state)
+        return VcpuStatus(self.index, self.state, int(status.code), status.reason)
+
+
+class VcpuHandle:
+    """The controller's side of one vCPU thread (the seed's ``VcpuHandle``).
+
+    ``send_event`` queues an event and kicks; ``request`` also waits, with a timeout, for the
+    response to *that* event. Requests on one handle are serialized by a lock, so two
+    controllers (a notebook cell and a widget) never take each other's answers.
+    """
+
+    def __init__(self, vcpu: Vcpu):
+        self._vcpu = vcpu
+        self.index = vcpu.index
+        self._events = vcpu.events
+        self._responses = vcpu.responses
+        self._thread = vcpu.thread
+        self._seq = itertools.count(1)
+        self._request_lock = threading.Lock()
+        #: responses the vCPU sent unasked (its own ``Exited``), oldest first
+        self.unsolicited: list[VcpuResponse] = []
+        #: late answers to requests that had timed out, with their seq
+        self.stale: list[VcpuResponse] = []
+        # Dropping the handle disconnects the vCPU, as dropping the seed's Sender does.
+        self._finalizer = weakref.finalize(self, _disconnect, vcpu)
+
+    @property
+    def vcpu(self) -> Vcpu:
+        return self._vcpu
+
+    @property
+    def finished(self) -> bool:
+        return not self._thread.is_alive()
+
+    def status(self) -> VcpuStatus:
+        return self._vcpu.status()
+
+    def send_event(self, event: VcpuEvent) -> int:
+        """Queues ``event`` and kicks the vCPU; returns the event's sequence number."""
+        if self.finished:
+            raise VcpuFinishedError(
+                f"vCPU {self.index} has finished (its thread ended after Finish or a stop); "
+                f"it cannot take {event.value}. Start a new Machine to run the guest again."
+            )
+        seq = next(self._seq)
+        self._events.put((event, seq))
+        self.kick()
+        return seq
+
+    def kick(self) -> None:
+        vcpu = self._vcpu
+        with vcpu.kick_lock:
+            if vcpu.kickable:
+                vcpu.run_u8[IMMEDIATE_EXIT] = 1
+                signal_thread(self._thread.ident)
+
+    def recv(self, timeout: float) -> VcpuResponse:
+        """The next response, whatever it answers (the seed's ``response_receiver().recv_timeout``)."""
+        try:
+            return self._responses.get(timeout=timeout)
+        except queue.Empty:
+            raise VcpuTimeoutError(f"vCPU {self.index} sent no response within {timeout:g} s") from None
+
+    def wait_response(self, seq: int, timeout: float, what: str = "event") -> VcpuResponse:
+        """Waits for the answer to event ``seq``; unasked and late answers are set aside."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                # Short slices so a thread that finishes without answering (the machine was
+                # stopped meanwhile) is noticed at once instead of after the whole timeout.
+                response = self._responses.get(timeout=min(max(remaining, 0), _FINISH_POLL))
+            except queue.Empty:
+                if self.finished and self._responses.empty():
+                    raise VcpuFinishedError(f"vCPU {self.index} finished before answering {what} (the machine stopped)") from None
+                if remaining <= 0:
+                    raise VcpuTimeoutError(
+                        f"vCPU {self.index} did not answer {what} within {timeout:g} s "
+                        f"(its state is {self.status()}); the request was left queued"
+                    ) from None
+                continue
+            if response.seq == seq:
+                return response
+            (self.unsolicited if response.seq is None else self.stale).append(response)
+
+    def request(self, event: VcpuEvent, timeout: float) -> VcpuResponse:
+        """Sends ``event`` and returns the vCPU's answer to it, or raises ``VcpuTimeoutError``."""
+        return request_all([self], event, timeout)[0]
+
+    def join(self, timeout: float) -> bool:
+        """Waits for the thread to end; True if it did."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+
+def request_all(handles: Iterable[VcpuHandle], event: VcpuEvent, timeout: float) -> list[VcpuResponse]:
+    """Sends ``event`` to every handle first (all kicks go out at once), then collects the answers.
+
+    One shared deadline: pausing N vCPUs costs one kick round trip, not N.
+    """
+    handles = list(handles)
+    deadline = time.monotonic() + timeout
+    locked: list[VcpuHandle] = []
+    try:
+        for handle in handles:
+            if not handle._request_lock.acquire(timeout=max(deadline - time.monotonic(), 0)):
+                raise VcpuTimeoutError(f"vCPU {handle.index}: another request is still waiting for its answer")
+            locked.append(handle)
+        seqs = [handle.send_event(event) for handle in handles]
+        return [
+            handle.wait_response(seq, max(deadline - time.monotonic(), 0), event.value)
+            for handle, seq in zip(handles, seqs)
+        ]
+    finally:
+        for handle in locked:
+            handle._request_lock.release()
+
+
+def _disconnect(vcpu: Vcpu) -> None:
+    """Finalizer of a dropped handle: tell the thread nobody is listening, and kick it."""
+    vcpu.events.put((DISCONNECTED, None))
+    with vcpu.kick_lock:
+        if vcpu.kickable and vcpu.thread is not None:
+            vcpu.run_u8[IMMEDIATE_EXIT] = 1
+            signal_thread(vcpu.thread.ident)
