@@ -55,15 +55,18 @@ def load_program(vm: Vm, program: Program | str | bytes, mode: Mode | str, layou
     if not code:
         raise ConfigError(f"{program.name} assembled to no bytes at all; nothing to run")
     image = Range(address, address + len(code))
-    for entry in vm.mmio_bus.entries:
-        if entry.range.overlaps(image):
-            raise ConfigError(
-                f"{program.name} at {image} would be loaded over the device window of {entry.name!r} {entry.range}; "
-                "load it into RAM (the default address is 0x8000)"
-            )
     if not any(rng.contains(address, len(code)) for rng in vm.memory.ranges):
         ram = " and ".join(str(r) for r in vm.memory.ranges)
-        raise ConfigError(f"{program.name} ({len(code)} bytes) at {image} does not fit in RAM ({ram})")
+        devices = [e for e in vm.mmio_bus.entries if e.range.overlaps(image)]
+        if any(rng.contains(address) for rng in vm.memory.ranges):
+            into = f"; its end would fall into the device window of {devices[0].name!r} {devices[0].range}" if devices else ""
+            raise ConfigError(f"{program.name} ({len(code)} bytes) at {image} does not fit in RAM ({ram}){into}")
+        if devices:
+            raise ConfigError(
+                f"{program.name} at {image} would be loaded over the device window of {devices[0].name!r} "
+                f"{devices[0].range}; load it into RAM (the default address is {LOAD_ADDRESS:#x})"
+            )
+        raise ConfigError(f"{program.name} at {image} is not in RAM ({ram}); load it into RAM (the default address is {LOAD_ADDRESS:#x})")
     if vcpus > MAX_RESULTS_VCPUS:
         raise ConfigError(f"bundled programs support up to {MAX_RESULTS_VCPUS} vCPUs (the results area), not {vcpus}")
     check_fits(vm.memory, image.end, vcpus)

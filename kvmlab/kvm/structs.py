@@ -205,7 +205,8 @@ KVM_APIC_REG_SIZE = 0x400
 
 
 class kvm_lapic_state(Struct):
-    _fields_ = [("regs", c_char * KVM_APIC_REG_SIZE)]
+    # u8 rather than c_char: ctypes cuts a c_char array at its first NUL when read
+    _fields_ = [("regs", u8 * KVM_APIC_REG_SIZE)]
 
 
 class kvm_xsave(Struct):
@@ -348,7 +349,7 @@ class kvm_run_exit_union(ctypes.Union):
         ("mmio", kvm_run_mmio),
         ("internal", kvm_run_internal),
         ("system_event", kvm_run_system_event),
-        ("padding", c_char * 256),
+        ("padding", u8 * 256),
     ]
 
 

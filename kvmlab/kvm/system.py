@@ -47,6 +47,7 @@ class Kvm:
     """The KVM system handle. One thin method per system ioctl; no policy."""
 
     def __init__(self, path: str = DEFAULT_KVM_PATH):
+        self.fd = -1
         try:
             self.fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         except OSError as err:

@@ -1,16 +1,21 @@
 ; triple_fault.asm: how a CPU dies.
 ;
 ; What it shows: the fault that ends a machine. The program loads an empty interrupt table
-; (limit 0) and executes UD2, an instruction defined to be invalid. The CPU tries to deliver
-; #UD through the table, cannot (the table is empty), tries #GP, then #DF, and gives up: a
-; triple fault, which on a PC resets the machine.
+; (limit 0, placed at NO_MEMORY, a guest address where there is neither RAM nor a device) and
+; executes UD2, an instruction defined to be invalid. The CPU tries to deliver #UD through the
+; table and cannot; it tries #GP, then #DF, and gives up: a triple fault, which on a PC resets
+; the machine. KVM reports it as KVM_EXIT_SHUTDOWN; kvmlab stops the machine (code 0, reason
+; SHUTDOWN), as Firecracker does.
 ;
-; Hardware KVM reports it as KVM_EXIT_SHUTDOWN (kvmlab: the machine stops, code 0, reason
-; SHUTDOWN, as Firecracker treats it). Under a nested, paravirtualized KVM (kvm_pvm) the kernel
-; emulates the failing delivery and reports KVM_EXIT_INTERNAL_ERROR suberror 1 instead
-; (kvmlab: the vCPU fails, code 1). Either way the machine ends and says why.
+; Why the table is put where no memory is: a CPU with VT-x checks the limit and faults at once,
+; but KVM's own instruction emulator (used for real mode on some hosts, and for everything under
+; a nested, paravirtualized KVM such as kvm_pvm) skips the limit check in real mode and reads
+; the vector from the table's base. With the base at 0 it would find vector 6 in the real-mode
+; interrupt table of zeros and jump to 0000:0000. With no memory at the base, both fail.
 ;
 ; On entry: DI = this vCPU's index. Results: none.
+
+.equ NO_MEMORY, 0xbf000
 
 start:
     mov eax, empty_idt
@@ -20,4 +25,4 @@ start:
 
 empty_idt:
     .word 0                             ; limit 0: no vectors at all
-    .quad 0                             ; base (10 bytes in long mode, 6 elsewhere)
+    .quad NO_MEMORY                     ; base (10 bytes in long mode, 6 elsewhere)

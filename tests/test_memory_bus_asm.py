@@ -1,0 +1,120 @@
+"""Guest memory bounds, bus overlaps and the assembler's errors (no KVM needed)."""
+
+from __future__ import annotations
+
+import pytest
+
+from kvmlab.errors import AssemblyError, ConfigError, DeviceOverlapError, GuestMemoryError
+from kvmlab.guest.asm import assemble, disassemble, strip_comment
+from kvmlab.vstate.bus import Bus
+from kvmlab.vstate.layout import Range, ram_ranges
+from kvmlab.vstate.memory import GuestMemory, validate_memory_size
+
+
+def test_layout_keeps_the_legacy_hole_free_of_ram():
+    assert ram_ranges(2 << 20) == [Range(0, 0xA0000), Range(0x100000, 0x200000)]
+    assert ram_ranges(0x40000) == [Range(0, 0x40000)]
+    assert ram_ranges(0xC0000) == [Range(0, 0xA0000)]
+
+
+@pytest.mark.parametrize("size", [0, -4096, 4095, 4097, 1.5, "2M"])
+def test_memory_size_must_be_whole_pages(size):
+    with pytest.raises(ConfigError, match="positive multiple of 4 KiB"):
+        validate_memory_size(size)
+
+
+def test_memory_size_has_a_cap():
+    with pytest.raises(ConfigError, match="beyond kvmlab's cap"):
+        validate_memory_size(4 << 30)
+
+
+def test_memory_reads_and_writes_are_bounds_checked():
+    memory = GuestMemory(2 << 20)
+    try:
+        memory.write(0x1000, b"hello")
+        assert memory.read(0x1000, 5) == b"hello"
+        memory.write_int(0x100000, 4, 0xDEADBEEF)
+        assert memory.read_u32(0x100000) == 0xDEADBEEF
+        with pytest.raises(GuestMemoryError, match=r"\[0x9fffe, 0xa0002\).*RAM is \[0x0, 0xa0000\) and \[0x100000, 0x200000\)"):
+            memory.write(0x9FFFE, b"1234")  # straddles the end of low RAM
+        with pytest.raises(GuestMemoryError, match="not inside RAM"):
+            memory.read(0xA0000, 4)  # the device hole
+        with pytest.raises(GuestMemoryError):
+            memory.read(0x1FFFFF, 2)  # past the top
+        with pytest.raises(GuestMemoryError, match="non-negative"):
+            memory.read(-1, 1)
+        assert memory.read(0x1000, 5) == b"hello", "nothing was lost"
+    finally:
+        memory.close()
+
+
+class Nop:
+    def read(self, offset, size):
+        return 0
+
+    def write(self, offset, size, value):
+        pass
+
+
+def test_bus_rejects_overlaps_and_names_both_devices():
+    bus = Bus("mmio", 1 << 32, forbidden=((Range(0, 0xA0000), "RAM"),))
+    bus.insert(Nop(), 0xA0000, 0x1000, name="first")
+    with pytest.raises(DeviceOverlapError, match=r"'second'.*overlaps 'first' at \[0xa0000, 0xa1000\)"):
+        bus.insert(Nop(), 0xA0800, 0x1000, name="second")
+    with pytest.raises(DeviceOverlapError, match="overlaps RAM"):
+        bus.insert(Nop(), 0x9F000, 0x2000, name="ram-eater")
+    with pytest.raises(ConfigError, match="length"):
+        bus.insert(Nop(), 0xB0000, 0)
+    with pytest.raises(ConfigError, match="not a bus device"):
+        bus.insert(object(), 0xB0000, 4)
+    bus.insert(Nop(), 0xA1000, 0x10, name="adjacent")  # touching is not overlapping
+    assert [e.name for e in bus.entries] == ["first", "adjacent"]
+    assert bus.resolve(0xA1000).name == "adjacent" and bus.resolve(0xA1010) is None
+
+
+def test_pio_bus_ends_at_port_ffff():
+    bus = Bus("pio", 0x10000)
+    with pytest.raises(ConfigError, match="past the end"):
+        bus.insert(Nop(), 0xFFFE, 4)
+
+
+def test_assembles_in_every_mode():
+    assert assemble("mov ax, 1\nhlt", 16) == bytes.fromhex("b80100f4")
+    assert assemble("mov eax, 1\nhlt", 32) == bytes.fromhex("b801000000f4")
+    assert assemble("mov rax, 1\nhlt", 64) == bytes.fromhex("48c7c001000000f4")
+    code = assemble("start: jmp start", 32, 0x8000)
+    assert disassemble(code, 32, 0x8000) == [(0x8000, code, "jmp 0x8000")]
+
+
+def test_semicolons_are_comments_but_not_inside_strings():
+    assert strip_comment('mov al, 1 ; note') == "mov al, 1"
+    assert strip_comment('.ascii "a;b" # c') == '.ascii "a;b"'
+    assert assemble('.ascii "a;b"  ; trailing', 16) == b"a;b"
+
+
+@pytest.mark.parametrize(
+    "source, line, message",
+    [
+        ("mov ax, 1\nbogus bogus\nhlt", 2, "Invalid mnemonic"),
+        ("start: mov ax, 1\n  jmp nowhere\nhlt", 2, "Cannot find a symbol"),
+        ("mov eax, 1\n\n; comment\nmov ecx, [esi+eax*3]\n", 4, "Invalid operand"),
+        (".macro TWICE x\n  inc \\x\n  inc \\x\n.endm\nTWICE eax\nfrob eax", 6, "Invalid mnemonic"),
+    ],
+)
+def test_assembly_errors_name_the_line(source, line, message):
+    with pytest.raises(AssemblyError) as err:
+        assemble(source, 32, name="cell.asm")
+    assert err.value.line == line
+    assert message in str(err.value) and f"cell.asm: line {line}:" in str(err.value)
+
+
+def test_include_is_refused_instead_of_ignored():
+    with pytest.raises(AssemblyError, match=".include and .incbin are not supported"):
+        assemble('nop\n.include "other.asm"', 16)
+
+
+def test_bad_mode_and_source_type():
+    with pytest.raises(AssemblyError, match="16, 32 or 64"):
+        assemble("nop", 8)
+    with pytest.raises(AssemblyError, match="must be text"):
+        assemble(b"\x90", 16)
