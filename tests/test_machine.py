@@ -400,3 +400,18 @@ def test_stress_4_vcpus_500_pause_resume_cycles(machines):
         assert next(handle._seq) == 1 + 1 + 1000, "1 resume at start + 500 pauses + 500 resumes"
     assert all(mt.exit_mmio_write > 0 for mt in m.metrics)
     assert elapsed < 60
+
+
+def test_first_machine_off_the_main_thread_says_what_to_do():
+    # In a fresh interpreter (here the handler is already installed by earlier tests).
+    import subprocess
+    import sys
+
+    probe = (
+        "import threading\nfrom kvmlab import Machine\nfrom kvmlab.errors import KickUnavailableError\nout = []\n"
+        "def make():\n    try:\n        Machine()\n    except KickUnavailableError as e:\n        out.append(str(e))\n"
+        "t = threading.Thread(target=make); t.start(); t.join(); print(out[0])"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert "must be installed from the main thread" in result.stdout, result.stdout + result.stderr
+    assert "create the first Machine on the main thread" in result.stdout

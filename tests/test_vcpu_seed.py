@@ -299,3 +299,16 @@ def test_vcpu_dump_cpu_config():
             # The DumpCpuConfig event is only allowed while paused.
             response = queue_event_expect_response(handle, VcpuEvent.DUMP_CPU_CONFIG, NotAllowed)
             assert response.reason == "cpu config dump is unavailable while running"
+
+
+def test_two_queued_events_are_both_answered_on_a_loop_without_exits():
+    """Two events sent back to back (two kicks, one possibly landing outside KVM_RUN) must
+    both be read even though the guest never exits by itself."""
+    with running_vcpus(programs.busy_loop(), "protected") as (vm, (handle,)):
+        queue_event_expect_response(handle, VcpuEvent.RESUME, Resumed)
+        for _ in range(50):
+            first = handle.send_event(VcpuEvent.SAVE_STATE)
+            second = handle.send_event(VcpuEvent.PAUSE)
+            assert isinstance(handle.wait_response(first, RECV_TIMEOUT), NotAllowed)
+            assert isinstance(handle.wait_response(second, RECV_TIMEOUT), Paused)
+            queue_event_expect_response(handle, VcpuEvent.RESUME, Resumed)

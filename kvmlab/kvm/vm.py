@@ -51,6 +51,7 @@ class VmFd:
         ioctl(self.fd, c.KVM_SET_IDENTITY_MAP_ADDR, ctypes.byref(value), name="KVM_SET_IDENTITY_MAP_ADDR")
 
     def create_irqchip(self) -> None:
+        """In-kernel PIC, IOAPIC and a LAPIC per vCPU; only before the first vCPU is created."""
         ioctl(self.fd, c.KVM_CREATE_IRQCHIP, 0, name="KVM_CREATE_IRQCHIP")
 
     def create_pit2(self, flags: int = 0) -> None:

@@ -308,12 +308,7 @@ def _handle_io(p: Peripherals, m: VcpuMetrics):
                 value = 0
             u8[at : at + size] = value.to_bytes(size, "little")
     elapsed = perf_counter_ns() - start
-    if elapsed > agg.max_ns:
-        agg.max_ns = elapsed
-    if elapsed < agg.min_ns or not agg.count:
-        agg.min_ns = elapsed
-    agg.count += 1
-    agg.sum_ns += elapsed
+    agg.record(elapsed)
     trace = p.trace
     if trace is not None:
         trace(EXIT_IO, port, size, value, elapsed, direction)

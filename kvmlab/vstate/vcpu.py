@@ -150,6 +150,11 @@ class Vcpu:
             event, seq = self.events.get_nowait()
         except queue.Empty:
             return self.running
+        if not self.events.empty():
+            # More is queued, and its kick may have landed while this thread was out of
+            # KVM_RUN: re-arm immediate_exit so the next event is read at once (the seed reads
+            # one event per interruption and could leave a second one waiting on a busy loop).
+            self.run_u8[IMMEDIATE_EXIT] = 1
         if event is VcpuEvent.PAUSE:
             self.state = VcpuState.PAUSED
             self.responses.put(Paused(seq=seq))
