@@ -17,6 +17,7 @@ machine dropped without ``close()`` is closed by its finalizer.
 
 from __future__ import annotations
 
+import functools
 import weakref
 from typing import Iterable
 
@@ -27,6 +28,9 @@ from .errors import ConfigError, MachineStateError, MachineTimeoutError, VcpuExi
 from .guest.loader import LoadedProgram, load_program, read_results
 from .guest.modes import LOAD_ADDRESS
 from .guest.programs import Program
+from .metrics import MetricsRegistry
+from .metrics.registry import DEFAULT_HISTORY_S, DEFAULT_SAMPLE_HZ
+from .metrics.trace import DEFAULT_CAPACITY as DEFAULT_TRACE_CAPACITY
 from .vmm import MachineExit, Phase, Vmm
 from .vstate.bus import BusDevice, BusEntry
 from .vstate.cpu_state import CpuConfiguration, VcpuSnapshot
@@ -38,6 +42,14 @@ from .vstate.protocol import DumpedCpuConfig, Error, Exited, NotAllowed, Paused,
 from .vstate.vm import Vm
 
 
+def _describe_address(mmio_bus, pio_bus, bus: str, address: int) -> tuple[str, str]:
+    """(device, register) at an MMIO address or port, for the per-address metrics."""
+    entry = (mmio_bus if bus == "mmio" else pio_bus).resolve(address)
+    if entry is None:
+        return "(none)", ""
+    return entry.name, entry.register_name(address - entry.base)
+
+
 class Machine:
     """A VM with ``vcpus`` vCPU threads, ``memory_mib`` MiB of RAM and the teaching devices.
 
@@ -46,7 +58,19 @@ class Machine:
     controllers (then HLT no longer exits to user space; the small programs want it off).
     """
 
-    def __init__(self, vcpus: int = 1, memory_mib: float = 2, *, irqchip: bool = False, timeout: float = 5.0, kvm_path: str | None = None):
+    def __init__(
+        self,
+        vcpus: int = 1,
+        memory_mib: float = 2,
+        *,
+        irqchip: bool = False,
+        timeout: float = 5.0,
+        sample_hz: float = DEFAULT_SAMPLE_HZ,
+        history_s: float = DEFAULT_HISTORY_S,
+        trace: bool = False,
+        trace_capacity: int = DEFAULT_TRACE_CAPACITY,
+        kvm_path: str | None = None,
+    ):
         if not isinstance(vcpus, int) or isinstance(vcpus, bool) or vcpus < 1:
             raise ConfigError(f"vcpus={vcpus!r}: need a whole number of at least 1")
         if isinstance(memory_mib, bool) or not isinstance(memory_mib, (int, float)) or memory_mib <= 0:
@@ -56,6 +80,12 @@ class Machine:
             raise ConfigError(f"memory_mib={memory_mib!r} is not a whole number of bytes, let alone 4 KiB pages")
         if not isinstance(timeout, (int, float)) or timeout <= 0:
             raise ConfigError(f"timeout={timeout!r}: need a positive number of seconds")
+        if isinstance(sample_hz, bool) or not isinstance(sample_hz, (int, float)) or not 0 < sample_hz <= 1000:
+            raise ConfigError(f"sample_hz={sample_hz!r}: need a rate above 0 and at most 1000 samples a second")
+        if isinstance(history_s, bool) or not isinstance(history_s, (int, float)) or history_s * sample_hz < 1:
+            raise ConfigError(f"history_s={history_s!r}: need room for at least one sample at {sample_hz} Hz")
+        if isinstance(trace_capacity, bool) or not isinstance(trace_capacity, int) or trace_capacity < 1:
+            raise ConfigError(f"trace_capacity={trace_capacity!r}: need a positive number of rows")
         install_kick_handler()
         self.timeout = float(timeout)
         engine = KvmEngine(kvm_path)
@@ -79,6 +109,19 @@ class Machine:
             vm.pio_bus.insert(self.serial, COM1, self.serial.size)
             vm.pio_bus.insert(self.debug_exit, DEBUG_EXIT_PORT, self.debug_exit.size)
             vm.mmio_bus.insert(self.mailbox, MAILBOX_BASE, self.mailbox.size)
+            #: exit metrics: ``metrics.vcpu(0).exit_mmio_write``, ``metrics.totals()``, ...
+            self.metrics = MetricsRegistry(
+                [vcpu.peripherals for vcpu in vm.vcpus],
+                [vcpu.backend.kernel_stats() for vcpu in vm.vcpus],
+                sample_hz=sample_hz,
+                history_s=history_s,
+                # not a bound method: nothing the threads reach may hold the Machine itself
+                describe_address=functools.partial(_describe_address, vm.mmio_bus, vm.pio_bus),
+            )
+            if trace:
+                self.metrics.enable_trace(trace_capacity)
+            vmm.on_start.append(self.metrics.start)
+            vmm.on_stop.append(lambda _exit, registry=self.metrics: registry.stop())
         except BaseException:
             self.close()
             raise
@@ -210,10 +253,6 @@ class Machine:
         """Device handlers that raised (newest last, the last 1000), with tracebacks."""
         return list(self._vmm.device_failures)
 
-    @property
-    def metrics(self):
-        """Per-vCPU exit counters (``metrics[i].exit_mmio_write``)."""
-        return [vcpu.peripherals.metrics for vcpu in self._vmm.vcpus]
 
     def results(self, vcpu: int | None = None) -> dict[str, int] | list[dict[str, int]]:
         """What a bundled program counted (its results area), for one vCPU or all."""

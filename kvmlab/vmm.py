@@ -67,6 +67,8 @@ class Vmm:
         self._teardown = threading.RLock()
         self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self._supervisor: threading.Thread | None = None
+        #: called just before the vCPUs are first resumed
+        self.on_start: list[Callable[[], None]] = []
         #: called (on whichever thread stopped the machine) once every vCPU thread has ended
         self.on_stop: list[Callable[[MachineExit], None]] = []
 
@@ -90,6 +92,8 @@ class Vmm:
         barrier.wait(timeout=self.timeout)
         self._supervisor = threading.Thread(target=self._supervise, name="kvmlab supervisor", daemon=True)
         self._supervisor.start()
+        for callback in list(self.on_start):
+            callback()
         request_all(self.handles, VcpuEvent.RESUME, self.timeout)
 
     def request(self, indices: list[int], event: VcpuEvent, timeout: float | None = None):
@@ -138,13 +142,14 @@ class Vmm:
                 )
             self.exit = MachineExit(code, reason, {v.index: (v.exit_status.code if v.exit_status else None) for v in self.vcpus})
             self.phase = Phase.STOPPED
+            # Before waking wait(): whoever wait() returns to sees the final metrics sample.
+            for callback in list(self.on_stop):
+                try:
+                    callback(self.exit)
+                except Exception:
+                    log.exception("on_stop callback %r failed", callback)
             self._stopped.set()
         log.info("machine stopped: %r", self.exit)
-        for callback in list(self.on_stop):
-            try:
-                callback(self.exit)
-            except Exception:
-                log.exception("on_stop callback %r failed", callback)
         return self.exit
 
     def close(self) -> None:

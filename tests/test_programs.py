@@ -62,7 +62,7 @@ def test_mmio_counter_counts_exactly(machines, mode):
         assert (metrics.exit_mmio_write, metrics.exit_mmio_read) == (iterations, reads)
         assert metrics.mmio_write_by_addr == {register: iterations}
         assert metrics.mmio_read_by_addr == {register: reads}
-        assert metrics.mmio_write_agg.count == iterations and metrics.mmio_write_agg.min_ns > 0
+        assert metrics.exit_mmio_write_agg.count == iterations and metrics.exit_mmio_write_agg.min_ns > 0
 
 
 @pytest.mark.parametrize("mode", MODES)

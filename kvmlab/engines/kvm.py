@@ -7,10 +7,12 @@ released for its whole duration), an errno test, and the shared ``handle_kvm_exi
 from __future__ import annotations
 
 import errno
+from time import perf_counter_ns
 
 from ..kvm import Cap, Kvm, KvmStats, VcpuFd, VmFd
+from ..metrics import trace as trace_kinds
 from ..kvm import constants as kc
-from ..kvm.syscall import get_errno, libc_ioctl
+from ..kvm.syscall import get_errno, kvm_run_ioctl
 from ..vstate.cpu_state import CpuConfiguration, CpuidEntry, VcpuSnapshot
 from ..vstate.exits import Emulation, Peripherals, handle_kvm_exit
 from ..vstate.layout import TSS_ADDRESS
@@ -106,11 +108,13 @@ class KvmVcpuBackend:
 
     def run_emulation(self, p: Peripherals):
         """One KVM_RUN and the handling of its exit."""
-        if libc_ioctl(self._raw_fd, KVM_RUN, 0) < 0:
+        if kvm_run_ioctl(self._raw_fd, KVM_RUN, 0) < 0:
             err = get_errno()
             if err == EINTR:
                 self.run_views[0][kc.RUN_IMMEDIATE_EXIT] = 0
                 p.metrics.interrupted += 1
+                if p.trace is not None:
+                    p.trace(trace_kinds.INTERRUPTED, 0, 0, 0, perf_counter_ns(), 0)
                 return INTERRUPTED
             return handle_kvm_exit(p, err)
         return handle_kvm_exit(p, 0)

@@ -13,7 +13,7 @@ import os
 
 from . import constants as c
 from . import structs as s
-from .syscall import KvmIoctlError, get_errno, ioctl, libc_ioctl
+from .syscall import KvmIoctlError, get_errno, ioctl, kvm_run_ioctl
 
 
 class VcpuFd:
@@ -57,7 +57,7 @@ class VcpuFd:
 
         Returning the errno instead of raising keeps EINTR (a kick) off the exception path.
         """
-        if libc_ioctl(self.fd, c.KVM_RUN, 0) < 0:
+        if kvm_run_ioctl(self.fd, c.KVM_RUN, 0) < 0:
             return get_errno()
         return 0
 

@@ -1,9 +1,9 @@
 """Per-vCPU exit counters, written by exactly one vCPU thread and read by anyone.
 
 Firecracker keeps one global ``VcpuMetrics`` (``exit_mmio_read``, ``exit_io_out``, ...,
-``*_agg`` latency aggregates); kvmlab keeps one per vCPU. The exit hot path does plain int
-``+=`` on slot attributes: no locks (a single writer per object, and CPython reads a slot
-atomically), no allocation beyond the int itself, no method call.
+``exit_*_agg`` latency aggregates); kvmlab keeps one per vCPU, with the same names. The exit
+hot path does plain int ``+=`` and compares on slot attributes: no locks (one writer per
+object; CPython reads and writes a slot atomically), no allocation beyond the ints, no calls.
 """
 
 from __future__ import annotations
@@ -23,45 +23,75 @@ COUNTERS = (
     "device_errors",
 )
 
-#: Latency aggregates, measured around the device call as Firecracker's ``*_agg``.
-AGGREGATES = ("mmio_read_agg", "mmio_write_agg", "io_in_agg", "io_out_agg")
+#: Latency aggregates around the device call, Firecracker's ``*_agg`` names.
+AGGREGATES = ("exit_mmio_read_agg", "exit_mmio_write_agg", "exit_io_in_agg", "exit_io_out_agg")
 
 #: Where the per-address counts live, by exit kind.
 BY_ADDRESS = ("mmio_read_by_addr", "mmio_write_by_addr", "io_in_by_port", "io_out_by_port")
 
 NS_PER_US = 1000
+#: "no sample yet" for a minimum: any latency is smaller, so the hot path needs one compare.
+NO_MIN = 1 << 62
 
 
 class LatencyAgg:
-    """count / min / max / sum of a latency, in nanoseconds (exported in microseconds)."""
+    """count / min / max / sum of a latency in nanoseconds, since the start and per window.
 
-    __slots__ = ("count", "min_ns", "max_ns", "sum_ns")
+    ``min_ns``/``max_ns``/``sum_ns``/``count`` are cumulative. ``window_min_ns`` and
+    ``window_max_ns`` are the extremes since the last ``take_window()``: the JSON-lines writer
+    reports per-flush min/max, as Firecracker resets its aggregates on every flush.
+    """
+
+    __slots__ = ("count", "min_ns", "max_ns", "sum_ns", "window_min_ns", "window_max_ns")
 
     def __init__(self) -> None:
         self.count = 0
-        self.min_ns = 0
+        self.min_ns = NO_MIN
         self.max_ns = 0
         self.sum_ns = 0
+        self.window_min_ns = NO_MIN
+        self.window_max_ns = 0
 
     def record(self, ns: int) -> None:
-        """Slow-path helper (the hot path inlines the same four lines)."""
-        if self.count == 0 or ns < self.min_ns:
-            self.min_ns = ns
+        """Slow-path form of the four compares and two adds the MMIO path inlines."""
         if ns > self.max_ns:
             self.max_ns = ns
+        if ns < self.min_ns:
+            self.min_ns = ns
+        if ns > self.window_max_ns:
+            self.window_max_ns = ns
+        if ns < self.window_min_ns:
+            self.window_min_ns = ns
         self.count += 1
         self.sum_ns += ns
 
+    @property
+    def min_us(self) -> float:
+        return self.min_ns / NS_PER_US if self.count else 0.0
+
+    @property
+    def max_us(self) -> float:
+        return self.max_ns / NS_PER_US
+
+    @property
+    def sum_us(self) -> float:
+        return self.sum_ns / NS_PER_US
+
+    def take_window(self) -> tuple[float, float]:
+        """(min_us, max_us) since the previous call, and starts a new window.
+
+        Racing the vCPU thread can lose one sample's effect on the *window* extremes; the
+        cumulative fields are never reset and stay exact.
+        """
+        low, high = self.window_min_ns, self.window_max_ns
+        self.window_min_ns, self.window_max_ns = NO_MIN, 0
+        return (low / NS_PER_US if low != NO_MIN else 0.0), high / NS_PER_US
+
     def as_us(self) -> dict[str, float]:
-        return {
-            "count": self.count,
-            "min_us": self.min_ns / NS_PER_US,
-            "max_us": self.max_ns / NS_PER_US,
-            "sum_us": self.sum_ns / NS_PER_US,
-        }
+        return {"count": self.count, "min_us": self.min_us, "max_us": self.max_us, "sum_us": self.sum_us}
 
     def __repr__(self) -> str:
-        return f"LatencyAgg(count={self.count}, min_us={self.min_ns / 1e3:.2f}, max_us={self.max_ns / 1e3:.2f}, sum_us={self.sum_ns / 1e3:.1f})"
+        return f"LatencyAgg(count={self.count}, min_us={self.min_us:.2f}, max_us={self.max_us:.2f}, sum_us={self.sum_us:.1f})"
 
 
 class VcpuMetrics:

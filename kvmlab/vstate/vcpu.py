@@ -44,6 +44,7 @@ import weakref
 from typing import Callable, Iterable
 
 from ..errors import VcpuError, VcpuFinishedError, VcpuTimeoutError
+from ..metrics import trace as trace_kinds
 from .exits import DebugExitInfo, Emulation, ExitCode, Peripherals, Stopped
 from .kick import signal_thread
 from .protocol import (
@@ -130,12 +131,18 @@ class Vcpu:
 
     def running(self):
         """The Running state: run the guest until something needs the state machine."""
-        run_emulation = self.run_emulation
+        # The inner loop is the seed's optimisation: no event check while exits are handled.
+        # It is run_emulation() inlined (same steps, one call level less per exit: ~5% here).
+        enter = self.backend.run_emulation
+        peripherals = self.peripherals
+        u8 = self.run_u8
         handled = Emulation.HANDLED
         try:
-            # The inner loop is the seed's optimisation: no event check while exits are handled.
             while True:
-                result = run_emulation()
+                if u8[IMMEDIATE_EXIT]:
+                    result = self.run_emulation()  # the short-circuit, with its bookkeeping
+                else:
+                    result = enter(peripherals)
                 if result is handled:
                     continue
                 if type(result) is Stopped:
@@ -144,6 +151,8 @@ class Vcpu:
                     self.last_debug = result
                 break  # INTERRUPTED, DIRTY_RING_FULL or a debug event: look at the events
         except VcpuError as err:
+            if peripherals.trace is not None:
+                peripherals.trace(trace_kinds.ERROR, 0, 0, 0, time.perf_counter_ns(), 0)
             return self.exit(Stopped(ExitCode.GENERIC_ERROR, str(err), machine_wide=True))
 
         try:

@@ -1,0 +1,7 @@
+"""Per-vCPU exit metrics: live counters, kernel statistics, sampled history, traces, exports."""
+
+from .counters import AGGREGATES, COUNTERS, LatencyAgg, VcpuMetrics
+from .export import ExportError
+from .registry import ALL, MetricsRegistry
+
+__all__ = ["AGGREGATES", "ALL", "COUNTERS", "ExportError", "LatencyAgg", "MetricsRegistry", "VcpuMetrics"]

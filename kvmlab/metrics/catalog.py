@@ -1,0 +1,74 @@
+"""What metrics a registry has: each one's name, kind, unit and how vCPUs combine into 'all'.
+
+Names are flat strings used as DataFrame columns / categories:
+
+* counters, Firecracker's names: ``exit_mmio_read``, ``exit_io_out``, ``failures``, ...
+* latency aggregates around the device call: ``exit_mmio_write_agg.count`` / ``.min_us`` /
+  ``.max_us`` / ``.sum_us``
+* the kernel's own per-vCPU statistics (KVM's binary stats fd): ``kvm.exits``,
+  ``kvm.mmio_exits``, ``kvm.halt_exits``, ``kvm.signal_exits``, ``kvm.insn_emulation``, ...
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..kvm.stats import StatType, StatUnit
+from .counters import AGGREGATES, COUNTERS
+
+COUNTER_HELP = {
+    "exit_mmio_read": "MMIO reads that left the guest (KVM_EXIT_MMIO, is_write = 0)",
+    "exit_mmio_write": "MMIO writes that left the guest (KVM_EXIT_MMIO, is_write = 1)",
+    "exit_io_in": "port reads that left the guest (KVM_EXIT_IO in)",
+    "exit_io_out": "port writes that left the guest (KVM_EXIT_IO out)",
+    "exit_hlt": "HLT exits (the vCPU stopped)",
+    "exit_shutdown": "SHUTDOWN exits (triple fault)",
+    "exit_debug": "KVM_EXIT_DEBUG (single-step, breakpoints)",
+    "interrupted": "KVM_RUN ended by a kick (EINTR), or skipped because one was pending",
+    "failures": "exits that ended the vCPU with an error (the seed's failures counter)",
+    "unhandled_accesses": "MMIO/port accesses no device claims",
+    "device_errors": "device handlers that raised",
+}
+AGG_FIELDS = ("count", "min_us", "max_us", "sum_us")
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    name: str
+    kind: str  # "counter", "latency" or "kernel"
+    cumulative: bool  # only ever grows: a per-second rate makes sense
+    combine: str  # how 'all' combines the vCPUs: "sum", "min" or "max"
+    unit: str
+    help: str
+
+
+def exit_metric_specs() -> list[MetricSpec]:
+    specs = [MetricSpec(name, "counter", True, "sum", "exits", COUNTER_HELP[name]) for name in COUNTERS]
+    for agg in AGGREGATES:
+        what = agg[: -len("_agg")]
+        specs += [
+            MetricSpec(f"{agg}.count", "latency", True, "sum", "exits", f"{what}: device calls timed"),
+            MetricSpec(f"{agg}.min_us", "latency", False, "min", "us", f"{what}: shortest device call"),
+            MetricSpec(f"{agg}.max_us", "latency", False, "max", "us", f"{what}: longest device call"),
+            MetricSpec(f"{agg}.sum_us", "latency", True, "sum", "us", f"{what}: time spent in device calls"),
+        ]
+    return specs
+
+
+def _unit(unit, exponent: int) -> str:
+    base = {StatUnit.NONE: "", StatUnit.BYTES: "B", StatUnit.SECONDS: "s", StatUnit.CYCLES: "cycles", StatUnit.BOOLEAN: "bool"}.get(unit, "")
+    if unit == StatUnit.SECONDS and exponent in (-3, -6, -9):
+        return {-3: "ms", -6: "us", -9: "ns"}[exponent]
+    return f"{base}*10^{exponent}" if exponent and base else base
+
+
+def kernel_metric_specs(descriptors) -> list[MetricSpec]:
+    """Scalar KVM stats (histograms are left out of time series)."""
+    specs = []
+    for d in descriptors:
+        if d.size != 1:
+            continue
+        cumulative = d.type == StatType.CUMULATIVE
+        combine = "max" if d.type == StatType.PEAK else "sum"
+        specs.append(MetricSpec(f"kvm.{d.name}", "kernel", cumulative, combine, _unit(d.unit, d.exponent) or "count", f"KVM's own {d.name}"))
+    return specs

@@ -1,0 +1,425 @@
+"""``MetricsRegistry``: every vCPU's exit metrics, live, over time and as DataFrames.
+
+>>> m.metrics.vcpu(0).exit_mmio_write          # a live counter
+>>> m.metrics.totals()                          # one row per vCPU (+ 'all'), a column per metric
+>>> m.metrics.to_dataframe(rates=True)          # tidy time series: t, elapsed_s, vcpu, metric, value
+>>> m.metrics.trace_dataframe()                 # one row per exit, when tracing is on
+>>> m.metrics.write_json_lines("metrics.jsonl") # Firecracker-style line (deltas since the last)
+
+Live values come straight from the per-vCPU ``VcpuMetrics`` the vCPU threads write and from
+KVM's binary stats fd. A sampler thread copies all of them, ``sample_hz`` times a second, into
+a ring buffer of ``history_s`` seconds; the DataFrames are built from that buffer.
+
+The registry only needs objects with ``.metrics`` and ``.trace`` (a vCPU's peripherals) and,
+for the kernel's statistics, one ``KvmStats`` (or None) per vCPU: it works for any engine.
+"""
+
+from __future__ import annotations
+
+import operator
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .catalog import AGG_FIELDS, MetricSpec, exit_metric_specs, kernel_metric_specs
+from .counters import AGGREGATES, COUNTERS, NS_PER_US, VcpuMetrics
+from .export import FORMATS, append_json_line, check_output_path, write_frame
+from .ring import RingBuffer
+from .sampler import Sampler
+from .trace import DEFAULT_CAPACITY, KIND_NAMES, TraceBuffer
+
+DEFAULT_SAMPLE_HZ = 10.0
+DEFAULT_HISTORY_S = 3600.0
+ALL = "all"
+_FIRECRACKER_COUNTERS = ("exit_io_in", "exit_io_out", "exit_mmio_read", "exit_mmio_write", "failures")
+
+
+class _JsonLines:
+    """One JSON-lines destination: its last values (for deltas) and its flush period."""
+
+    def __init__(self, path: Path, every_s: float | None):
+        self.path = path
+        self.every_s = every_s
+        self.due = time.monotonic() + every_s if every_s else None
+        self.baseline: list[dict[str, float]] | None = None
+
+
+class MetricsRegistry:
+    def __init__(
+        self,
+        peripherals: Sequence,
+        kernel_stats: Sequence | None = None,
+        *,
+        sample_hz: float = DEFAULT_SAMPLE_HZ,
+        history_s: float = DEFAULT_HISTORY_S,
+        describe_address: Callable[[str, int], tuple[str, str]] | None = None,
+    ):
+        self._peripherals = list(peripherals)
+        self._metrics: list[VcpuMetrics] = [p.metrics for p in self._peripherals]
+        stats = list(kernel_stats) if kernel_stats is not None else [None] * len(self._metrics)
+        self._kernel = stats if all(s is not None for s in stats) else None
+        #: why kernel statistics are missing (None when they are present)
+        self.kernel_stats_absent = None if self._kernel else "this engine has no KVM binary stats fd"
+        self.specs: list[MetricSpec] = exit_metric_specs()
+        self._kernel_picks: tuple[int, ...] = ()
+        if self._kernel:
+            descriptors = [d for d in self._kernel[0].descriptors if d.size == 1]
+            self.specs += kernel_metric_specs(descriptors)
+            self._kernel_picks = tuple(d.offset // 8 for d in descriptors)
+        self._spec_index = {spec.name: i for i, spec in enumerate(self.specs)}
+        self._counters = operator.attrgetter(*COUNTERS)
+        self._describe_address = describe_address
+        self.sample_hz = sample_hz
+        self.history_s = history_s
+        width = len(self.specs)
+        self.ring = RingBuffer(2 + width * len(self._metrics), max(1, int(history_s * sample_hz)))
+        self.sampler = Sampler(self.sample, sample_hz)
+        # perf_counter_ns is monotonic but has no epoch: one anchor pair turns it into UTC.
+        self._anchor_wall_ns = time.time_ns()
+        self._anchor_perf_ns = time.perf_counter_ns()
+        self.start_perf_ns: int | None = None
+        self._json: dict[Path, _JsonLines] = {}
+        self._json_lock = threading.Lock()
+        self.traces: list[TraceBuffer | None] = [None] * len(self._metrics)
+
+    # --- names -------------------------------------------------------------------------------
+
+    @property
+    def names(self) -> list[str]:
+        return [spec.name for spec in self.specs]
+
+    @property
+    def vcpu_labels(self) -> list[str]:
+        return [str(i) for i in range(len(self._metrics))]
+
+    def vcpu(self, index: int) -> VcpuMetrics:
+        """The live counters of one vCPU (``.exit_mmio_write``, ``.exit_mmio_write_agg``, ...)."""
+        if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(self._metrics):
+            raise KeyError(f"vCPU {index!r} is not in this machine; valid vCPUs: {', '.join(self.vcpu_labels)}")
+        return self._metrics[index]
+
+    __getitem__ = vcpu
+
+    def __len__(self) -> int:
+        return len(self._metrics)
+
+    def __iter__(self):
+        return iter(self._metrics)
+
+    def spec(self, name: str) -> MetricSpec:
+        try:
+            return self.specs[self._spec_index[name]]
+        except KeyError:
+            raise KeyError(f"no metric {name!r}; valid metrics: {', '.join(self.names)}") from None
+
+    def _vcpu_selection(self, vcpus) -> list[int]:
+        if vcpus is None:
+            return list(range(len(self._metrics)))
+        chosen = []
+        for v in [vcpus] if isinstance(vcpus, (int, str)) else vcpus:
+            if v == ALL:
+                continue
+            try:
+                index = int(v)
+            except (TypeError, ValueError):
+                index = -1
+            self.vcpu(index) if 0 <= index < len(self._metrics) else self.vcpu(v)  # raises with the list
+            chosen.append(index)
+        return chosen
+
+    # --- live values ----------------------------------------------------------------------------
+
+    def _row(self, index: int, kernel_values=None) -> list[float]:
+        """One vCPU's values in ``specs`` order."""
+        m = self._metrics[index]
+        row = list(self._counters(m))
+        for name in AGGREGATES:
+            agg = getattr(m, name)
+            count = agg.count
+            row += (count, agg.min_ns / NS_PER_US if count else np.nan, agg.max_ns / NS_PER_US, agg.sum_ns / NS_PER_US)
+        if self._kernel:
+            values = kernel_values if kernel_values is not None else self._kernel[index].read_raw()
+            row += [values[i] for i in self._kernel_picks]
+        return row
+
+    def current(self, vcpu: int | None = None) -> dict[str, float]:
+        """Live values of every metric, for one vCPU or combined over all."""
+        if vcpu is not None:
+            return dict(zip(self.names, self._row(self.vcpu(vcpu).vcpu)))
+        combined = self._combine(np.array([[self._row(i) for i in range(len(self._metrics))]], dtype=float))[0]
+        return dict(zip(self.names, combined))
+
+    def _combine(self, values: np.ndarray) -> np.ndarray:
+        """'all' from per-vCPU values ``[sample, vcpu, metric]`` -> ``[sample, metric]``:
+        sums, or min/max where that is what the metric means."""
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN minima stay NaN
+            out = np.nansum(values, axis=1)
+            for j, spec in enumerate(self.specs):
+                if spec.combine == "min":
+                    out[:, j] = np.nanmin(values[:, :, j], axis=1)
+                elif spec.combine == "max":
+                    out[:, j] = np.nanmax(values[:, :, j], axis=1)
+        return out
+
+    def totals(self) -> pd.DataFrame:
+        """One row per vCPU and one for 'all', one column per metric (live values)."""
+        rows = np.array([self._row(i) for i in range(len(self._metrics))], dtype=float)
+        table = np.vstack([rows, self._combine(rows[None])])
+        frame = pd.DataFrame(table, columns=self.names, index=pd.Index(self.vcpu_labels + [ALL], name="vcpu"))
+        counts = [s.name for s in self.specs if s.kind == "counter" or s.name.endswith(".count") or (s.kind == "kernel" and s.unit == "count")]
+        return frame.astype({name: "int64" for name in counts})
+
+    def address_counts(self) -> pd.DataFrame:
+        """Exits per address (MMIO) or port (PIO): which device register the guest hammers."""
+        records = []
+        for index, m in enumerate(self._metrics):
+            for kind, bus, table in (
+                ("mmio_read", "mmio", m.mmio_read_by_addr),
+                ("mmio_write", "mmio", m.mmio_write_by_addr),
+                ("io_in", "pio", m.io_in_by_port),
+                ("io_out", "pio", m.io_out_by_port),
+            ):
+                for address, count in list(table.items()):
+                    device, register = self._describe_address(bus, address) if self._describe_address else ("", "")
+                    records.append((str(index), kind, address, device, register, count))
+        frame = pd.DataFrame(records, columns=["vcpu", "kind", "address", "device", "register", "count"])
+        frame["vcpu"] = pd.Categorical(frame["vcpu"], categories=self.vcpu_labels)
+        return frame.sort_values(["vcpu", "count"], ascending=[True, False], ignore_index=True)
+
+    # --- sampling -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Starts the clock (elapsed_s = 0) and the sampler; called when the machine starts."""
+        if self.start_perf_ns is None:
+            self.start_perf_ns = time.perf_counter_ns()
+        self.sample()
+        self.sampler.start()
+
+    def stop(self) -> None:
+        """Stops the sampler after one last sample; called when the machine stops."""
+        self.sampler.stop()
+        if self.start_perf_ns is not None:
+            self.sample()
+            self.flush_due(force=True)
+
+    def sample(self) -> None:
+        """Copies every metric of every vCPU into the ring buffer (one row)."""
+        now = time.perf_counter_ns()
+        start = self.start_perf_ns if self.start_perf_ns is not None else now
+        row = [self._wall_ns(now), (now - start) / 1e9]
+        for index in range(len(self._metrics)):
+            row += self._row(index)
+        self.ring.append(row)
+        self.flush_due()
+
+    def _wall_ns(self, perf_ns: int) -> int:
+        return self._anchor_wall_ns + (perf_ns - self._anchor_perf_ns)
+
+    @property
+    def samples(self) -> int:
+        return len(self.ring)
+
+    def _history(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(wall ns, elapsed s, values[sample, vcpu, metric]) from the ring."""
+        data = self.ring.array()
+        values = data[:, 2:].reshape(len(data), len(self._metrics), len(self.specs))
+        return data[:, 0], data[:, 1], values
+
+    def to_dataframe(self, rates: bool = False, metrics: Sequence[str] | None = None, vcpus=None, last_s: float | None = None) -> pd.DataFrame:
+        """Sampled metrics in tidy long form: ``t`` (UTC), ``elapsed_s``, ``vcpu`` (category,
+        'all' for the aggregate), ``metric`` (category), ``value``.
+
+        ``rates=True`` gives per-second rates between consecutive samples, for the cumulative
+        metrics only (a rate of a minimum means nothing). ``metrics`` / ``vcpus`` select,
+        ``last_s`` keeps only the most recent seconds.
+        """
+        names = list(metrics) if metrics is not None else self.names
+        columns = [self._spec_index[n] if n in self._spec_index else self.spec(n) for n in names]
+        if rates:
+            kept = [(n, j) for n, j in zip(names, columns) if self.specs[j].cumulative]
+            names, columns = [n for n, _ in kept], [j for _, j in kept]
+        wall, elapsed, values = self._history()
+        with_all = np.concatenate([values, self._combine(values)[:, None, :]], axis=1) if len(values) else values.reshape(0, len(self._metrics) + 1, len(self.specs))
+        labels = self.vcpu_labels + [ALL]
+        chosen = self._vcpu_selection(vcpus)
+        rows = chosen + ([len(self._metrics)] if vcpus is None or ALL in ([vcpus] if isinstance(vcpus, (str, int)) else vcpus) else [])
+        block = with_all[:, rows][:, :, columns]
+        if rates:
+            if len(block) < 2:
+                block, wall, elapsed = block[:0], wall[:0], elapsed[:0]
+            else:
+                dt = np.diff(elapsed)
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    block = np.diff(block, axis=0) / np.where(dt > 0, dt, np.nan)[:, None, None]
+                wall, elapsed = wall[1:], elapsed[1:]
+        if last_s is not None and len(elapsed):
+            keep = elapsed >= elapsed[-1] - last_s
+            block, wall, elapsed = block[keep], wall[keep], elapsed[keep]
+        samples, nv, nm = block.shape
+        frame = pd.DataFrame(
+            {
+                "t": pd.to_datetime(np.repeat(wall.astype("int64"), nv * nm), utc=True),
+                "elapsed_s": np.repeat(elapsed, nv * nm),
+                "vcpu": pd.Categorical.from_codes(np.tile(np.repeat(np.arange(nv), nm), samples), categories=[labels[r] for r in rows]),
+                "metric": pd.Categorical.from_codes(np.tile(np.arange(nm), samples * nv), categories=names),
+                "value": block.reshape(-1),
+            }
+        )
+        return frame
+
+    def series(self, metric: str, *, rates: bool = True, last_s: float | None = None, vcpus=None) -> pd.DataFrame:
+        """One metric over time, wide: index ``elapsed_s``, one column per vCPU (and 'all')."""
+        tidy = self.to_dataframe(rates=rates, metrics=[metric], vcpus=vcpus, last_s=last_s)
+        return tidy.pivot_table(index="elapsed_s", columns="vcpu", values="value", observed=True)
+
+    # --- trace ----------------------------------------------------------------------------------
+
+    @property
+    def tracing(self) -> bool:
+        return any(trace is not None for trace in self.traces)
+
+    def enable_trace(self, capacity: int = DEFAULT_CAPACITY) -> None:
+        """Starts recording one row per exit on every vCPU (bounded: the oldest rows go)."""
+        for index, p in enumerate(self._peripherals):
+            if self.traces[index] is None or self.traces[index].capacity != capacity:
+                self.traces[index] = TraceBuffer(index, capacity)
+            p.trace = self.traces[index].record
+
+    def disable_trace(self) -> None:
+        """Stops recording; what was recorded stays readable."""
+        for p in self._peripherals:
+            p.trace = None
+
+    @property
+    def trace_dropped(self) -> dict[int, int]:
+        """Rows each vCPU's trace dropped because its buffer was full."""
+        return {i: (t.dropped if t else 0) for i, t in enumerate(self.traces)}
+
+    def trace_dataframe(self) -> pd.DataFrame:
+        """One row per exit: ``t`` (UTC), ``elapsed_s``, ``vcpu``, ``reason``, ``address``
+        (or port), ``size``, ``data``, ``latency_us``; oldest first. ``attrs['dropped']``
+        says how many rows each vCPU's full buffer pushed out."""
+        parts = []
+        for index, trace in enumerate(self.traces):
+            if trace is None or not trace.rows:
+                continue
+            rows = np.array(list(trace.rows), dtype=np.uint64).reshape(-1, 6)
+            parts.append((index, rows))
+        start = self.start_perf_ns or self._anchor_perf_ns
+        if parts:
+            vcpu = np.concatenate([np.full(len(r), i) for i, r in parts])
+            rows = np.concatenate([r for _, r in parts])
+        else:
+            vcpu, rows = np.zeros(0, dtype=int), np.zeros((0, 6), dtype=np.uint64)
+        perf = rows[:, 0].astype("int64")
+        frame = pd.DataFrame(
+            {
+                "t": pd.to_datetime(perf - self._anchor_perf_ns + self._anchor_wall_ns, utc=True),
+                "elapsed_s": (perf - start) / 1e9,
+                "vcpu": pd.Categorical.from_codes(vcpu, categories=self.vcpu_labels),
+                "reason": pd.Categorical.from_codes(rows[:, 1].astype(int), categories=list(KIND_NAMES)),
+                "address": rows[:, 2],
+                "size": rows[:, 3].astype("int64"),
+                "data": rows[:, 4],
+                "latency_us": rows[:, 5] / NS_PER_US,
+            }
+        )
+        frame = frame.sort_values("t", kind="stable", ignore_index=True)
+        frame.attrs["dropped"] = self.trace_dropped
+        return frame
+
+    # --- exports --------------------------------------------------------------------------------
+
+    def export(self, path, *, rates: bool = False, what: str = "timeseries") -> Path:
+        """Writes ``what`` ("timeseries", "totals", "trace" or "addresses") to ``path``; the
+        extension picks the format (.csv, .parquet; .jsonl writes a Firecracker line)."""
+        path = check_output_path(path)
+        if path.suffix.lower() == ".jsonl":
+            return self.write_json_lines(path)
+        frames = {
+            "timeseries": lambda: self.to_dataframe(rates=rates),
+            "totals": lambda: self.totals().reset_index(),
+            "trace": self.trace_dataframe,
+            "addresses": self.address_counts,
+        }
+        if what not in frames:
+            raise KeyError(f"nothing called {what!r} to export; choose one of {', '.join(frames)}")
+        return write_frame(frames[what](), path)
+
+    def write_csv(self, path, **kwargs) -> Path:
+        return self.export(check_output_path(path, (".csv",)), **kwargs)
+
+    def write_parquet(self, path, **kwargs) -> Path:
+        return self.export(check_output_path(path, (".parquet",)), **kwargs)
+
+    def write_json_lines(self, path, *, every_s: float | None = None) -> Path:
+        """Appends one Firecracker-style line to ``path`` now: ``utc_timestamp_ms``, a
+        ``vcpu`` section (all vCPUs, Firecracker's field names) and a ``vcpus`` section (each
+        vCPU, plus its kernel stats under ``kvm``). Counters are deltas since the previous line
+        written to the same path, as Firecracker flushes them. With ``every_s`` it also keeps
+        writing a line that often (from the sampler thread) until ``stop_json_lines(path)``."""
+        path = check_output_path(path, (".jsonl",))
+        with self._json_lock:
+            writer = self._json.get(path.resolve())
+            if writer is None:
+                writer = self._json[path.resolve()] = _JsonLines(path, every_s)
+            elif every_s is not None:
+                writer.every_s, writer.due = every_s, time.monotonic() + every_s
+            self._flush(writer)
+        return path
+
+    def stop_json_lines(self, path) -> None:
+        with self._json_lock:
+            writer = self._json.get(Path(path).resolve())
+            if writer is not None:
+                writer.every_s = writer.due = None
+
+    def flush_due(self, force: bool = False) -> None:
+        """Writes the periodic JSON lines that are due (all of them with ``force``)."""
+        if not self._json:
+            return
+        now = time.monotonic()
+        with self._json_lock:
+            for writer in self._json.values():
+                if writer.due is not None and (force or now >= writer.due):
+                    self._flush(writer)
+                    writer.due = now + writer.every_s
+
+    def _flush(self, writer: _JsonLines) -> None:
+        current = [self._json_values(i) for i in range(len(self._metrics))]
+        base = writer.baseline or [dict.fromkeys(values, 0) for values in current]
+        vcpus = {}
+        for index, (now, before) in enumerate(zip(current, base)):
+            section: dict = {name: int(now[name] - before[name]) for name in COUNTERS}
+            for agg in AGGREGATES:
+                low, high = getattr(self._metrics[index], agg).take_window()
+                section[agg] = {"min_us": low, "max_us": high, "sum_us": round(now[f"{agg}.sum_us"] - before[f"{agg}.sum_us"], 3)}
+            kernel = {n[4:]: int(now[n] - before[n]) for n in now if n.startswith("kvm.")}
+            if kernel:
+                section["kvm"] = kernel
+            vcpus[str(index)] = section
+        combined: dict = {name: sum(v[name] for v in vcpus.values()) for name in _FIRECRACKER_COUNTERS}
+        for agg in AGGREGATES:
+            windows = [v[agg] for v in vcpus.values()]
+            active = [w for w in windows if w["max_us"] > 0]
+            combined[agg] = {
+                "min_us": min((w["min_us"] for w in active), default=0.0),
+                "max_us": max((w["max_us"] for w in active), default=0.0),
+                "sum_us": round(sum(w["sum_us"] for w in windows), 3),
+            }
+        append_json_line(writer.path, {"utc_timestamp_ms": time.time_ns() // 1_000_000, "vcpu": combined, "vcpus": vcpus})
+        writer.baseline = current
+
+    def _json_values(self, index: int) -> dict[str, float]:
+        """The cumulative values a JSON line reports deltas of."""
+        values = dict(zip(self.names, self._row(index)))
+        return {n: v for n, v in values.items() if self.specs[self._spec_index[n]].cumulative}
+
+
+__all__ = ["ALL", "FORMATS", "MetricsRegistry"]

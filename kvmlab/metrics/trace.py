@@ -1,0 +1,51 @@
+"""The exit trace: one row per exit, per vCPU, in a bounded buffer.
+
+Off by default (the hot path then pays one ``is not None`` test). When on, each exit appends
+one tuple to a ``deque(maxlen=capacity)``; when the buffer is full the oldest rows go, and
+``dropped`` counts them, so a trace is never silently incomplete.
+"""
+
+from __future__ import annotations
+
+import collections
+from time import perf_counter_ns
+
+# What kind of exit a row is (small ints on the hot path; names in the DataFrame).
+MMIO_READ, MMIO_WRITE, IO_IN, IO_OUT, HLT, SHUTDOWN, INTERRUPTED, DEBUG, SYSTEM_EVENT, ERROR = range(10)
+KIND_NAMES = ("mmio_read", "mmio_write", "io_in", "io_out", "hlt", "shutdown", "interrupted", "debug", "system_event", "error")
+
+DEFAULT_CAPACITY = 100_000
+
+
+class TraceBuffer:
+    """The trace of one vCPU. ``record`` is what exit handling calls."""
+
+    __slots__ = ("vcpu", "capacity", "rows", "appended", "record")
+
+    def __init__(self, vcpu: int, capacity: int = DEFAULT_CAPACITY):
+        if not isinstance(capacity, int) or capacity < 1:
+            raise ValueError(f"trace capacity {capacity!r}: need a positive number of rows")
+        self.vcpu = vcpu
+        self.capacity = capacity
+        self.rows: collections.deque = collections.deque(maxlen=capacity)
+        self.appended = 0
+        append = self.rows.append
+
+        def record(kind: int, address: int, size: int, value: int, start_ns: int, latency_ns: int) -> None:
+            append((start_ns, kind, address, size, value, latency_ns))
+            self.appended += 1
+
+        self.record = record
+
+    def mark(self, kind: int, address: int = 0) -> None:
+        """A row for an exit that touches no device (HLT, kick, shutdown...)."""
+        self.record(kind, address, 0, 0, perf_counter_ns(), 0)
+
+    @property
+    def dropped(self) -> int:
+        """Rows pushed out because the buffer was full."""
+        return self.appended - len(self.rows)
+
+    def clear(self) -> None:
+        self.rows.clear()
+        self.appended = 0
