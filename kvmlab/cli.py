@@ -1,4 +1,10 @@
-"""``kvmlab``: the command line. Errors are one clear line and a non-zero exit status."""
+"""``kvmlab``: the command line. Errors are one clear line and a non-zero exit status.
+
+    kvmlab info                     KVM version, capabilities, limits; which engines work here
+    kvmlab run FILE.asm [...]       run your program, write metrics / a trace / a plot
+    kvmlab demo [--seconds S]       two vCPUs, the bundled programs, a table, a PNG, a DataFrame
+    kvmlab bench                    exit throughput against C, scaling, kick latency
+"""
 
 from __future__ import annotations
 
@@ -6,10 +12,39 @@ import argparse
 import os
 import sys
 import time
+from pathlib import Path
 
 from . import __version__
-from .errors import KvmlabError
+from .errors import ConfigError, KvmlabError
 from .kvm import KvmUnavailableError
+from .metrics.export import check_output_path
+
+
+class CliError(KvmlabError):
+    """A bad command line argument found before any work."""
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0")
+    return value
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+# --- info -----------------------------------------------------------------------------------------
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -41,10 +76,147 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
+# --- shared pieces -----------------------------------------------------------------------------------
+
+
+class Progress:
+    """A one-line progress bar on stderr for runs longer than a second."""
+
+    def __init__(self, seconds: float, label: str):
+        self.seconds = seconds
+        self.label = label
+        # A bar redrawn with \r only makes sense on a terminal (KVMLAB_PROGRESS=1 forces it).
+        terminal = sys.stderr.isatty() or os.environ.get("KVMLAB_PROGRESS") == "1"
+        self.enabled = terminal and seconds > 1
+        self._shown = 0.0
+
+    def show(self, elapsed: float, detail: str = "") -> None:
+        if not self.enabled or elapsed - self._shown < 0.25:
+            return
+        self._shown = elapsed
+        done = min(elapsed / self.seconds, 1.0)
+        bar = "#" * int(done * 30)
+        sys.stderr.write(f"\r{self.label} [{bar:<30}] {elapsed:4.1f}/{self.seconds:g} s {detail}")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled and self._shown:
+            sys.stderr.write("\n")
+
+
+def run_for(machine, seconds: float, progress: Progress, during=None) -> None:
+    """Lets the machine run ``seconds`` (or until it stops by itself), calling
+    ``during(elapsed)`` a few times a second."""
+    started = time.monotonic()
+    while True:
+        elapsed = time.monotonic() - started
+        if elapsed >= seconds or machine.exit is not None:
+            break
+        if during:
+            during(elapsed)
+        if progress.enabled:
+            exits = sum(v.exit_mmio_read + v.exit_mmio_write for v in machine.metrics)
+            progress.show(elapsed, f"{exits:,} MMIO exits")
+        time.sleep(0.05)
+    progress.close()
+
+
+def vcpu_table(machine, seconds: float) -> str:
+    totals = machine.metrics.totals()
+    kernel = "kvm.mmio_exits" in totals.columns
+    lines = [f"  {'vCPU':>4}  {'state':<18} {'MMIO reads':>11} {'MMIO writes':>11} {'port in':>8} {'port out':>8} "
+             f"{'kicks':>6} {'MMIO/s':>9}" + (f" {'KVM mmio_exits':>15}" if kernel else "")]
+    for status in machine.states:
+        row = {name: int(totals.at[str(status.index), name]) for name in
+               ("exit_mmio_read", "exit_mmio_write", "exit_io_in", "exit_io_out", "interrupted") + (("kvm.mmio_exits",) if kernel else ())}
+        mmio = row["exit_mmio_read"] + row["exit_mmio_write"]
+        line = (f"  {status.index:>4}  {str(status):<18} {row['exit_mmio_read']:>11,} {row['exit_mmio_write']:>11,} "
+                f"{row['exit_io_in']:>8,} {row['exit_io_out']:>8,} {row['interrupted']:>6,} {mmio / seconds:>9,.0f}")
+        if kernel:
+            line += f" {row['kvm.mmio_exits']:>15,}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def _tabular_path(path: str) -> Path:
+    return check_output_path(path, (".parquet", ".csv"))
+
+
+def _png_path(path: str) -> Path:
+    return check_output_path(path, (".png",))
+
+
+def _dataframe_path(folder: Path, stem: str) -> Path:
+    """Parquet where pyarrow is installed, else CSV."""
+    try:
+        import pyarrow  # noqa: F401
+
+        return folder / f"{stem}.parquet"
+    except ImportError:
+        return folder / f"{stem}.csv"
+
+
+# --- run -----------------------------------------------------------------------------------------
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
     from . import Machine, programs
 
-    print("1. hello.asm on 2 vCPUs (real mode): each prints over the serial port, then halts")
+    source_path = Path(args.file)
+    try:
+        source = source_path.read_text()
+    except OSError as err:
+        raise CliError(f"cannot read {args.file!r}: {err.strerror}") from None
+    out = _tabular_path(args.out) if args.out else None
+    plot = _png_path(args.plot) if args.plot else None
+    trace_out = out.with_name(f"{out.stem}.trace{out.suffix}") if (out and args.trace) else None
+    if args.trace and out is None:
+        raise CliError("--trace needs --out: the trace is written next to the metrics (NAME.trace.EXT)")
+
+    with Machine(vcpus=args.vcpus, memory_mib=args.memory_mib, trace=args.trace) as m:
+        m.load(programs.from_source(source, name=source_path.name), mode=args.mode)
+        m.start()
+        run_for(m, args.seconds, Progress(args.seconds, f"running {source_path.name}"))
+        exit_code = m.exit
+        m.stop()
+        ran = m.metrics.to_dataframe(metrics=["exit_mmio_write"], vcpus=["0"])["elapsed_s"].max() or args.seconds
+        how = f"stopped by itself: exit code {int(exit_code)} ({exit_code.reason})" if exit_code is not None else f"stopped after {args.seconds:g} s"
+        print(f"{source_path.name} on {args.vcpus} vCPU(s), {args.mode} mode: {how}")
+        print(vcpu_table(m, ran))
+        if m.console.text:
+            print("console:")
+            for line in m.console.text.splitlines():
+                print(f"  {line}")
+        if out:
+            m.metrics.export(out)
+            print(f"metrics ({m.metrics.samples} samples, tidy): {out}")
+        if trace_out:
+            m.metrics.export(trace_out, what="trace")
+            dropped = sum(m.metrics.trace_dropped.values())
+            print(f"exit trace ({len(m.metrics.trace_dataframe()):,} rows, {dropped:,} dropped): {trace_out}")
+        if plot:
+            from .plotting import RatePlot
+
+            RatePlot(m.metrics, window_s=None).save(plot)
+            print(f"plot: {plot}")
+    return 0
+
+
+# --- demo ----------------------------------------------------------------------------------------
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from . import Machine, programs
+    from .plotting import RatePlot
+
+    folder = Path(args.out_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    frame_path = _dataframe_path(folder, "metrics")
+    check_output_path(frame_path)
+    plot_path = _png_path(str(folder / "exits.png"))
+    totals_path = check_output_path(folder / "totals.csv")
+
+    print("1. hello.asm on 2 vCPUs, real mode: each vCPU prints over the serial port (port I/O exits), then halts")
     with Machine(vcpus=2, memory_mib=2) as m:
         m.load(programs.hello(), mode="real")
         m.start()
@@ -52,40 +224,70 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         for line in m.console.text.splitlines():
             print(f"   serial> {line}")
         print(f"   exit code {int(code)} ({code.reason})")
-        _vcpu_table(m)
+        print(vcpu_table(m, 1.0))
 
-    print(f"\n2. mailbox_pingpong.asm on 2 vCPUs (protected mode) for {args.seconds:g} s, vCPU 1 paused half way")
+    third = args.seconds / 3
+    print(f"\n2. mailbox_pingpong.asm on 2 vCPUs, protected mode, for {args.seconds:g} s: the vCPUs hand a number back and")
+    print(f"   forth through an MMIO device; vCPU 1 is paused from {third:.1f} s to {2 * third:.1f} s")
     with Machine(vcpus=2, memory_mib=2) as m:
         m.load(programs.mailbox_pingpong(rounds=0), mode="protected")
         m.start()
-        time.sleep(args.seconds / 2)
-        m.pause(1)
-        rounds = m.mailbox.pong
-        time.sleep(args.seconds / 2)
-        print(f"   rounds when vCPU 1 was paused: {rounds}, {args.seconds / 2:g} s later: {m.mailbox.pong}; states {m.states}")
+        events = []
+
+        def script(elapsed: float) -> None:
+            if elapsed >= third and not events:
+                m.pause(1)
+                events.append(("paused", m.mailbox.pong))
+            elif elapsed >= 2 * third and len(events) == 1:
+                events.append(("resumed", m.mailbox.pong))
+                m.resume(1)
+
+        run_for(m, args.seconds, Progress(args.seconds, "   running"), during=script)
         m.pause()
-        _vcpu_table(m)
+        m.stop()
+        print(f"   rounds completed: {m.mailbox.pong:,}" + "".join(f"; {what} at round {n:,}" for what, n in events))
+        print(vcpu_table(m, args.seconds))
+        m.metrics.export(frame_path)
+        m.metrics.export(totals_path, what="totals")
+        RatePlot(m.metrics, window_s=None).save(plot_path)
+    print(f"\nplot of per-vCPU MMIO exit rates: {plot_path}")
+    print(f"DataFrame (tidy time series, {frame_path.suffix[1:]}): {frame_path}")
+    print(f"per-vCPU totals (csv): {totals_path}")
     return 0
 
 
-def _vcpu_table(machine) -> None:
-    header = f"   {'vCPU':>4} {'state':<16} {'mmio rd':>9} {'mmio wr':>9} {'io in':>7} {'io out':>7} {'kicks':>6}"
-    print(header)
-    for status, metrics in zip(machine.states, machine.metrics):
-        print(
-            f"   {status.index:>4} {str(status):<16} {metrics.exit_mmio_read:>9} {metrics.exit_mmio_write:>9} "
-            f"{metrics.exit_io_in:>7} {metrics.exit_io_out:>7} {metrics.interrupted:>6}"
-        )
+# --- bench ---------------------------------------------------------------------------------------
 
 
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be more than 0")
-    return value
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from . import bench
+
+    with_c = not args.no_c
+    iterations = args.iterations
+    print(f"exit throughput: real-mode mmio_counter, {iterations:,} iterations ({bench.exits_for(iterations):,} exits) a run, "
+          f"{args.rounds} interleaved rounds, medians")
+    progress = Progress(2.0, "   measuring")
+    rounds = bench.throughput(iterations, args.rounds, with_c=with_c, progress=lambda done, total: progress.show(2.0 * done / total + 1e-9))
+    progress.close()
+    labels = {"c": "C reference (exit_loop.c)", "bare": "bare ctypes KVM_RUN loop", "kvmlab": "kvmlab, metrics on",
+              "kvmlab_trace": "kvmlab, exit trace on", "kvmlab_no_sampler": "kvmlab, sampler off"}
+    for variant, label in labels.items():
+        if variant in rounds.values:
+            ratio = f"  {rounds.ratio(variant, 'c'):.2f} of C" if with_c else ""
+            print(f"   {label:<28} {rounds.median(variant):>10,.0f} exits/s{ratio}")
+    print(f"   sampler at 10 Hz: {rounds.ratio('kvmlab', 'kvmlab_no_sampler'):.3f} of the throughput without it")
+    scaling = bench.scaling(iterations, args.rounds, with_c=with_c)
+    print("scaling, 2 vCPUs on 2 cores / 1 vCPU (exits/s):")
+    for name in ("kvmlab", "bare", "c"):
+        if f"{name}_1" in scaling.values:
+            print(f"   {name:<8} {scaling.ratio(f'{name}_2', f'{name}_1'):.2f}x")
+    latencies = bench.kick_latency(4, args.kick_cycles)
+    print(f"kick latency, 4 vCPUs in a loop with no exits, {len(latencies)} pause-all cycles: "
+          f"p50 {bench.percentile(latencies, 0.5) * 1e3:.2f} ms, p99 {bench.percentile(latencies, 0.99) * 1e3:.2f} ms")
+    return 0
+
+
+# --- main ----------------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,9 +295,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"kvmlab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="KVM version, capabilities, limits; which engines work here").set_defaults(func=_cmd_info)
-    demo = sub.add_parser("demo", help="two vCPUs running the bundled programs, headless")
-    demo.add_argument("--seconds", type=positive_float, default=2.0, help="how long the ping-pong part runs")
+
+    run = sub.add_parser("run", help="run an assembly program on N vCPUs and write its exit metrics")
+    run.add_argument("file", metavar="FILE.asm")
+    run.add_argument("--mode", choices=["real", "protected", "long"], default="real")
+    run.add_argument("--vcpus", type=positive_int, default=1)
+    run.add_argument("--memory-mib", type=positive_float, default=2)
+    run.add_argument("--seconds", type=positive_float, default=5.0, help="stop after this long (sooner if the guest stops)")
+    run.add_argument("--out", metavar="METRICS.parquet|.csv", help="the sampled metrics, tidy")
+    run.add_argument("--plot", metavar="EXITS.png", help="per-vCPU MMIO exit rates over time")
+    run.add_argument("--trace", action="store_true", help="also record one row per exit (written as NAME.trace.EXT)")
+    run.set_defaults(func=_cmd_run)
+
+    demo = sub.add_parser("demo", help="two vCPUs running the bundled programs, headless: a table, a PNG, a DataFrame")
+    demo.add_argument("--seconds", type=positive_float, default=4.0, help="how long the MMIO part runs")
+    demo.add_argument("--out-dir", default="out", help="where the plot and DataFrames go (created)")
     demo.set_defaults(func=_cmd_demo)
+
+    bench = sub.add_parser("bench", help="exit throughput against a C loop, 2-vCPU scaling, kick latency")
+    bench.add_argument("--iterations", type=positive_int, default=100_000)
+    bench.add_argument("--rounds", type=positive_int, default=3)
+    bench.add_argument("--kick-cycles", type=positive_int, default=200)
+    bench.add_argument("--no-c", action="store_true", help="skip the C reference (no gcc)")
+    bench.set_defaults(func=_cmd_bench)
     return parser
 
 
@@ -103,8 +325,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (KvmlabError, KvmUnavailableError) as err:
-        print(f"kvmlab {args.command}: error: {err}", file=sys.stderr)
+    except (KvmlabError, KvmUnavailableError, ConfigError) as err:
+        one_line = ": ".join(part.strip() for part in str(err).splitlines() if part.strip())
+        print(f"kvmlab {args.command}: error: {one_line}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"kvmlab {args.command}: interrupted", file=sys.stderr)

@@ -77,8 +77,10 @@ class MetricsRegistry:
         self.sample_hz = sample_hz
         self.history_s = history_s
         width = len(self.specs)
-        self.ring = RingBuffer(2 + width * len(self._metrics), max(1, int(history_s * sample_hz)))
-        self.sampler = Sampler(self.sample, sample_hz)
+        # sample_hz = 0: no sampler thread; only the samples at start and stop are kept.
+        capacity = max(2, int(history_s * sample_hz)) if sample_hz else 2
+        self.ring = RingBuffer(2 + width * len(self._metrics), capacity)
+        self.sampler = Sampler(self.sample, sample_hz) if sample_hz else None
         # perf_counter_ns is monotonic but has no epoch: one anchor pair turns it into UTC.
         self._anchor_wall_ns = time.time_ns()
         self._anchor_perf_ns = time.perf_counter_ns()
@@ -199,11 +201,13 @@ class MetricsRegistry:
         if self.start_perf_ns is None:
             self.start_perf_ns = time.perf_counter_ns()
         self.sample()
-        self.sampler.start()
+        if self.sampler is not None:
+            self.sampler.start()
 
     def stop(self) -> None:
         """Stops the sampler after one last sample; called when the machine stops."""
-        self.sampler.stop()
+        if self.sampler is not None:
+            self.sampler.stop()
         if self.start_perf_ns is not None:
             self.sample()
             self.flush_due(force=True)

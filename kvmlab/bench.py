@@ -1,0 +1,229 @@
+"""Measurements of kvmlab's exit path against baselines run in the same process and moment.
+
+The machines are noisy (nested KVM, two shared cores), so every figure is a *ratio* to a
+baseline measured alongside it: variants are interleaved round by round and the median of the
+rounds is reported. Used by ``kvmlab bench`` and the scripts in ``benchmarks/``.
+
+The guest is the real-mode ``mmio_counter`` (an MMIO write per iteration, a read every 8th),
+the same bytes for every variant:
+
+* ``c``: ``benchmarks/exit_loop.c``, a minimal C VMM (compiled with gcc on first use),
+* ``bare``: the smallest Python loop around ctypes ``KVM_RUN`` (the floor for any Python VMM),
+* ``kvmlab``: a ``Machine`` with metrics on (the default), with the exit trace on, or with
+  the sampler off.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import os
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import Machine, programs
+from .guest.modes import LOAD_ADDRESS
+
+C_SOURCE = Path(__file__).resolve().parents[1] / "benchmarks" / "exit_loop.c"
+READ_EVERY = 8
+
+
+def exits_for(iterations: int) -> int:
+    """MMIO exits + the HLT that one vCPU running mmio_counter(iterations) takes."""
+    return iterations + iterations // READ_EVERY + 1
+
+
+def guest_program(iterations: int) -> programs.Program:
+    return programs.mmio_counter(iterations=iterations, read_every=READ_EVERY)
+
+
+def guest_bytes(iterations: int) -> bytes:
+    with Machine(vcpus=1, sample_hz=0) as m:
+        return m.load(guest_program(iterations), mode="real").code
+
+
+class CReference:
+    """``benchmarks/exit_loop.c``, compiled once into a temporary folder."""
+
+    def __init__(self, iterations: int):
+        if shutil.which("gcc") is None:
+            raise RuntimeError("gcc is not installed: the C reference cannot be built")
+        if not C_SOURCE.exists():
+            raise RuntimeError(f"{C_SOURCE} is missing: the C reference needs a source checkout of kvmlab")
+        self._dir = tempfile.mkdtemp(prefix="kvmlab-bench-")
+        self.binary = os.path.join(self._dir, "exit_loop")
+        subprocess.run(["gcc", "-O2", "-o", self.binary, str(C_SOURCE), "-lpthread"], check=True, capture_output=True)
+        self.guest = os.path.join(self._dir, "guest.bin")
+        Path(self.guest).write_bytes(guest_bytes(iterations))
+
+    def run(self, vcpus: int) -> float:
+        out = subprocess.run([self.binary, self.guest, str(vcpus)], capture_output=True, text=True, check=True, timeout=300).stdout.split()
+        return int(out[1]) / float(out[3])
+
+    def close(self) -> None:
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def kvmlab_run(iterations: int, vcpus: int = 1, *, trace: bool = False, sample_hz: float = 10.0) -> float:
+    """Exits per second of a Machine running the guest to its end."""
+    with Machine(vcpus=vcpus, memory_mib=1, trace=trace, trace_capacity=max(exits_for(iterations), 1), sample_hz=sample_hz) as m:
+        m.load(guest_program(iterations), mode="real")
+        started = time.perf_counter()
+        m.start()
+        code = m.wait(600)
+        elapsed = time.perf_counter() - started
+        if code != 0:
+            raise RuntimeError(f"benchmark guest failed: {code!r}")
+        exits = sum(mt.exit_mmio_read + mt.exit_mmio_write + mt.exit_hlt for mt in m.metrics)
+    return exits / elapsed
+
+
+def bare_ctypes_run(iterations: int, vcpus: int = 1) -> float:
+    """The least a Python VMM can do per exit: ctypes KVM_RUN, read kvm_run, store/load a
+    register, one thread per vCPU. No state machine, metrics or devices."""
+    import threading
+
+    from .kvm import Kvm, VcpuFd, VmFd
+    from .kvm.constants import KVM_RUN
+    from .kvm.syscall import kvm_run_ioctl
+
+    code = guest_bytes(iterations)
+    kvm = Kvm()
+    vm = VmFd(kvm.create_vm())
+    vm.set_tss_addr(0xFFFBD000)
+    memory = mmap.mmap(-1, 0xA0000)
+    anchor = ctypes.c_char.from_buffer(memory)
+    vm.set_user_memory_region(0, 0, 0xA0000, ctypes.addressof(anchor))
+    del anchor
+    memory[LOAD_ADDRESS : LOAD_ADDRESS + len(code)] = code
+    cpus = []
+    for index in range(vcpus):
+        cpu = VcpuFd(vm.create_vcpu(index), kvm.get_vcpu_mmap_size(), index)
+        sregs = cpu.get_sregs()
+        for name in ("cs", "ds", "es", "fs", "gs"):
+            segment = getattr(sregs, name)
+            segment.base, segment.selector = 0, 0
+        stack = (0xA0000 - (index + 1) * 0x1000) >> 4
+        sregs.ss.base, sregs.ss.selector = stack << 4, stack
+        cpu.set_sregs(sregs)
+        regs = cpu.get_regs()
+        regs.rip, regs.rflags, regs.rsp, regs.rdi = LOAD_ADDRESS, 2, 0x1000, index
+        cpu.set_regs(regs)
+        cpus.append(cpu)
+    registers = bytearray(0x1000)
+    counts = [0] * vcpus
+
+    def loop(index: int) -> None:
+        cpu = cpus[index]
+        u8, u32, u64, fd = cpu.run_u8, cpu.run_u32, cpu.run_u64, cpu.fd
+        exits = 0
+        while True:
+            if kvm_run_ioctl(fd, KVM_RUN, 0) < 0:
+                continue
+            exits += 1
+            reason = u32[2]
+            if reason == 6:
+                offset, length = u64[4] - 0xA0000, u32[12]
+                if u8[52]:
+                    registers[offset : offset + length] = u8[40 : 40 + length]
+                else:
+                    u8[40 : 40 + length] = registers[offset : offset + length]
+            elif reason == 5:
+                counts[index] = exits
+                return
+
+    threads = [threading.Thread(target=loop, args=(i,), name=f"kvmlab bench bare {i}") for i in range(vcpus)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    for cpu in cpus:
+        cpu.close()
+    vm.close()
+    kvm.close()
+    memory.close()
+    return sum(counts) / elapsed
+
+
+@dataclass
+class Rounds:
+    """Interleaved measurements: ``values[variant]`` holds one figure per round."""
+
+    values: dict[str, list[float]] = field(default_factory=dict)
+
+    def add(self, variant: str, value: float) -> None:
+        self.values.setdefault(variant, []).append(value)
+
+    def median(self, variant: str) -> float:
+        return statistics.median(self.values[variant])
+
+    def ratio(self, variant: str, baseline: str) -> float:
+        """Median of the per-round ratios: each round's pair was measured back to back."""
+        return statistics.median(v / b for v, b in zip(self.values[variant], self.values[baseline]))
+
+
+def throughput(iterations: int = 200_000, rounds: int = 5, *, with_c: bool = True, vcpus: int = 1, progress=None) -> Rounds:
+    """Every variant, ``rounds`` times, interleaved."""
+    result = Rounds()
+    reference = CReference(iterations) if with_c else None
+    try:
+        for round_number in range(rounds):
+            if reference is not None:
+                result.add("c", reference.run(vcpus))
+            result.add("kvmlab", kvmlab_run(iterations, vcpus))
+            result.add("kvmlab_trace", kvmlab_run(iterations, vcpus, trace=True))
+            result.add("kvmlab_no_sampler", kvmlab_run(iterations, vcpus, sample_hz=0))
+            result.add("bare", bare_ctypes_run(iterations, vcpus))
+            if progress:
+                progress(round_number + 1, rounds)
+    finally:
+        if reference is not None:
+            reference.close()
+    return result
+
+
+def scaling(iterations: int = 200_000, rounds: int = 5, *, with_c: bool = True, progress=None) -> Rounds:
+    """1 vCPU against 2 vCPUs for kvmlab, the bare loop and C (each vCPU runs the guest)."""
+    result = Rounds()
+    reference = CReference(iterations) if with_c else None
+    try:
+        for round_number in range(rounds):
+            for vcpus in (1, 2):
+                if reference is not None:
+                    result.add(f"c_{vcpus}", reference.run(vcpus))
+                result.add(f"kvmlab_{vcpus}", kvmlab_run(iterations, vcpus))
+                result.add(f"bare_{vcpus}", bare_ctypes_run(iterations, vcpus))
+            if progress:
+                progress(round_number + 1, rounds)
+    finally:
+        if reference is not None:
+            reference.close()
+    return result
+
+
+def kick_latency(vcpus: int = 4, cycles: int = 200) -> list[float]:
+    """Seconds from asking every vCPU to pause until all answered Paused, with every vCPU
+    in a loop that never exits by itself (so each Pause needs a kick)."""
+    latencies = []
+    with Machine(vcpus=vcpus, memory_mib=1) as m:
+        m.load(programs.busy_loop(), mode="protected")
+        m.start()
+        for _ in range(cycles):
+            time.sleep(0.002)  # let every vCPU get back into KVM_RUN
+            started = time.perf_counter()
+            m.pause()
+            latencies.append(time.perf_counter() - started)
+            m.resume()
+    return latencies
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
