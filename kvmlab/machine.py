@@ -18,13 +18,22 @@ machine dropped without ``close()`` is closed by its finalizer.
 from __future__ import annotations
 
 import functools
+import threading
 import weakref
 from typing import Iterable
 
 from .devices import COM1, DEBUG_EXIT_PORT, MAILBOX_BASE, Console, DebugExit, Mailbox, Serial16550
 from .devices import mailbox as mailbox_regs
 from .engines import KvmEngine
-from .errors import ConfigError, MachineStateError, MachineTimeoutError, VcpuExitedError, VcpuNotAllowedError, VcpuResponseError
+from .errors import (
+    ConfigError,
+    MachineStateError,
+    MachineTimeoutError,
+    VcpuError,
+    VcpuExitedError,
+    VcpuNotAllowedError,
+    VcpuResponseError,
+)
 from .guest.loader import LoadedProgram, load_program, read_results
 from .guest.modes import LOAD_ADDRESS
 from .guest.programs import Program
@@ -34,12 +43,42 @@ from .metrics.trace import DEFAULT_CAPACITY as DEFAULT_TRACE_CAPACITY
 from .vmm import MachineExit, Phase, Vmm
 from .vstate.bus import BusDevice, BusEntry
 from .vstate.cpu_state import CpuConfiguration, VcpuSnapshot
-from .vstate.exits import DeviceFailure
-from .vstate.kick import install_kick_handler
+from .vstate.exit_record import ExitRecord, outcome_of, read_exit
+from .vstate.exits import DeviceFailure, Emulation
+from .vstate.vcpu import VcpuHandle
+from .vstate.kick import install_kick_handler, signal_thread
 from .vstate.layout import MIB
 from .vstate.memory import GuestMemory
 from .vstate.protocol import DumpedCpuConfig, Error, Exited, NotAllowed, Paused, Resumed, SavedState, VcpuEvent, VcpuState, VcpuStatus
 from .vstate.vm import Vm
+
+
+class _KickAfter:
+    """Kicks the calling thread out of KVM_RUN if it is still there after ``seconds``."""
+
+    def __init__(self, seconds: float, run_u8):
+        self._run_u8 = run_u8
+        self._ident = threading.get_ident()
+        self._lock = threading.Lock()
+        self._armed = True
+        self._timer = threading.Timer(seconds, self._kick)
+        self._timer.name = "kvmlab step timer"
+
+    def _kick(self) -> None:
+        with self._lock:
+            if self._armed:
+                self._run_u8[1] = 1  # immediate_exit
+                signal_thread(self._ident)
+
+    def __enter__(self):
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        with self._lock:
+            self._armed = False
+        self._timer.cancel()
+        self._timer.join()
 
 
 def _describe_address(mmio_bus, pio_bus, bus: str, address: int) -> tuple[str, str]:
@@ -179,6 +218,32 @@ class Machine:
         self._require_phase(Phase.CREATED, "load()")
         self.program = load_program(self._vmm.vm, program, mode, self.layout(), address)
         return self.program
+
+    # --- stepping (before start, on the calling thread) ------------------------------------------
+
+    def step(self, vcpu: int = 0, *, timeout: float | None = None) -> ExitRecord:
+        """Runs one vCPU on *this* thread until its next exit, handles that exit (devices answer,
+        metrics count) and returns what KVM reported. Only before ``start()``: stepping is how
+        a VMM looks without threads. Raises ``MachineTimeoutError`` if no exit comes within
+        ``timeout`` (the machine's timeout by default): a kick ends the run."""
+        self._require_phase(Phase.CREATED, "step()")
+        if self.program is None:
+            raise MachineStateError("step(): nothing is loaded; call load(program, mode=...) first")
+        target = self._vmm.vcpus[self._index(vcpu)]
+        limit = self.timeout if timeout is None else timeout
+        with _KickAfter(limit, target.run_u8):
+            try:
+                result = target.run_emulation()
+            except VcpuError as err:
+                return read_exit(target.peripherals, f"error: {err}")
+        if result is Emulation.INTERRUPTED:
+            raise MachineTimeoutError(f"vCPU {vcpu} made no exit within {limit:g} s (a loop without exits?); it was kicked out of KVM_RUN")
+        return read_exit(target.peripherals, outcome_of(result))
+
+    def handle(self, vcpu: int) -> VcpuHandle:
+        """The low-level ``VcpuHandle`` of a started vCPU (send_event/recv, as the seed's tests do)."""
+        self._vmm.require_started("handle()")
+        return self._vmm.handles[self._index(vcpu)]
 
     # --- running ----------------------------------------------------------------------------------
 

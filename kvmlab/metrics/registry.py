@@ -229,11 +229,41 @@ class MetricsRegistry:
     def samples(self) -> int:
         return len(self.ring)
 
-    def _history(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(wall ns, elapsed s, values[sample, vcpu, metric]) from the ring."""
+    def _history(self, last_s: float | None = None, extra: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(wall ns, elapsed s, values[sample, vcpu, metric]) from the ring, cut to the last
+        ``last_s`` seconds (plus ``extra`` earlier samples, for rates) *before* any work."""
         data = self.ring.array()
+        if last_s is not None and len(data):
+            first = int(np.searchsorted(data[:, 1], data[-1, 1] - last_s))
+            data = data[max(first - extra, 0) :]
         values = data[:, 2:].reshape(len(data), len(self._metrics), len(self.specs))
         return data[:, 0], data[:, 1], values
+
+    def window(self, metrics: Sequence[str], *, rates: bool = True, last_s: float | None = None, with_all: bool = False):
+        """Numpy form of the history for plots: ``(elapsed_s, values[sample, vcpu, metric])``,
+        per-second rates of cumulative metrics by default. ``with_all`` adds the 'all' row
+        as the last vCPU."""
+        columns = [self._column(n) for n in metrics]
+        if rates and not all(self.specs[j].cumulative for j in columns):
+            raise ValueError(f"rates exist only for cumulative metrics, not {[n for n, j in zip(metrics, columns) if not self.specs[j].cumulative]}")
+        wall, elapsed, values = self._history(last_s, extra=1 if rates else 0)
+        if with_all:
+            values = np.concatenate([values, self._combine(values)[:, None, :]], axis=1)
+        values = values[:, :, columns]
+        if not rates:
+            return elapsed, values
+        if len(values) < 2:
+            return elapsed[:0], values[:0]
+        dt = np.diff(elapsed)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            per_second = np.diff(values, axis=0) / np.where(dt > 0, dt, np.nan)[:, None, None]
+        return elapsed[1:], per_second
+
+    def _column(self, name: str) -> int:
+        index = self._spec_index.get(name)
+        if index is None:
+            self.spec(name)  # raises the KeyError listing the valid names
+        return index
 
     def to_dataframe(self, rates: bool = False, metrics: Sequence[str] | None = None, vcpus=None, last_s: float | None = None) -> pd.DataFrame:
         """Sampled metrics in tidy long form: ``t`` (UTC), ``elapsed_s``, ``vcpu`` (category,
@@ -244,29 +274,23 @@ class MetricsRegistry:
         ``last_s`` keeps only the most recent seconds.
         """
         names = list(metrics) if metrics is not None else self.names
-        columns = [self._spec_index[n] if n in self._spec_index else self.spec(n) for n in names]
+        columns = [self._column(n) for n in names]
         if rates:
             kept = [(n, j) for n, j in zip(names, columns) if self.specs[j].cumulative]
             names, columns = [n for n, _ in kept], [j for _, j in kept]
-        wall, elapsed, values = self._history()
-        with_all = np.concatenate([values, self._combine(values)[:, None, :]], axis=1) if len(values) else values.reshape(0, len(self._metrics) + 1, len(self.specs))
         labels = self.vcpu_labels + [ALL]
         chosen = self._vcpu_selection(vcpus)
         rows = chosen + ([len(self._metrics)] if vcpus is None or ALL in ([vcpus] if isinstance(vcpus, (str, int)) else vcpus) else [])
-        block = with_all[:, rows][:, :, columns]
+        wall, _, _ = self._history(last_s, extra=1 if rates else 0)
+        elapsed, block = self.window(names, rates=rates, last_s=last_s, with_all=True)
+        block = block[:, rows]
         if rates:
-            if len(block) < 2:
-                block, wall, elapsed = block[:0], wall[:0], elapsed[:0]
-            else:
-                dt = np.diff(elapsed)
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    block = np.diff(block, axis=0) / np.where(dt > 0, dt, np.nan)[:, None, None]
-                wall, elapsed = wall[1:], elapsed[1:]
+            wall = wall[1:]
         if last_s is not None and len(elapsed):
             keep = elapsed >= elapsed[-1] - last_s
             block, wall, elapsed = block[keep], wall[keep], elapsed[keep]
         samples, nv, nm = block.shape
-        frame = pd.DataFrame(
+        return pd.DataFrame(
             {
                 "t": pd.to_datetime(np.repeat(wall.astype("int64"), nv * nm), utc=True),
                 "elapsed_s": np.repeat(elapsed, nv * nm),
@@ -275,7 +299,6 @@ class MetricsRegistry:
                 "value": block.reshape(-1),
             }
         )
-        return frame
 
     def series(self, metric: str, *, rates: bool = True, last_s: float | None = None, vcpus=None) -> pd.DataFrame:
         """One metric over time, wide: index ``elapsed_s``, one column per vCPU (and 'all')."""

@@ -103,6 +103,11 @@ class GuestMemory:
         mapping, offset = self._locate(address, size)
         return mapping[offset : offset + size]
 
+    def read_available(self, address: int, max_size: int) -> bytes:
+        """Up to ``max_size`` bytes from ``address``, stopping where its RAM range ends."""
+        mapping, offset = self._locate(address, 1)
+        return mapping[offset : offset + max_size]
+
     def write(self, address: int, data: bytes) -> None:
         mapping, offset = self._locate(address, len(data))
         mapping[offset : offset + len(data)] = bytes(data)

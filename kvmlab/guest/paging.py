@@ -1,0 +1,58 @@
+"""Guest linear -> physical translation by walking the guest's own page tables.
+
+What ``KVM_TRANSLATE`` does in the kernel, done in Python from guest memory so it works the
+same on every engine: paging off (linear = physical), 32-bit paging (4 KiB / 4 MiB pages), PAE
+(4 KiB / 2 MiB) and 4-level long-mode paging (4 KiB / 2 MiB / 1 GiB).
+"""
+
+from __future__ import annotations
+
+from ..errors import GuestMemoryError
+
+CR0_PG = 1 << 31
+CR4_PSE = 1 << 4
+CR4_PAE = 1 << 5
+EFER_LMA = 1 << 10
+PRESENT = 1
+HUGE = 1 << 7
+ADDRESS_MASK = 0x000F_FFFF_FFFF_F000
+
+
+class NotMapped(GuestMemoryError):
+    """The linear address has no present mapping in the guest's page tables."""
+
+
+def translate(memory, sregs: dict, linear: int) -> int:
+    """The guest physical address of ``linear`` under ``sregs`` (a saved ``sregs`` dict)."""
+    cr0, cr3, cr4, efer = sregs["cr0"], sregs["cr3"], sregs["cr4"], sregs["efer"]
+    if not cr0 & CR0_PG:
+        return linear
+    if efer & EFER_LMA:
+        return _walk(memory, cr3 & ADDRESS_MASK, linear, levels=((39, 8), (30, 8), (21, 8), (12, 8)), huge_from=1)
+    if cr4 & CR4_PAE:
+        pdpte = memory.read_u64((cr3 & 0xFFFF_FFE0) + 8 * ((linear >> 30) & 3))
+        if not pdpte & PRESENT:
+            raise NotMapped(f"linear {linear:#x}: PDPTE not present")
+        return _walk(memory, pdpte & ADDRESS_MASK, linear, levels=((21, 8), (12, 8)), huge_from=0)
+    directory = memory.read_u32((cr3 & 0xFFFF_F000) + 4 * ((linear >> 22) & 0x3FF))
+    if not directory & PRESENT:
+        raise NotMapped(f"linear {linear:#x}: page directory entry not present")
+    if directory & HUGE and cr4 & CR4_PSE:
+        return (directory & 0xFFC0_0000) | (linear & 0x3F_FFFF)
+    table = memory.read_u32((directory & 0xFFFF_F000) + 4 * ((linear >> 12) & 0x3FF))
+    if not table & PRESENT:
+        raise NotMapped(f"linear {linear:#x}: page table entry not present")
+    return (table & 0xFFFF_F000) | (linear & 0xFFF)
+
+
+def _walk(memory, table: int, linear: int, *, levels: tuple[tuple[int, int], ...], huge_from: int) -> int:
+    for depth, (shift, entry_size) in enumerate(levels):
+        entry = memory.read_u64(table + entry_size * ((linear >> shift) & 0x1FF))
+        if not entry & PRESENT:
+            raise NotMapped(f"linear {linear:#x}: not present at level {len(levels) - depth}")
+        last = depth == len(levels) - 1
+        if last or (depth >= huge_from and entry & HUGE):
+            page = (1 << shift) - 1
+            return (entry & ADDRESS_MASK & ~page) | (linear & page)
+        table = entry & ADDRESS_MASK
+    raise AssertionError("unreachable")

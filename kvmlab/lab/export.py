@@ -1,0 +1,39 @@
+"""The Lab's export: a run's metrics as CSV and Parquet, its totals, its trace and its plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..metrics.export import ExportError, check_output_path
+
+
+def export_run(machine, folder, stem: str = "kvmlab") -> list[Path]:
+    """Writes ``<stem>-metrics.csv`` (+ ``.parquet`` where pyarrow is installed),
+    ``<stem>-totals.csv``, ``<stem>-trace.csv`` when tracing and ``<stem>-exits.png`` into
+    ``folder``; returns the paths. Every destination is checked before anything is written."""
+    from ..plotting import RatePlot
+
+    folder = Path(folder).expanduser()
+    metrics = machine.metrics
+    wanted = [(folder / f"{stem}-metrics.csv", "timeseries"), (folder / f"{stem}-totals.csv", "totals")]
+    try:
+        import pyarrow  # noqa: F401
+
+        wanted.append((folder / f"{stem}-metrics.parquet", "timeseries"))
+    except ImportError:
+        pass
+    if metrics.tracing or any(t is not None for t in metrics.traces):
+        wanted.append((folder / f"{stem}-trace.csv", "trace"))
+    plot = folder / f"{stem}-exits.png"
+    for path, _ in wanted:
+        check_output_path(path)
+    check_output_path(plot, (".png",))
+    written = []
+    try:
+        for path, what in wanted:
+            written.append(metrics.export(path, what=what))
+        RatePlot(metrics, window_s=None).save(plot)
+        written.append(plot)
+    except OSError as err:  # disk full, a file in the way...
+        raise ExportError(f"writing {err.filename or folder}: {err.strerror}") from None
+    return written

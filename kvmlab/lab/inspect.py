@@ -1,0 +1,200 @@
+"""What the CPU inspector shows, computed from a saved state or CPU config (no widgets here).
+
+Decodes RFLAGS, CR0, CR4 and EFER bit by bit, names the CPU mode, tabulates segments, CPUID
+leaves and MSRs as DataFrames, disassembles the instructions at RIP (walking the guest's page
+tables to find them) and diffs two snapshots of the same vCPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+from ..errors import GuestMemoryError
+from ..guest.asm import disassemble
+from ..guest.paging import translate
+from ..kvm.constants import MpState
+from ..vstate.cpu_state import CpuConfiguration, VcpuSnapshot
+
+RFLAGS_BITS = {0: "CF", 2: "PF", 4: "AF", 6: "ZF", 7: "SF", 8: "TF", 9: "IF", 10: "DF", 11: "OF", 14: "NT", 16: "RF",
+               17: "VM", 18: "AC", 19: "VIF", 20: "VIP", 21: "ID"}  # fmt: skip
+CR0_BITS = {0: "PE", 1: "MP", 2: "EM", 3: "TS", 4: "ET", 5: "NE", 16: "WP", 18: "AM", 29: "NW", 30: "CD", 31: "PG"}
+CR4_BITS = {0: "VME", 1: "PVI", 2: "TSD", 3: "DE", 4: "PSE", 5: "PAE", 6: "MCE", 7: "PGE", 8: "PCE", 9: "OSFXSR",
+            10: "OSXMMEXCPT", 11: "UMIP", 12: "LA57", 13: "VMXE", 14: "SMXE", 16: "FSGSBASE", 17: "PCIDE",
+            18: "OSXSAVE", 20: "SMEP", 21: "SMAP", 22: "PKE", 23: "CET"}  # fmt: skip
+EFER_BITS = {0: "SCE", 8: "LME", 10: "LMA", 11: "NXE", 12: "SVME", 13: "LMSLE", 14: "FFXSR", 15: "TCE"}
+MSR_NAMES = {
+    0x10: "IA32_TIME_STAMP_COUNTER", 0x11: "KVM_WALL_CLOCK (old)", 0x12: "KVM_SYSTEM_TIME (old)", 0x1B: "IA32_APIC_BASE",
+    0x34: "MSR_SMI_COUNT", 0x3A: "IA32_FEATURE_CONTROL", 0x3B: "IA32_TSC_ADJUST", 0x8B: "IA32_BIOS_SIGN_ID",
+    0xCE: "MSR_PLATFORM_INFO", 0x10A: "IA32_ARCH_CAPABILITIES", 0x140: "MSR_MISC_FEATURES_ENABLES",
+    0x174: "IA32_SYSENTER_CS", 0x175: "IA32_SYSENTER_ESP", 0x176: "IA32_SYSENTER_EIP", 0x17A: "IA32_MCG_STATUS",
+    0x17B: "IA32_MCG_CTL", 0x1A0: "IA32_MISC_ENABLE", 0x1D9: "IA32_DEBUGCTL", 0x1DB: "LAST_BRANCH_FROM_IP",
+    0x1DC: "LAST_BRANCH_TO_IP", 0x1DD: "LAST_EXCEPTION_FROM_IP", 0x1DE: "LAST_EXCEPTION_TO_IP", 0x1FC: "MSR_POWER_CTL",
+    0x277: "IA32_PAT", 0x345: "IA32_PERF_CAPABILITIES", 0x6E0: "IA32_TSC_DEADLINE", 0xC0000080: "IA32_EFER",
+    0xC0000081: "STAR", 0xC0000082: "LSTAR", 0xC0000083: "CSTAR", 0xC0000084: "SFMASK", 0xC0000100: "FS_BASE",
+    0xC0000101: "GS_BASE", 0xC0000102: "KERNEL_GS_BASE", 0xC0000103: "TSC_AUX", 0xC0010015: "AMD HWCR",
+    0xC0010117: "AMD VM_HSAVE_PA", 0xC001011F: "AMD VIRT_SPEC_CTRL", 0x4B564D00: "KVM_WALL_CLOCK_NEW",
+    0x4B564D01: "KVM_SYSTEM_TIME_NEW", 0x4B564D02: "KVM_ASYNC_PF_EN", 0x4B564D03: "KVM_STEAL_TIME",
+    0x4B564D04: "KVM_PV_EOI_EN", 0x4B564D05: "KVM_POLL_CONTROL", 0x4B564D06: "KVM_ASYNC_PF_INT",
+    0x4B564D07: "KVM_ASYNC_PF_ACK",
+}  # fmt: skip
+SEGMENTS = ("cs", "ds", "es", "fs", "gs", "ss", "tr", "ldt")
+GENERAL = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rip", "rflags")
+
+
+def flag_names(value: int, bits: dict[int, str]) -> list[str]:
+    """The names of the set bits, lowest first."""
+    return [name for bit, name in sorted(bits.items()) if value >> bit & 1]
+
+
+def decode_rflags(value: int) -> str:
+    names = flag_names(value, RFLAGS_BITS)
+    iopl = (value >> 12) & 3
+    return " ".join(names + ([f"IOPL={iopl}"] if iopl else [])) or "(none)"
+
+
+def cpu_mode(sregs: dict, rflags: int = 0) -> str:
+    """Names the mode the CPU is in, from CR0, EFER, CS and RFLAGS."""
+    cr0, efer, cs = sregs["cr0"], sregs["efer"], sregs["cs"]
+    paging = ", paging on" if cr0 >> 31 & 1 else ""
+    if not cr0 & 1:
+        return "real mode"
+    if efer & (1 << 10):
+        return ("64-bit long mode" if cs["l"] else "compatibility mode (long mode, 32-bit code)") + paging
+    if rflags & (1 << 17):
+        return "virtual-8086 mode" + paging
+    return ("32-bit" if cs["db"] else "16-bit") + " protected mode" + paging
+
+
+def code_bits(sregs: dict) -> int:
+    cr0, efer, cs = sregs["cr0"], sregs["efer"], sregs["cs"]
+    if efer & (1 << 10) and cs["l"]:
+        return 64
+    if cr0 & 1 and cs["db"]:
+        return 32
+    return 16
+
+
+def _hex(value: int, width: int = 16) -> str:
+    return f"0x{value:0{width}x}"
+
+
+def general_registers(state: VcpuSnapshot) -> pd.DataFrame:
+    regs = state.regs
+    rows = [(name, _hex(regs[name]), regs[name]) for name in GENERAL]
+    frame = pd.DataFrame(rows, columns=["register", "hex", "value"]).set_index("register")
+    return frame
+
+
+def control_registers(state: VcpuSnapshot) -> pd.DataFrame:
+    s = state.sregs
+    rows = [
+        ("cr0", _hex(s["cr0"]), " ".join(flag_names(s["cr0"], CR0_BITS))),
+        ("cr2", _hex(s["cr2"]), "last page-fault address"),
+        ("cr3", _hex(s["cr3"]), "page-table root"),
+        ("cr4", _hex(s["cr4"]), " ".join(flag_names(s["cr4"], CR4_BITS))),
+        ("cr8", _hex(s["cr8"]), "task priority"),
+        ("efer", _hex(s["efer"]), " ".join(flag_names(s["efer"], EFER_BITS))),
+        ("apic_base", _hex(s["apic_base"]), "LAPIC base, BSP flag" if s["apic_base"] & 0x100 else "LAPIC base"),
+        ("rflags", _hex(state.regs["rflags"]), decode_rflags(state.regs["rflags"])),
+    ]
+    return pd.DataFrame(rows, columns=["register", "hex", "meaning"]).set_index("register")
+
+
+def segments(state: VcpuSnapshot) -> pd.DataFrame:
+    s = state.sregs
+    rows = []
+    for name in SEGMENTS:
+        seg = s[name]
+        rows.append((name, f"{seg['selector']:#06x}", _hex(seg["base"]), f"{seg['limit']:#x}", seg["type"], seg["present"], seg["dpl"],
+                     seg["db"], seg["s"], seg["l"], seg["g"], seg["unusable"]))  # fmt: skip
+    for name in ("gdt", "idt"):
+        rows.append((name, "", _hex(s[name]["base"]), f"{s[name]['limit']:#x}", "", "", "", "", "", "", "", ""))
+    columns = ["segment", "selector", "base", "limit", "type", "present", "dpl", "db", "s", "l", "g", "unusable"]
+    return pd.DataFrame(rows, columns=columns).set_index("segment")
+
+
+def cpuid_table(config: CpuConfiguration) -> pd.DataFrame:
+    rows = [(f"{e.function:#010x}", e.index, e.flags, f"{e.eax:#010x}", f"{e.ebx:#010x}", f"{e.ecx:#010x}", f"{e.edx:#010x}") for e in config.cpuid]
+    return pd.DataFrame(rows, columns=["function", "index", "flags", "eax", "ebx", "ecx", "edx"])
+
+
+def msr_table(msrs: dict[int, int]) -> pd.DataFrame:
+    rows = [(f"{index:#010x}", MSR_NAMES.get(index, ""), _hex(value)) for index, value in sorted(msrs.items())]
+    return pd.DataFrame(rows, columns=["msr", "name", "value"])
+
+
+@dataclass(frozen=True)
+class CodeView:
+    """The instructions at RIP, or why they cannot be shown."""
+
+    mode: str
+    linear: int
+    physical: int | None
+    instructions: list[tuple[int, bytes, str]]
+    problem: str | None = None
+
+    def text(self) -> str:
+        if self.problem:
+            return self.problem
+        lines = []
+        for i, (address, raw, text) in enumerate(self.instructions):
+            marker = "=>" if i == 0 else "  "
+            lines.append(f"{marker} {address:#010x}  {raw.hex(' '):<24} {text}")
+        return "\n".join(lines)
+
+
+def code_at_rip(state: VcpuSnapshot, memory, count: int = 8) -> CodeView:
+    """Disassembles ``count`` instructions from the vCPU's RIP (CS base added, pages walked)."""
+    s = state.sregs
+    bits = code_bits(s)
+    rip = state.regs["rip"]
+    linear = rip if bits == 64 else (s["cs"]["base"] + rip) & 0xFFFF_FFFF
+    mode = cpu_mode(s, state.regs["rflags"])
+    try:
+        physical = translate(memory, s, linear)
+        code = memory.read_available(physical, 15 * count)
+    except GuestMemoryError as err:
+        return CodeView(mode, linear, None, [], f"no code to show at RIP {rip:#x} (linear {linear:#x}): {err}")
+    return CodeView(mode, linear, physical, disassemble(code, bits, rip, count))
+
+
+def _flatten(prefix: str, value, out: dict) -> None:
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            _flatten(f"{prefix}.{key}" if prefix else str(key), inner, out)
+    elif isinstance(value, (list, tuple)):
+        for i, inner in enumerate(value):
+            _flatten(f"{prefix}[{i}]", inner, out)
+    else:
+        out[prefix] = value
+
+
+def snapshot_fields(state: VcpuSnapshot) -> dict:
+    out: dict = {}
+    for part in ("regs", "sregs", "fpu", "vcpu_events", "debug_regs"):
+        _flatten(part, getattr(state, part), out)
+    for index, value in state.msrs.items():
+        out[f"msr.{index:#x}" + (f" ({MSR_NAMES[index]})" if index in MSR_NAMES else "")] = value
+    out["mp_state"] = state.mp_state
+    return out
+
+
+def diff(before: VcpuSnapshot, after: VcpuSnapshot) -> pd.DataFrame:
+    """What changed between two snapshots of one vCPU: ``field``, ``before``, ``after``."""
+    old, new = snapshot_fields(before), snapshot_fields(after)
+    rows = []
+    for key in new:
+        if old.get(key) != new[key]:
+            a, b = old.get(key), new[key]
+            shown = (lambda v: _hex(v, 1) if isinstance(v, int) else v.hex() if isinstance(v, bytes) else v)
+            rows.append((key, shown(a) if a is not None else "", shown(b)))
+    return pd.DataFrame(rows, columns=["field", "before", "after"])
+
+
+def mp_state_name(value: int) -> str:
+    try:
+        return MpState(value).name
+    except ValueError:
+        return str(value)

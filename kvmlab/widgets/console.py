@@ -1,0 +1,42 @@
+"""``Console``: the guest's serial output as it arrives."""
+
+from __future__ import annotations
+
+import ipywidgets as widgets
+
+from .base import View, escape
+
+SHOWN = 20_000  # characters kept on screen (the machine keeps up to 1 MiB)
+
+
+class Console(View):
+    css_class = "kvmlab-console-view"
+
+    def __init__(self, machine):
+        super().__init__(machine)
+        self.machine = machine
+        if machine.closed:
+            self.children = [self._closed_notice("Console")]
+            return
+        self.output = widgets.HTML()
+        self.output.add_class("kvmlab-console")
+        self.children = [widgets.HTML("<b>serial console (COM1)</b>"), self.output]
+        self._version = -1
+        self.refresh()
+        self._attach()
+
+    @property
+    def text(self) -> str:
+        return self.machine.console.text[-SHOWN:] if not self.machine.closed else ""
+
+    def refresh(self) -> None:
+        if self.machine.closed:
+            return
+        version = self.machine.console.version
+        if version == self._version:
+            return
+        self._version = version
+        body = escape(self.text) or "<i>(nothing printed yet)</i>"
+        self.output.value = (
+            "<pre style='background:#111; color:#ddd; padding:6px; max-height:240px; overflow:auto; margin:0'>" + body + "</pre>"
+        )

@@ -1,0 +1,97 @@
+"""``ControlPanel``: a row per vCPU (state, Pause, Resume, Save state, Dump CPU config) and a
+row for all (Start, Pause all, Resume all, Stop). Clicks only queue work on the session."""
+
+from __future__ import annotations
+
+import ipywidgets as widgets
+
+from .base import View, button, escape
+
+PER_VCPU = (
+    ("pause", "Pause", "Pause this vCPU (kicks it out of KVM_RUN)"),
+    ("resume", "Resume", "Resume this vCPU"),
+    ("save_state", "Save state", "Save this paused vCPU's registers, MSRs, FPU, ... (shown in the inspector)"),
+    ("dump_cpu_config", "Dump CPU config", "Dump the CPUID leaves and MSRs set on this paused vCPU"),
+)
+ALL_VCPUS = (
+    ("start", "Start", "Start the vCPU threads (they start paused and are resumed)"),
+    ("pause", "Pause all", "Pause every running vCPU"),
+    ("resume", "Resume all", "Resume every paused vCPU"),
+    ("stop", "Stop", "Finish every vCPU thread (the machine cannot restart)"),
+)
+LEVEL_COLOURS = {"info": "#333", "warning": "#a60", "error": "#c00"}
+STATE_COLOURS = {"Running": "#080", "Paused": "#a60", "Exited": "#c00", "Finished": "#666", "Created": "#666"}
+
+
+class ControlPanel(View):
+    css_class = "kvmlab-control-panel"
+
+    def __init__(self, machine, messages: int = 6):
+        super().__init__(machine)
+        self.machine = machine
+        self._messages_shown = messages
+        if machine.closed:
+            self.children = [self._closed_notice("Control panel")]
+            return
+        self.state_labels: list[widgets.HTML] = []
+        self.vcpu_buttons: list[dict[str, widgets.Button]] = []
+        rows = []
+        for index in range(machine.vcpu_count):
+            label = widgets.HTML(layout=widgets.Layout(width="190px"))
+            label.add_class("kvmlab-state")
+            buttons = {}
+            for action, text, tip in PER_VCPU:
+                b = button(text, f"kvmlab-{action.replace('_', '-')}", tip)
+                b.on_click(lambda _, a=action, i=index: self.session.request(a, i))
+                buttons[action] = b
+            name = widgets.HTML(f"<b>vCPU {index}</b>", layout=widgets.Layout(width="60px"))
+            row = widgets.HBox([name, label, *buttons.values()])
+            row.add_class(f"kvmlab-vcpu-{index}")
+            rows.append(row)
+            self.state_labels.append(label)
+            self.vcpu_buttons.append(buttons)
+        self.all_buttons: dict[str, widgets.Button] = {}
+        for action, text, tip in ALL_VCPUS:
+            b = button(text, f"kvmlab-all-{action}", tip)
+            b.on_click(lambda _, a=action: self.session.request(a, None))
+            self.all_buttons[action] = b
+        all_row = widgets.HBox([widgets.HTML("<b>all</b>", layout=widgets.Layout(width="60px")), *self.all_buttons.values()])
+        all_row.add_class("kvmlab-all")
+        self.phase_label = widgets.HTML()
+        self.messages = widgets.HTML()
+        self.messages.add_class("kvmlab-messages")
+        self.children = [self.phase_label, *rows, all_row, self.messages]
+        self._seen_messages = -1
+        self.refresh()
+        self._attach()
+
+    def refresh(self) -> None:
+        session, m = self.session, self.machine
+        if m.closed:
+            for buttons in [*self.vcpu_buttons, self.all_buttons]:
+                for b in buttons.values():
+                    b.disabled = True
+            self.phase_label.value = f"<div style='color:#a00'>{'machine closed'}</div>"
+        else:
+            exit_text = f" ({escape(m.exit.reason)}, exit code {int(m.exit)})" if m.exit is not None else ""
+            self.phase_label.value = f"<span class='kvmlab-phase'>machine {escape(m.phase)}{exit_text}</span>"
+            for status, label, buttons in zip(m.states, self.state_labels, self.vcpu_buttons):
+                text = str(status)
+                colour = STATE_COLOURS.get(status.state.value, "#333")
+                label.value = f"<span style='color:{colour}'>{escape(text)}</span>"
+                allowed = session.vcpu_actions(status.index)
+                for action, b in buttons.items():
+                    b.disabled = action not in allowed
+            allowed = session.machine_actions()
+            for action, b in self.all_buttons.items():
+                b.disabled = action not in allowed or bool(session.pending.get(None))
+        if session.message_version != self._seen_messages:
+            self._seen_messages = session.message_version
+            recent = list(session.messages)[-self._messages_shown :]
+            self.messages.value = "".join(
+                f"<div class='kvmlab-message kvmlab-{m.level}' style='color:{LEVEL_COLOURS[m.level]}'>{escape(m)}</div>" for m in recent
+            )
+
+    def state_text(self, index: int) -> str:
+        """The state a row shows, as plain text (for tests and notebooks)."""
+        return str(self.machine.states[index])

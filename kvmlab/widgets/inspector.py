@@ -1,0 +1,101 @@
+"""``CpuInspector``: a paused vCPU's saved state and CPU configuration, decoded.
+
+Registers with RIP and RFLAGS decoded, segment and control registers (CR0/CR4/EFER bits, the
+CPU mode named), CPUID leaves and MSRs as tables, the instructions at RIP, and what changed
+since the previous snapshot of the same vCPU. Tables are DataFrames rendered to HTML.
+"""
+
+from __future__ import annotations
+
+import time
+
+import ipywidgets as widgets
+
+from ..lab import inspect
+from .base import View, button, escape, frame_html
+
+TABS = ("Registers", "Segments", "Code at RIP", "CPUID", "MSRs", "Diff")
+
+
+class CpuInspector(View):
+    css_class = "kvmlab-inspector"
+
+    def __init__(self, machine):
+        super().__init__(machine)
+        self.machine = machine
+        if machine.closed:
+            self.children = [self._closed_notice("CPU inspector")]
+            return
+        self.vcpu_picker = widgets.Dropdown(options=[(f"vCPU {i}", i) for i in range(machine.vcpu_count)], value=0, description="show")
+        self.save_button = button("Save state", "kvmlab-inspect-save", "Save the selected (paused) vCPU's state")
+        self.dump_button = button("Dump CPU config", "kvmlab-inspect-dump", "Dump the selected (paused) vCPU's CPUID and MSRs")
+        self.save_button.on_click(lambda _: self.session.request("save_state", self.vcpu_picker.value))
+        self.dump_button.on_click(lambda _: self.session.request("dump_cpu_config", self.vcpu_picker.value))
+        self.summary = widgets.HTML()
+        self.summary.add_class("kvmlab-inspector-summary")
+        self.pages = {name: widgets.HTML() for name in TABS}
+        for name, page in self.pages.items():
+            page.add_class(f"kvmlab-inspector-{name.lower().replace(' ', '-')}")
+        self.tabs = widgets.Tab(children=list(self.pages.values()), titles=list(TABS))
+        self.children = [widgets.HBox([self.vcpu_picker, self.save_button, self.dump_button]), self.summary, self.tabs]
+        self._seen: tuple = ()
+        self.vcpu_picker.observe(lambda _: self.session.poke(), names="value")
+        self.refresh()
+        self._attach()
+
+    def show(self, item) -> None:
+        """Shows a ``VcpuSnapshot`` or ``CpuConfiguration`` taken elsewhere (``m.save_state(i)``)."""
+        (self.session.add_config if hasattr(item, "cpuid") else self.session.add_snapshot)(item)
+        if self.vcpu_picker.value != item.vcpu:
+            self.vcpu_picker.value = item.vcpu
+        self.refresh()
+
+    def refresh(self) -> None:
+        session, vcpu = self.session, self.vcpu_picker.value
+        allowed = session.vcpu_actions(vcpu)
+        self.save_button.disabled = "save_state" not in allowed
+        self.dump_button.disabled = "dump_cpu_config" not in allowed
+        key = (vcpu, session.inspect_version)
+        if key == self._seen:
+            return
+        self._seen = key
+        snapshots, configs = session.snapshots.get(vcpu, []), session.configs.get(vcpu, [])
+        if snapshots:
+            self._render_state(snapshots[-1], snapshots[-2] if len(snapshots) > 1 else None)
+        else:
+            self.summary.value = f"<i>no saved state of vCPU {vcpu} yet: pause it and press <b>Save state</b></i>"
+            for name in ("Registers", "Segments", "Code at RIP", "Diff"):
+                self.pages[name].value = ""
+        if configs:
+            config = configs[-1]
+            self.pages["CPUID"].value = f"<div>vendor {escape(config.vendor())}, {len(config.cpuid)} leaves</div>" + frame_html(inspect.cpuid_table(config))
+            unreadable = f"<div><i>not readable here: {', '.join(hex(i) for i in config.unreadable_msrs)}</i></div>" if config.unreadable_msrs else ""
+            self.pages["MSRs"].value = frame_html(inspect.msr_table(config.msrs)) + unreadable
+        else:
+            message = f"<i>no CPU config of vCPU {vcpu} yet: pause it and press <b>Dump CPU config</b></i>"
+            self.pages["CPUID"].value = self.pages["MSRs"].value = message
+
+    def _render_state(self, state, previous) -> None:
+        mode = inspect.cpu_mode(state.sregs, state.regs["rflags"])
+        rip = state.regs["rip"]
+        saved = time.strftime("%H:%M:%S", time.localtime(state.taken_at))
+        self.summary.value = (
+            f"<div class='kvmlab-mode'>vCPU {state.vcpu}: <b>{escape(mode)}</b>, RIP {rip:#x}, "
+            f"RFLAGS {escape(inspect.decode_rflags(state.regs['rflags']))}, MP state {inspect.mp_state_name(state.mp_state)}, "
+            f"saved {saved}</div>"
+        )
+        self.pages["Registers"].value = (
+            "<div style='display:flex; gap:24px'>"
+            + frame_html(inspect.general_registers(state))
+            + frame_html(inspect.control_registers(state))
+            + "</div>"
+        )
+        self.pages["Segments"].value = frame_html(inspect.segments(state))
+        code = inspect.code_at_rip(state, self.machine.memory)
+        self.pages["Code at RIP"].value = f"<pre class='kvmlab-code'>{escape(code.text())}</pre>"
+        if previous is None:
+            self.pages["Diff"].value = "<i>one snapshot so far: save the state again to see what changed</i>"
+        else:
+            changes = inspect.diff(previous, state)
+            self.pages["Diff"].value = f"<div>{len(changes)} fields changed since the previous snapshot</div>" + frame_html(changes)
+

@@ -1,0 +1,76 @@
+"""``ExitPlot``: live per-vCPU exit rates, one reused figure rendered to PNG in an ``Image``.
+
+The figure and its data come from ``kvmlab.plotting.RatePlot`` (Agg canvas, no pyplot,
+``set_data`` updates); this view only chooses metrics and a window and shows the PNG, with the
+latest rate of each line as text beside it.
+"""
+
+from __future__ import annotations
+
+import ipywidgets as widgets
+
+from ..plotting import DEFAULT_METRICS, TITLES, RatePlot
+from .base import View, escape
+
+
+class ExitPlot(View):
+    css_class = "kvmlab-exit-plot"
+
+    def __init__(self, metrics, choose=DEFAULT_METRICS, *, window_s: int = 30, width: float = 8.0):
+        """``metrics``: a ``MetricsRegistry`` (``m.metrics``) or a ``Machine``."""
+        super().__init__(metrics)
+        self.registry = self.session.registry
+        self._width = width
+        choose = tuple(choose)
+        for name in choose:
+            if not self.registry.spec(name).cumulative:  # KeyError listing the valid names
+                raise ValueError(f"{name!r} is not a count that grows, so it has no rate; pick one of the counters")
+        choices = [spec.name for spec in self.registry.specs if spec.cumulative]
+        self.metric_picker = widgets.SelectMultiple(options=choices, value=tuple(choose), rows=4, description="metrics")
+        self.window = widgets.IntSlider(value=window_s, min=5, max=600, step=5, description="last s")
+        self.image = widgets.Image(format="png")
+        self.image.add_class("kvmlab-plot-image")
+        self.rates = widgets.HTML()
+        self.rates.add_class("kvmlab-rates")
+        self.notice = widgets.HTML()
+        controls = widgets.HBox([self.metric_picker, self.window])
+        self.children = [controls, self.image, self.rates, self.notice]
+        self.plot = self._new_plot()
+        self._seen: tuple = ()
+        self.metric_picker.observe(self._reconfigure, names="value")
+        self.window.observe(self._reconfigure, names="value")
+        self.refresh()
+        if not self.session.closed:
+            self._attach()
+
+    def _new_plot(self) -> RatePlot:
+        return RatePlot(self.registry, self.metric_picker.value or DEFAULT_METRICS, window_s=self.window.value, size=(self._width, 2.0))
+
+    def _reconfigure(self, _change) -> None:
+        # Runs on the kernel thread on a user's change: only rebuild, the refresher redraws.
+        self.plot = self._new_plot()
+        self._seen = ()
+        self.session.poke()
+
+    def refresh(self) -> None:
+        plot = self.plot
+        key = (id(plot), self.registry.samples, self.registry.ring.last()[1] if self.registry.samples else None)
+        if key == self._seen:
+            return
+        self._seen = key
+        plot.update()
+        self.image.value = plot.png()
+        latest = plot.latest()
+        parts = []
+        for vcpu in plot.vcpus:
+            values = ", ".join(f"{latest[(metric, vcpu)]:,.0f} {TITLES.get(metric, metric + ' / s')}" for metric in plot.metrics)
+            rate = sum(latest[(metric, vcpu)] for metric in plot.metrics)
+            parts.append(f"<span class='kvmlab-rate-{vcpu}' data-rate='{rate:.1f}'><b>vCPU {vcpu}</b>: {escape(values)}</span>")
+        self.rates.value = " &nbsp; ".join(parts)
+        if self.session.closed:
+            self.notice.value = "<i class='kvmlab-closed'>the machine is closed: these are its final figures</i>"
+
+    def latest_rate(self, vcpu: int) -> float:
+        """Sum of the chosen metrics' newest rates for one vCPU, as the text shows it."""
+        latest = self.plot.latest()
+        return sum(latest[(metric, str(vcpu))] for metric in self.plot.metrics)

@@ -1,0 +1,283 @@
+"""The notebook views against real machines: build them, click their buttons, read what they
+render. (The same views in a real browser: tests/test_browser.py.)"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from kvmlab import programs
+from kvmlab.lab import LabSession
+from kvmlab.widgets import Console, ControlPanel, CpuInspector, ExitPlot, Lab
+
+pytestmark = pytest.mark.kvm
+
+
+def settle(view, timeout: float = 10.0) -> None:
+    """Waits for queued clicks to finish, then refreshes every view of the machine."""
+    assert view.session.wait_idle(timeout), "a lab action did not finish"
+    view.session.refresh_now()
+
+
+def wait_for_samples(registry, count: int, timeout: float = 5.0) -> None:
+    target = registry.samples + count
+    deadline = time.monotonic() + timeout
+    while registry.samples < target and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def test_control_panel_buttons_follow_the_state_machine(machines):
+    m = machines(vcpus=2, memory_mib=2)
+    m.load(programs.mmio_counter(iterations=0), mode="protected")
+    panel = ControlPanel(m)
+    enabled = lambda buttons: {name for name, b in buttons.items() if not b.disabled}  # noqa: E731
+    assert enabled(panel.all_buttons) == {"start"} and all(not enabled(b) for b in panel.vcpu_buttons)
+    panel.all_buttons["start"].click()
+    settle(panel)
+    assert [panel.state_text(i) for i in range(2)] == ["Running", "Running"]
+    assert "Running" in panel.state_labels[0].value
+    assert enabled(panel.vcpu_buttons[1]) == {"pause"}, "save/dump are not allowed while running"
+    assert enabled(panel.all_buttons) == {"pause", "stop"}
+
+    panel.vcpu_buttons[1]["pause"].click()
+    settle(panel)
+    assert "Paused" in panel.state_labels[1].value and "Running" in panel.state_labels[0].value
+    assert enabled(panel.vcpu_buttons[1]) == {"resume", "save_state", "dump_cpu_config"}
+    assert enabled(panel.vcpu_buttons[0]) == {"pause"}
+    assert enabled(panel.all_buttons) == {"pause", "resume", "stop"}
+    assert "vCPU 1: paused" in panel.messages.value
+
+    panel.vcpu_buttons[1]["save_state"].click()
+    panel.vcpu_buttons[1]["dump_cpu_config"].click()
+    panel.vcpu_buttons[1]["resume"].click()
+    settle(panel)
+    assert panel.session.snapshots[1][-1].vcpu == 1 and panel.session.configs[1][-1].vcpu == 1
+    assert "vCPU 1: state saved" in panel.messages.value and "vCPU 1: CPU config dumped" in panel.messages.value
+    assert panel.state_text(1) == "Running"
+
+    panel.all_buttons["stop"].click()
+    settle(panel)
+    assert "machine stopped (stopped by the controller, exit code 0)" in panel.phase_label.value
+    assert not enabled(panel.all_buttons) and all(not enabled(b) for b in panel.vcpu_buttons)
+    panel.close()
+
+
+def test_refusals_show_as_messages_not_tracebacks(machines, capsys):
+    m = machines(vcpus=2, memory_mib=2)
+    m.load("test edi, edi\njz done\nspin: jmp spin\ndone: hlt", mode="protected")
+    m.start()
+    panel = ControlPanel(m)
+    time.sleep(0.2)
+    # Buttons would be disabled; a stale click (or a second Lab) can still ask.
+    panel.session.request("save_state", 1)  # vCPU 1 is running: NotAllowed
+    panel.session.request("pause", 0)  # vCPU 0 has halted: Exited
+    settle(panel)
+    text = panel.messages.value
+    assert "kvmlab-warning" in text
+    assert "vCPU 1: save state failed: vCPU 1: SaveState not allowed: save/restore unavailable while running; pause it first" in text
+    assert "vCPU 0: pause failed: vCPU 0 has exited with code 0 (HLT)" in text
+    assert "Traceback" not in capsys.readouterr().err
+    panel.close()
+
+
+def test_clicks_only_queue_work(machines):
+    m = machines(vcpus=1, memory_mib=2)
+    m.load(programs.busy_loop(), mode="real")
+    m.start()
+    panel = ControlPanel(m)
+    release = threading.Event()
+    panel.session.submit("hold the worker", lambda: release.wait(5), lambda *_: None)
+    started = time.perf_counter()
+    panel.vcpu_buttons[0]["pause"].click()
+    took = time.perf_counter() - started
+    assert took < 0.05, f"a click blocked the kernel for {took:.3f} s"
+    assert panel.session.pending[0] == ["pause"], "the pause is queued behind the held worker"
+    assert m.states[0].state.value == "Running"
+    release.set()
+    settle(panel)
+    assert m.states[0].state.value == "Paused"
+    panel.close()
+
+
+def test_exit_plot_png_changes_and_a_paused_vcpu_rate_falls_to_zero(machines):
+    m = machines(vcpus=2, memory_mib=2, sample_hz=20)
+    m.load(programs.mmio_counter(iterations=0), mode="real")
+    m.start()
+    plot = ExitPlot(m.metrics, window_s=10)
+    wait_for_samples(m.metrics, 6)
+    plot.session.refresh_now()
+    first = bytes(plot.image.value)
+    assert first.startswith(b"\x89PNG")
+    assert plot.latest_rate(0) > 1000 and plot.latest_rate(1) > 1000
+    m.pause(1)
+    wait_for_samples(m.metrics, 4)
+    plot.session.refresh_now()
+    assert plot.latest_rate(1) == 0, "the paused vCPU's line drops to 0"
+    assert plot.latest_rate(0) > 1000, "vCPU 0's does not"
+    assert bytes(plot.image.value) != first, "the PNG changed with the rates"
+    assert "kvmlab-rate-1' data-rate='0.0'" in plot.rates.value
+    assert plot.plot.full_draws < plot.plot.updates, "frames are blitted, not drawn from scratch"
+    plot.close()
+
+
+def test_exit_plot_metrics_are_choosable(machines):
+    m = machines(vcpus=1, sample_hz=20)
+    m.load(programs.hello(), mode="real")
+    m.start()
+    m.wait(5)
+    plot = ExitPlot(m, choose=("exit_io_out", "kvm.exits"))
+    plot.session.refresh_now()
+    assert plot.plot.metrics == ["exit_io_out", "kvm.exits"]
+    plot.metric_picker.value = ("exit_mmio_write",)
+    plot.session.refresh_now()
+    assert plot.plot.metrics == ["exit_mmio_write"]
+    with pytest.raises(KeyError, match="valid metrics"):
+        ExitPlot(m, choose=("no_such_metric",))
+    plot.close()
+
+
+def test_inspector_decodes_a_saved_state_and_diffs_it(machines):
+    m = machines(vcpus=2, memory_mib=2)
+    m.load(programs.mmio_counter(iterations=0), mode="long")
+    m.start()
+    inspector = CpuInspector(m)
+    m.pause(1)
+    inspector.vcpu_picker.value = 1
+    settle(inspector)
+    assert not inspector.save_button.disabled and not inspector.dump_button.disabled
+    inspector.save_button.click()
+    inspector.dump_button.click()
+    settle(inspector)
+    summary = inspector.summary.value
+    assert "vCPU 1: <b>64-bit long mode, paging on</b>" in summary
+    registers = inspector.pages["Registers"].value
+    assert "rip" in registers and "PE ET NE WP PG" in registers and "LME LMA" in registers and "PAE OSFXSR OSXMMEXCPT" in registers
+    assert "0x00000000000a0104" in registers or "a0104" in registers, "RDX points at COUNTER1"
+    code = inspector.pages["Code at RIP"].value
+    assert "=&gt; 0x0000" in code and ("mov" in code or "inc" in code or "test" in code)
+    assert "AuthenticAMD" in inspector.pages["CPUID"].value or "GenuineIntel" in inspector.pages["CPUID"].value
+    assert "IA32_SYSENTER_CS" in inspector.pages["MSRs"].value
+    assert "save the state again" in inspector.pages["Diff"].value
+    m.resume(1)
+    time.sleep(0.1)
+    m.pause(1)
+    inspector.save_button.click()
+    settle(inspector)
+    diff = inspector.pages["Diff"].value
+    assert "fields changed since the previous snapshot" in diff and "regs.rcx" in diff, "the counter register moved"
+    inspector.close()
+
+
+@pytest.mark.parametrize("mode, expected", [("real", "real mode"), ("protected", "32-bit protected mode"), ("long", "64-bit long mode, paging on")])
+def test_inspector_names_the_cpu_mode(machines, mode, expected):
+    m = machines(vcpus=1)
+    m.load(programs.busy_loop(), mode=mode)
+    m.start()
+    m.pause()
+    inspector = CpuInspector(m)
+    inspector.show(m.save_state(0))
+    assert f"<b>{expected}</b>" in inspector.summary.value
+    assert "add dword ptr" in inspector.pages["Code at RIP"].value or "adc dword ptr" in inspector.pages["Code at RIP"].value or "jmp" in inspector.pages["Code at RIP"].value
+    inspector.close()
+
+
+def test_console_shows_serial_output(machines):
+    m = machines(vcpus=2)
+    m.load(programs.hello(), mode="protected")
+    console = Console(m)
+    m.start()
+    m.wait(5)
+    console.session.refresh_now()
+    assert "Hello from vCPU 0\nHello from vCPU 1\n" in console.output.value
+    console.close()
+
+
+def test_lab_exports_and_reports_unwritable_folders(machines, tmp_path):
+    m = machines(vcpus=2, sample_hz=20)
+    m.load(programs.mailbox_pingpong(rounds=2000), mode="protected")
+    lab = Lab(m)
+    lab.control.all_buttons["start"].click()
+    settle(lab)
+    m.wait(10)
+    lab.folder.value = str(tmp_path / "missing")
+    lab.export_button.click()
+    settle(lab)
+    assert "export failed" in lab.export_result.value and "does not exist; create it first" in lab.export_result.value
+    lab.folder.value = str(tmp_path)
+    lab.export_button.click()
+    settle(lab)
+    written = sorted(p.name for p in tmp_path.iterdir())
+    assert written == ["kvmlab-exits.png", "kvmlab-metrics.csv", "kvmlab-metrics.parquet", "kvmlab-totals.csv"]
+    assert "kvmlab-exits.png" in lab.export_result.value
+    lab.close()
+
+
+def test_a_second_lab_shares_the_first_ones_state(machines):
+    m = machines(vcpus=2)
+    m.load(programs.busy_loop(), mode="real")
+    first, second = Lab(m), Lab(m)
+    assert first.session is second.session
+    second.control.all_buttons["start"].click()
+    settle(first)
+    second.control.vcpu_buttons[0]["pause"].click()
+    second.control.vcpu_buttons[0]["save_state"].click()
+    settle(first)
+    assert "vCPU 0: paused" in first.control.messages.value, "the first lab sees the second's click"
+    assert "Paused" in first.control.state_labels[0].value
+    assert first.control.vcpu_buttons[0]["pause"].disabled and not first.control.vcpu_buttons[0]["resume"].disabled
+    first.inspector.vcpu_picker.value = 0
+    first.session.refresh_now()
+    assert "vCPU 0: <b>real mode</b>" in first.inspector.summary.value
+    first.close()
+    second.close()
+
+
+def test_views_of_a_closed_machine_say_so(machines):
+    m = machines(vcpus=1)
+    m.load(programs.hello())
+    m.close()
+    for view in (ControlPanel(m), CpuInspector(m), Console(m), Lab(m)):
+        texts = [child.value for child in view.children if hasattr(child, "value")]
+        assert any("This machine is closed" in text for text in texts), type(view).__name__
+        assert view._token is None, "a closed machine's view does not refresh"
+        view.close()
+
+
+def test_views_stop_refreshing_when_the_machine_closes_and_leak_nothing(machines):
+    m = machines(vcpus=2)
+    m.load(programs.mmio_counter(iterations=0), mode="protected")
+    lab = Lab(m)
+    session = lab.session
+    lab.control.all_buttons["start"].click()
+    settle(lab)
+    assert session.refreshing
+    m.close()
+    deadline = time.monotonic() + 3
+    while session.refreshing and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not session.refreshing, "the refresher ended with the machine"
+    assert "machine closed" in lab.control.phase_label.value, "the final frame says so"
+    assert "final figures" in lab.plot.notice.value
+    lab.close()
+    deadline = time.monotonic() + 3  # the action worker ends after half a second idle
+    while [t for t in threading.enumerate() if t.name.startswith("kvmlab")] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("kvmlab")]
+
+
+def test_closing_the_last_view_stops_the_refresher(machines):
+    m = machines(vcpus=1)
+    m.load(programs.busy_loop(), mode="real")
+    m.start()
+    plot, console = ExitPlot(m), Console(m)
+    session = LabSession.of(m)
+    assert session.refreshing
+    plot.close()
+    assert session.refreshing, "another view still needs it"
+    console.close()
+    deadline = time.monotonic() + 3
+    while session.refreshing and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not session.refreshing
