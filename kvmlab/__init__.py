@@ -17,6 +17,7 @@ from .errors import (
     VcpuNotAllowedError,
     VcpuTimeoutError,
 )
+from .environment import summary as engine_summary
 from .guest import programs
 from .kvm import KvmUnavailableError
 from .machine import Machine
@@ -40,5 +41,6 @@ __all__ = [
     "VcpuFinishedError",
     "VcpuNotAllowedError",
     "VcpuTimeoutError",
+    "engine_summary",
     "programs",
 ]

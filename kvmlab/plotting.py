@@ -67,8 +67,10 @@ class RatePlot:
         self.live = window_s is not None
         self.vcpus = [str(v) for v in (vcpus if vcpus is not None else range(len(registry)))]
         # Fixed margins, not layout="constrained": the layout engine would run on every frame.
-        self.figure = Figure(figsize=(size[0], size[1] * len(self.metrics)), dpi=dpi)
-        self.figure.subplots_adjust(left=0.12, right=0.98, top=0.94, bottom=0.12 / len(self.metrics) + 0.04, hspace=0.15)
+        height = size[1] * len(self.metrics)
+        self.figure = Figure(figsize=(size[0], height), dpi=dpi)
+        # margins in inches (axis labels need the same room whatever the figure's height)
+        self.figure.subplots_adjust(left=0.95 / size[0], right=1 - 0.15 / size[0], top=1 - 0.12 / height, bottom=0.55 / height, hspace=0.15)
         self.canvas = FigureCanvasAgg(self.figure)
         self.axes = self.figure.subplots(len(self.metrics), 1, sharex=True, squeeze=False)[:, 0]
         self.lines: dict[tuple[str, str], object] = {}
@@ -142,9 +144,9 @@ class RatePlot:
             for line in self.lines.values():
                 line.axes.draw_artist(line)
         width, height = self.canvas.get_width_height(physical=True)
-        image = PIL.Image.frombuffer("RGBA", (width, height), self.canvas.buffer_rgba(), "raw", "RGBA", 0, 1)
+        image = PIL.Image.frombuffer("RGBA", (width, height), self.canvas.buffer_rgba(), "raw", "RGBA", 0, 1).convert("RGB")
         buffer = io.BytesIO()
-        image.save(buffer, format="PNG", compress_level=1)
+        image.save(buffer, format="PNG", compress_level=1)  # Pillow compresses without the GIL
         return buffer.getvalue()
 
     def save(self, path) -> None:

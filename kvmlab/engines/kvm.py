@@ -30,7 +30,7 @@ class KvmEngine:
     name = "kvm"
 
     def __init__(self, path: str | None = None):
-        self.kvm = Kvm(path) if path else Kvm()
+        self.kvm = Kvm(path)
 
     def create_vm(self, *, irqchip: bool = False, cpuid_mask=None) -> "KvmVmBackend":
         return KvmVmBackend(self.kvm, irqchip=irqchip, cpuid_mask=cpuid_mask)

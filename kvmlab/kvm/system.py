@@ -13,12 +13,19 @@ from .syscall import KvmIoctlError, ioctl
 DEFAULT_KVM_PATH = "/dev/kvm"
 
 
+def kvm_path() -> str:
+    """Where kvmlab opens KVM: ``$KVMLAB_KVM_PATH``, else /dev/kvm (the variable lets a test
+    or a demo hide KVM to see what a machine without it does)."""
+    return os.environ.get("KVMLAB_KVM_PATH") or DEFAULT_KVM_PATH
+
+
 class KvmUnavailableError(RuntimeError):
     """``/dev/kvm`` cannot be used here; the message says why and what to do."""
 
 
-def kvm_unavailable_reason(path: str = DEFAULT_KVM_PATH) -> str | None:
+def kvm_unavailable_reason(path: str | None = None) -> str | None:
     """Why KVM cannot be opened here, or None when it can. Used by ``kvmlab info`` and the engines."""
+    path = path or kvm_path()
     try:
         fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
     except OSError as err:
@@ -46,7 +53,8 @@ def _explain_open_error(path: str, err: OSError) -> str:
 class Kvm:
     """The KVM system handle. One thin method per system ioctl; no policy."""
 
-    def __init__(self, path: str = DEFAULT_KVM_PATH):
+    def __init__(self, path: str | None = None):
+        path = path or kvm_path()
         self.fd = -1
         try:
             self.fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)

@@ -10,7 +10,7 @@ timed-out request, so no response is ever taken for the wrong question.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -48,7 +48,7 @@ ALLOWED_EVENTS: dict[VcpuState, frozenset[VcpuEvent]] = {
 }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class VcpuResponse:
     """Base of the responses. ``seq`` is the answered event's number, None if unasked."""
 
@@ -58,18 +58,24 @@ class VcpuResponse:
     def name(self) -> str:
         return type(self).__name__
 
+    def __repr__(self) -> str:
+        shown = [repr(getattr(self, f.name)) for f in fields(self) if f.name != "seq" and f.repr]
+        if self.seq is not None:
+            shown.append(f"seq={self.seq}")
+        return f"{self.name}({', '.join(shown)})"
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, repr=False)
 class Paused(VcpuResponse):
     pass
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Resumed(VcpuResponse):
     pass
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Exited(VcpuResponse):
     """The vCPU has stopped with ``code`` (``reason`` says why) and only accepts Finish."""
 
@@ -77,22 +83,22 @@ class Exited(VcpuResponse):
     reason: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class NotAllowed(VcpuResponse):
     reason: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class SavedState(VcpuResponse):
     state: "VcpuSnapshot" = field(repr=False)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class DumpedCpuConfig(VcpuResponse):
     config: "CpuConfiguration" = field(repr=False)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Error(VcpuResponse):
     error: Any
 

@@ -1,0 +1,139 @@
+"""End to end in a real browser: JupyterLab + headless Debian Chromium driven by Playwright.
+
+Opens notebooks/03-mmio-exits.ipynb, runs every cell above the last one (which closes the
+machine), clicks Pause on vCPU 1 in the Lab's control panel, and checks in the page that vCPU
+1 reads Paused and its plotted rate drops to 0 while vCPU 0's does not. Every selector is
+scoped to the output area, so a click can never land on the notebook's source text.
+A screenshot goes to test-artifacts/.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.kvm, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = ROOT / "test-artifacts"
+LAB = ".jp-OutputArea-output .kvmlab-lab"
+
+
+def _require_browser():
+    missing = []
+    if not os.path.exists(CHROMIUM):
+        missing.append(f"{CHROMIUM} (apt-get install chromium)")
+    try:
+        import playwright  # noqa: F401
+    except ImportError:
+        missing.append("the playwright package")
+    if missing:
+        message = "browser test needs " + " and ".join(missing)
+        if os.environ.get("KVMLAB_REQUIRE_BROWSER") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def jupyter_lab(tmp_path):
+    _require_browser()
+    root = tmp_path / "notebooks"
+    shutil.copytree(ROOT / "notebooks", root)
+    port = _free_port()
+    config = tmp_path / "config"
+    (config / "labconfig").mkdir(parents=True)
+    # No "get Jupyter news?" toast over the outputs (and no network use for it).
+    (config / "labconfig" / "page_config.json").write_text(
+        json.dumps({"disabledExtensions": {"@jupyterlab/apputils-extension:announcements": True}})
+    )
+    env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"), "JUPYTER_CONFIG_DIR": str(config)}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root", "--ip=127.0.0.1", f"--port={port}",
+         "--IdentityProvider.token=", "--ServerApp.password=", "--ServerApp.disable_check_xsrf=True",
+         f"--ServerApp.root_dir={root}", "--LabApp.news_url=None", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
+        stdout=open(tmp_path / "jupyter.log", "wb"), stderr=subprocess.STDOUT, env=env,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/api/status", timeout=2):
+                    break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise RuntimeError("JupyterLab did not start:\n" + (tmp_path / "jupyter.log").read_text()[-3000:])
+                time.sleep(0.3)
+        yield url
+    finally:
+        server.terminate()
+        try:
+            server.wait(10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+def test_pause_vcpu_1_from_the_lab_in_jupyterlab(jupyter_lab):
+    from playwright.sync_api import expect, sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"],
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1300, "height": 1700})
+            page.set_default_timeout(60_000)
+            page.goto(f"{jupyter_lab}/lab/tree/03-mmio-exits.ipynb")
+            page.wait_for_selector(".jp-Notebook .jp-Cell")
+            page.wait_for_selector("#jp-main-statusbar >> text=Idle", timeout=90_000)
+
+            # Select the last cell (it closes the machine) and run everything above it.
+            page.locator(".jp-Notebook .jp-Cell").last.locator(".jp-InputPrompt").click()
+            page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+            page.locator(".lm-Menu-itemLabel", has_text="Run All Above Selected Cell").click()
+
+            # The notebook paused and resumed vCPU 1 itself; wait for its last cell above.
+            page.wait_for_selector(".jp-OutputArea-output >> text=/\\[Running, Running\\] rounds: \\d+/", timeout=180_000)
+            lab = page.locator(LAB)
+            expect(lab.locator(".kvmlab-vcpu-1 .kvmlab-state")).to_contain_text("Running")
+            image = lab.locator(".kvmlab-plot-image")
+            before = image.get_attribute("src")
+
+            pause = lab.locator(".kvmlab-vcpu-1 button.kvmlab-pause")
+            expect(pause).to_be_enabled()
+            pause.click()
+
+            expect(lab.locator(".kvmlab-vcpu-1 .kvmlab-state")).to_contain_text("Paused", timeout=15_000)
+            expect(lab.locator(".kvmlab-vcpu-0 .kvmlab-state")).to_contain_text("Running")
+            expect(lab.locator(".kvmlab-messages")).to_contain_text("vCPU 1: paused")
+            # Rates are per sample interval: wait for a whole interval with vCPU 1 paused.
+            expect(lab.locator(".kvmlab-rate-1")).to_have_attribute("data-rate", "0.0", timeout=15_000)
+            rate_0 = float(lab.locator(".kvmlab-rate-0").get_attribute("data-rate"))
+            assert rate_0 > 1000, f"vCPU 0 kept running: {rate_0} exits/s"
+            assert image.get_attribute("src") != before, "the plot was redrawn"
+            expect(lab.locator(".kvmlab-vcpu-1 button.kvmlab-resume")).to_be_enabled()
+            expect(pause).to_be_disabled()
+
+            time.sleep(1.5)  # let the plot show vCPU 1 flat for a moment
+            lab.screenshot(path=str(ARTIFACTS / "lab.png"))
+            page.screenshot(path=str(ARTIFACTS / "jupyterlab.png"), full_page=False)
+        finally:
+            browser.close()
