@@ -48,31 +48,28 @@ def positive_int(text: str) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from .engines import KvmEngine
-    from .kvm import kvm_unavailable_reason
+    from .engines import EngineUnavailableError, KvmEngine, engine_statuses, resolve
 
     print(f"kvmlab {__version__}")
-    reason = kvm_unavailable_reason()
-    if reason is not None:
-        print(f"engine kvm: unavailable: {reason}")
-        return 0
-    engine = KvmEngine()
+    for status in engine_statuses():
+        print(f"engine {status.name}: {'works' if status.works else 'unavailable'}: {status.why}" if not status.works else f"engine {status.name}: works ({status.why})")
+        if status.name == "kvm" and status.works:
+            engine = KvmEngine()
+            try:
+                facts = engine.describe()
+            finally:
+                engine.close()
+            print(f"  KVM API version {facts['api_version']}, up to {facts['max_vcpus']} vCPUs per VM "
+                  f"({facts['recommended_vcpus']} recommended), kvm_run mmap {facts['vcpu_mmap_size']} bytes")
+            present = [name for name, value in facts["capabilities"].items() if value]
+            absent = [name for name, value in facts["capabilities"].items() if not value]
+            print(f"  capabilities: {', '.join(present)}")
+            if absent:
+                print(f"  absent: {', '.join(absent)}")
     try:
-        facts = engine.describe()
-    finally:
-        engine.close()
-    print("engine kvm: works")
-    print(f"  KVM API version {facts['api_version']}, up to {facts['max_vcpus']} vCPUs per VM "
-          f"({facts['recommended_vcpus']} recommended), kvm_run mmap {facts['vcpu_mmap_size']} bytes")
-    flavour = "kvm_pvm (nested, paravirtualized)" if os.path.exists("/sys/module/kvm_pvm") else next(
-        (m for m in ("kvm_intel", "kvm_amd") if os.path.exists(f"/sys/module/{m}")), "unknown"
-    )
-    print(f"  module: {flavour}")
-    present = [name for name, value in facts["capabilities"].items() if value]
-    absent = [name for name, value in facts["capabilities"].items() if not value]
-    print(f"  capabilities: {', '.join(present)}")
-    if absent:
-        print(f"  absent: {', '.join(absent)}")
+        print(f"engine='auto' chooses: {resolve('auto')}" + (" (KVMLAB_ENGINE)" if os.environ.get("KVMLAB_ENGINE") else ""))
+    except EngineUnavailableError as err:
+        print(f"engine='auto' chooses nothing: {err}")
     return 0
 
 
@@ -332,6 +329,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"kvmlab {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (kvmlab info | head)
+        sys.stderr.close()
+        return 0
     except Exception as err:  # a bug: still one line, the traceback on request
         if os.environ.get("KVMLAB_DEBUG"):
             raise

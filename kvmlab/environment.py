@@ -17,11 +17,16 @@ def kvm_flavour() -> str:
 
 
 def summary() -> str:
-    """One line: which engine runs kvmlab machines here, or why none does."""
-    reason = kvm_unavailable_reason()
-    if reason is None:
-        return f"kvmlab runs on real KVM here ({kvm_flavour()})."
-    return (
-        f"KVM is missing here, so the cells that start a Machine will fail: {reason} "
-        "(On Binder there is no /dev/kvm; run the notebooks on a Linux machine with KVM.)"
-    )
+    """One line for a notebook's first cell: which engine ``Machine(engine="auto")`` uses here
+    and what that means."""
+    from .engines import EngineUnavailableError, note, resolve
+
+    try:
+        name = resolve("auto")
+    except EngineUnavailableError as err:
+        return f"No engine can run kvmlab machines here: {err}"
+    why = ""
+    if name == "emulated":
+        reason = kvm_unavailable_reason()
+        why = f" (KVM: {reason})" if reason else " (KVMLAB_ENGINE=emulated)"
+    return f"Machines run on {note(name)}{why}."

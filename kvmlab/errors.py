@@ -36,6 +36,10 @@ class AssemblyError(KvmlabError, ValueError):
         self.program = program
 
 
+class EngineUnavailableError(ConfigError):
+    """The chosen engine cannot run here; the message says why and what to install."""
+
+
 class KickUnavailableError(KvmlabError, RuntimeError):
     """The vCPU kick signal handler cannot be installed (not on the main thread)."""
 

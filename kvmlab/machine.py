@@ -24,7 +24,8 @@ from typing import Iterable
 
 from .devices import COM1, DEBUG_EXIT_PORT, MAILBOX_BASE, Console, DebugExit, Mailbox, Serial16550
 from .devices import mailbox as mailbox_regs
-from .engines import KvmEngine
+from .engines import note as engine_note
+from .engines import open_engine
 from .errors import (
     ConfigError,
     MachineStateError,
@@ -46,7 +47,7 @@ from .vstate.cpu_state import CpuConfiguration, VcpuSnapshot
 from .vstate.exit_record import ExitRecord, outcome_of, read_exit
 from .vstate.exits import DeviceFailure, Emulation
 from .vstate.vcpu import VcpuHandle
-from .vstate.kick import install_kick_handler, signal_thread
+from .vstate.kick import install_kick_handler
 from .vstate.layout import MIB
 from .vstate.memory import GuestMemory
 from .vstate.protocol import DumpedCpuConfig, Error, Exited, NotAllowed, Paused, Resumed, SavedState, VcpuEvent, VcpuState, VcpuStatus
@@ -54,10 +55,11 @@ from .vstate.vm import Vm
 
 
 class _KickAfter:
-    """Kicks the calling thread out of KVM_RUN if it is still there after ``seconds``."""
+    """Kicks the calling thread out of the guest if it is still there after ``seconds``."""
 
-    def __init__(self, seconds: float, run_u8):
-        self._run_u8 = run_u8
+    def __init__(self, seconds: float, vcpu):
+        self._run_u8 = vcpu.run_u8
+        self._backend = vcpu.backend
         self._ident = threading.get_ident()
         self._lock = threading.Lock()
         self._armed = True
@@ -68,7 +70,7 @@ class _KickAfter:
         with self._lock:
             if self._armed:
                 self._run_u8[1] = 1  # immediate_exit
-                signal_thread(self._ident)
+                self._backend.interrupt(self._ident)
 
     def __enter__(self):
         self._timer.start()
@@ -92,6 +94,10 @@ def _describe_address(mmio_bus, pio_bus, bus: str, address: int) -> tuple[str, s
 class Machine:
     """A VM with ``vcpus`` vCPU threads, ``memory_mib`` MiB of RAM and the teaching devices.
 
+    ``engine="auto"`` runs on KVM where ``/dev/kvm`` works and on the emulated engine (Unicorn)
+    where it does not; ``"kvm"`` or ``"emulated"`` force one. ``m.engine`` says which runs and
+    ``m.engine_note`` what that means.
+
     Devices: a 16550 serial port at 0x3f8 (``console``), the debug-exit port at 0xf4 and the
     ``mailbox`` MMIO device at 0xa0000. ``irqchip=True`` adds KVM's in-kernel interrupt
     controllers (then HLT no longer exits to user space; the small programs want it off).
@@ -106,6 +112,7 @@ class Machine:
         vcpus: int = 1,
         memory_mib: float = 2,
         *,
+        engine: str = "auto",
         irqchip: bool = False,
         timeout: float = 5.0,
         sample_hz: float = DEFAULT_SAMPLE_HZ,
@@ -131,16 +138,20 @@ class Machine:
             raise ConfigError(f"trace_capacity={trace_capacity!r}: need a positive number of rows")
         install_kick_handler()
         self.timeout = float(timeout)
-        engine = KvmEngine(kvm_path)
+        engine_impl = open_engine(engine, kvm_path)
+        #: "kvm" or "emulated": which engine runs this machine
+        self.engine = engine_impl.name
+        #: one line on what that engine means for what you see
+        self.engine_note = engine_note(self.engine)
         try:
-            backend = engine.create_vm(irqchip=irqchip)
+            backend = engine_impl.create_vm(irqchip=irqchip)
             try:
                 vm = Vm(backend, int(memory_bytes))
             except BaseException:
                 backend.close()
                 raise
         finally:
-            engine.close()
+            engine_impl.close()
         self._vmm = vmm = Vmm(vm, self.timeout)
         self._finalizer = weakref.finalize(self, vmm.close)
         try:
@@ -169,7 +180,6 @@ class Machine:
             self.close()
             raise
         self.irqchip = irqchip
-        self.engine = "kvm"
         self.program: LoadedProgram | None = None
 
     # --- configuration ---------------------------------------------------------------------------
@@ -231,7 +241,7 @@ class Machine:
             raise MachineStateError("step(): nothing is loaded; call load(program, mode=...) first")
         target = self._vmm.vcpus[self._index(vcpu)]
         limit = self.timeout if timeout is None else timeout
-        with _KickAfter(limit, target.run_u8):
+        with _KickAfter(limit, target), target.backend.stepping():
             try:
                 result = target.run_emulation()
             except VcpuError as err:
@@ -239,6 +249,15 @@ class Machine:
         if result is Emulation.INTERRUPTED:
             raise MachineTimeoutError(f"vCPU {vcpu} made no exit within {limit:g} s (a loop without exits?); it was kicked out of KVM_RUN")
         return read_exit(target.peripherals, outcome_of(result))
+
+    def registers(self, vcpu: int) -> dict[str, int]:
+        """A vCPU's general registers while its thread is not running (before ``start()``,
+        while stepping, or after the machine stopped)."""
+        index = self._index(vcpu)
+        if self._vmm.phase is Phase.STARTED:
+            raise MachineStateError("registers(): the vCPU threads are running; pause a vCPU and use save_state(i)")
+        self._require_open("registers()")
+        return self._vmm.vcpus[index].backend.get_regs().to_dict()
 
     def handle(self, vcpu: int) -> VcpuHandle:
         """The low-level ``VcpuHandle`` of a started vCPU (send_event/recv, as the seed's tests do)."""

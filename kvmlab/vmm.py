@@ -134,7 +134,12 @@ class Vmm:
                 except VcpuError:
                     pass  # already finished
             deadline = time.monotonic() + JOIN_TIMEOUT
-            stuck = [h.index for h in self.handles if not h.join(max(deadline - time.monotonic(), 0))]
+            while time.monotonic() < deadline and not all(h.finished for h in self.handles):
+                for handle in self.handles:
+                    if not handle.finished:
+                        handle.kick()  # again: an emulator can miss a stop asked just before it starts
+                        handle.join(0.05)
+            stuck = [h.index for h in self.handles if not h.finished]
             if stuck:
                 raise MachineStateError(
                     f"vCPU thread(s) {stuck} did not finish within {JOIN_TIMEOUT} s of Finish "

@@ -25,14 +25,22 @@ def pytest_runtest_setup(item):
         pytest.skip(f"no usable KVM: {KVM_REASON}")
 
 
+@pytest.fixture(params=[pytest.param("kvm", marks=pytest.mark.kvm), pytest.param("emulated", marks=pytest.mark.emulated)])
+def engine(request):
+    """Runs a test on both engines (the KVM run skips or fails as every KVM test does)."""
+    return request.param
+
+
 @pytest.fixture
 def machines():
-    """Makes Machines and closes every one of them after the test, whatever happened."""
+    """Makes Machines (on KVM unless the test says otherwise) and closes every one of them
+    after the test, whatever happened."""
     from kvmlab import Machine
 
     made = []
 
     def make(*args, **kwargs):
+        kwargs.setdefault("engine", "kvm")
         machine = Machine(*args, **kwargs)
         made.append(machine)
         return machine

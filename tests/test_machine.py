@@ -14,6 +14,7 @@ from kvmlab import (
     AssemblyError,
     ConfigError,
     DeviceOverlapError,
+    EngineUnavailableError,
     KvmUnavailableError,
     Machine,
     MachineStateError,
@@ -99,8 +100,8 @@ def test_save_state_and_dump_are_refused_while_running(machines):
 
 
 def test_missing_kvm_says_why_and_what_to_do():
-    with pytest.raises(KvmUnavailableError, match="does not exist: this machine has no KVM.*engine='emulated'"):
-        Machine(kvm_path="/dev/no-such-kvm")
+    with pytest.raises(EngineUnavailableError, match=r"engine='kvm': /dev/no-such-kvm does not exist: this machine has no KVM.*kvmlab\[emulate\]"):
+        Machine(engine="kvm", kvm_path="/dev/no-such-kvm")
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to another user")
@@ -153,7 +154,7 @@ def test_memory_size_is_checked(memory_mib, message):
 
 def test_bad_input_leaks_no_fds():
     before = _open_fds()
-    for bad in ({"memory_mib": 0.001}, {"vcpus": 5000}, {"kvm_path": "/nope"}):
+    for bad in ({"memory_mib": 0.001}, {"vcpus": 5000}, {"engine": "kvm", "kvm_path": "/nope"}, {"engine": "quantum"}):
         with pytest.raises((ConfigError, KvmUnavailableError)):
             Machine(**bad)
     gc.collect()

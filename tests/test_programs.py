@@ -1,5 +1,5 @@
 """Each bundled program's observable result (console text, mailbox values, results area,
-exit codes, exit counters), asserted exactly, in real, protected and long mode."""
+exit codes, exit counters), asserted exactly, in real, protected and long mode, on both engines."""
 
 from __future__ import annotations
 
@@ -11,15 +11,13 @@ from kvmlab import programs
 from kvmlab.devices.mailbox import COUNTERS, MAILBOX_BASE
 from kvmlab.vstate.protocol import VcpuState
 
-pytestmark = pytest.mark.kvm
-
 MODES = ["real", "protected", "long"]
 
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("vcpus", [1, 2, 3])
-def test_hello_prints_one_line_per_vcpu_in_order(machines, mode, vcpus):
-    m = machines(vcpus=vcpus, memory_mib=2)
+def test_hello_prints_one_line_per_vcpu_in_order(engine, machines, mode, vcpus):
+    m = machines(vcpus=vcpus, memory_mib=2, engine=engine)
     m.load(programs.hello(), mode=mode)
     m.start()
     code = m.wait(10)
@@ -37,8 +35,8 @@ def test_hello_prints_one_line_per_vcpu_in_order(machines, mode, vcpus):
         assert metrics.io_out_by_port == {0x3F8: line} and metrics.io_in_by_port == {0x3FD: line}
 
 
-def test_hello_counts_past_two_digits(machines):
-    m = machines(vcpus=101, memory_mib=1)
+def test_hello_counts_past_two_digits(engine, machines):
+    m = machines(vcpus=101, memory_mib=1, engine=engine)
     m.load(programs.hello(), mode="protected")
     m.start()
     assert m.wait(30) == 0
@@ -47,9 +45,9 @@ def test_hello_counts_past_two_digits(machines):
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_mmio_counter_counts_exactly(machines, mode):
+def test_mmio_counter_counts_exactly(engine, machines, mode):
     iterations, read_every = 3000, 8
-    m = machines(vcpus=2, memory_mib=2)
+    m = machines(vcpus=2, memory_mib=2, engine=engine)
     m.load(programs.mmio_counter(iterations=iterations, read_every=read_every), mode=mode)
     m.start()
     assert m.wait(20) == 0
@@ -66,9 +64,9 @@ def test_mmio_counter_counts_exactly(machines, mode):
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_mailbox_pingpong_completes_every_round(machines, mode):
+def test_mailbox_pingpong_completes_every_round(engine, machines, mode):
     rounds = 400
-    m = machines(vcpus=3, memory_mib=2)
+    m = machines(vcpus=3, memory_mib=2, engine=engine)
     m.load(programs.mailbox_pingpong(rounds=rounds), mode=mode)
     m.start()
     assert m.wait(20) == 0
@@ -82,8 +80,8 @@ def test_mailbox_pingpong_completes_every_round(machines, mode):
     assert pong.exit_mmio_read == results[1]["polls"] >= rounds
 
 
-def test_pausing_the_pong_vcpu_stops_the_rounds_but_not_the_polling(machines):
-    m = machines(vcpus=2, memory_mib=2)
+def test_pausing_the_pong_vcpu_stops_the_rounds_but_not_the_polling(engine, machines):
+    m = machines(vcpus=2, memory_mib=2, engine=engine)
     m.load(programs.mailbox_pingpong(rounds=0), mode="protected")
     m.start()
     time.sleep(0.1)
@@ -100,8 +98,8 @@ def test_pausing_the_pong_vcpu_stops_the_rounds_but_not_the_polling(machines):
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_busy_loop_never_exits_yet_pauses(machines, mode):
-    m = machines(vcpus=2, memory_mib=2)
+def test_busy_loop_never_exits_yet_pauses(engine, machines, mode):
+    m = machines(vcpus=2, memory_mib=2, engine=engine)
     m.load(programs.busy_loop(), mode=mode)
     m.start()
     time.sleep(0.2)
@@ -118,9 +116,9 @@ def test_busy_loop_never_exits_yet_pauses(machines, mode):
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_triple_fault_ends_the_machine_and_says_why(machines, mode):
+def test_triple_fault_ends_the_machine_and_says_why(engine, machines, mode):
     # Measured on kvm_pvm and documented for hardware KVM alike: KVM_EXIT_SHUTDOWN.
-    m = machines(vcpus=2, memory_mib=2)
+    m = machines(vcpus=2, memory_mib=2, engine=engine)
     m.load(programs.triple_fault(), mode=mode)
     m.start()
     code = m.wait(10)
@@ -131,8 +129,8 @@ def test_triple_fault_ends_the_machine_and_says_why(machines, mode):
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_exit_code_stops_every_vcpu_with_the_guest_code(machines, mode):
-    m = machines(vcpus=3, memory_mib=2)
+def test_exit_code_stops_every_vcpu_with_the_guest_code(engine, machines, mode):
+    m = machines(vcpus=3, memory_mib=2, engine=engine)
     m.load(programs.exit_code(code=42, delay=2000), mode=mode)
     m.start()
     code = m.wait(10)

@@ -13,17 +13,36 @@ def run_without_kvm(code: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
 
 
-def test_the_notebooks_first_line_says_kvm_is_missing():
+def test_the_notebooks_first_line_says_which_engine_runs_and_why():
     result = run_without_kvm("import kvmlab; print(kvmlab.engine_summary())")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("KVM is missing here, so the cells that start a Machine will fail:")
-    assert "/nonexistent/kvm does not exist" in result.stdout
+    assert result.stdout.startswith("Machines run on the emulated engine (Unicorn, a CPU emulator)")
+    assert "KVM's own statistics (kvm.*) do not exist" in result.stdout
+    assert "(KVM: /nonexistent/kvm does not exist" in result.stdout
 
 
-def test_a_machine_says_why_it_cannot_start():
-    code = "from kvmlab import Machine, KvmUnavailableError\ntry:\n    Machine()\nexcept KvmUnavailableError as e:\n    print('error:', e)"
+def test_auto_falls_back_to_the_emulator_and_kvm_says_why_not():
+    code = (
+        "from kvmlab import Machine, programs, EngineUnavailableError\n"
+        "m = Machine(vcpus=2)\nm.load(programs.hello())\nm.start()\nprint('exit', int(m.wait(10)), m.engine, repr(m.console.text))\nm.close()\n"
+        "try:\n    Machine(engine='kvm')\nexcept EngineUnavailableError as e:\n    print('error:', e)"
+    )
     result = run_without_kvm(code)
-    assert "error: /nonexistent/kvm does not exist: this machine has no KVM" in result.stdout, result.stdout + result.stderr
+    assert "exit 0 emulated 'Hello from vCPU 0\\nHello from vCPU 1\\n'" in result.stdout, result.stdout + result.stderr
+    assert "error: engine='kvm': /nonexistent/kvm does not exist: this machine has no KVM" in result.stdout
+    assert "pip install 'kvmlab[emulate]'" in result.stdout
+
+
+def test_without_the_emulator_either_the_error_says_what_to_install():
+    code = (
+        "import sys\nsys.modules['unicorn'] = None\n"
+        "from kvmlab import Machine, EngineUnavailableError\n"
+        "for engine in ('emulated', 'auto'):\n"
+        "    try:\n        Machine(engine=engine)\n    except EngineUnavailableError as e:\n        print(engine, 'error:', e)"
+    )
+    result = run_without_kvm(code)
+    assert "emulated error: engine='emulated' needs the unicorn package (GPLv2, an optional extra): pip install 'kvmlab[emulate]'" in result.stdout, result.stdout + result.stderr
+    assert "auto error: no engine can run here: KVM: /nonexistent/kvm does not exist" in result.stdout
 
 
 def test_info_says_which_engines_work():
@@ -31,3 +50,5 @@ def test_info_says_which_engines_work():
                             env={**os.environ, "KVMLAB_KVM_PATH": "/nonexistent/kvm"})  # fmt: skip
     assert result.returncode == 0
     assert "engine kvm: unavailable: /nonexistent/kvm does not exist" in result.stdout
+    assert "engine emulated: works (Unicorn" in result.stdout
+    assert "engine='auto' chooses: emulated" in result.stdout

@@ -6,6 +6,7 @@ released for its whole duration), an errno test, and the shared ``handle_kvm_exi
 
 from __future__ import annotations
 
+import contextlib
 import errno
 from time import perf_counter_ns
 
@@ -15,8 +16,9 @@ from ..kvm import constants as kc
 from ..kvm.syscall import get_errno, kvm_run_ioctl
 from ..vstate.cpu_state import CpuConfiguration, CpuidEntry, VcpuSnapshot
 from ..vstate.exits import Emulation, Peripherals, handle_kvm_exit
+from ..vstate.kick import signal_thread
 from ..vstate.layout import TSS_ADDRESS
-from ..vstate.memory import MemoryRegion
+from ..vstate.memory import GuestMemory
 from .cpuid import cpuid_for_vcpu
 
 KVM_RUN = kc.KVM_RUN
@@ -75,8 +77,10 @@ class KvmVmBackend:
             self.vm.close()
             raise
 
-    def map_memory(self, region: MemoryRegion) -> None:
-        self.vm.set_user_memory_region(region.slot, region.guest_phys_addr, region.size, region.host_address)
+    def map_memory(self, memory: GuestMemory) -> None:
+        """One KVM memory slot per RAM range."""
+        for region in memory.regions:
+            self.vm.set_user_memory_region(region.slot, region.guest_phys_addr, region.size, region.host_address)
 
     def create_vcpu(self, index: int, count: int) -> "KvmVcpuBackend":
         fd = VcpuFd(self.vm.create_vcpu(index), self._mmap_size, index)
@@ -139,6 +143,15 @@ class KvmVcpuBackend:
 
     def kvmclock_ctrl(self) -> None:
         self.fd.kvmclock_ctrl()
+
+    def interrupt(self, thread_ident: int) -> None:
+        """The second half of the kick: SIGRTMIN makes a KVM_RUN in progress return EINTR."""
+        signal_thread(thread_ident)
+
+    @contextlib.contextmanager
+    def stepping(self):
+        """KVM_RUN already returns at every exit: nothing to change for single exits."""
+        yield
 
     # --- SaveState / DumpCpuConfig ---------------------------------------------------------------
 

@@ -46,7 +46,6 @@ from typing import Callable, Iterable
 from ..errors import VcpuError, VcpuFinishedError, VcpuTimeoutError
 from ..metrics import trace as trace_kinds
 from .exits import DebugExitInfo, Emulation, ExitCode, Peripherals, Stopped
-from .kick import signal_thread
 from .protocol import (
     DumpedCpuConfig,
     Error,
@@ -262,6 +261,15 @@ class Vcpu:
             self.peripherals.metrics.failures += 1
             log.error("vCPU %d: failed signaling vcpu exit event: %s", self.index, err)
 
+    def kick(self) -> None:
+        """Gets this vCPU's thread out of the guest: ``immediate_exit = 1`` (so a run about to
+        start returns at once), then the engine's interrupt (SIGRTMIN for KVM, a stop request
+        for the emulator). Never signals a thread that has finished."""
+        with self.kick_lock:
+            if self.kickable and self.thread is not None:
+                self.run_u8[IMMEDIATE_EXIT] = 1
+                self.backend.interrupt(self.thread.ident)
+
     def status(self) -> VcpuStatus:
         status = self.exit_status
         if status is None:
@@ -316,11 +324,7 @@ class VcpuHandle:
         return seq
 
     def kick(self) -> None:
-        vcpu = self._vcpu
-        with vcpu.kick_lock:
-            if vcpu.kickable:
-                vcpu.run_u8[IMMEDIATE_EXIT] = 1
-                signal_thread(self._thread.ident)
+        self._vcpu.kick()
 
     def recv(self, timeout: float) -> VcpuResponse:
         """The next response, whatever it answers (the seed's ``response_receiver().recv_timeout``)."""
@@ -346,6 +350,9 @@ class VcpuHandle:
                         f"vCPU {self.index} did not answer {what} within {timeout:g} s "
                         f"(its state is {self.status()}); the request was left queued"
                     ) from None
+                # Still no answer: kick again. An engine whose interrupt can be lost (an
+                # emulator told to stop just before it starts) then still gets the event.
+                self.kick()
                 continue
             if response.seq == seq:
                 return response
@@ -387,7 +394,4 @@ def request_all(handles: Iterable[VcpuHandle], event: VcpuEvent, timeout: float)
 def _disconnect(vcpu: Vcpu) -> None:
     """Finalizer of a dropped handle: tell the thread nobody is listening, and kick it."""
     vcpu.events.put((DISCONNECTED, None))
-    with vcpu.kick_lock:
-        if vcpu.kickable and vcpu.thread is not None:
-            vcpu.run_u8[IMMEDIATE_EXIT] = 1
-            signal_thread(vcpu.thread.ident)
+    vcpu.kick()

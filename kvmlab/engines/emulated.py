@@ -1,0 +1,581 @@
+"""The emulated engine: the same machines on a CPU emulator (Unicorn), where /dev/kvm is missing.
+
+Unicorn is QEMU's CPU emulator as a library (PyPI ``unicorn``, GPLv2, hence the optional extra
+``kvmlab[emulate]``). Each vCPU gets its own Unicorn instance on its own thread; they share
+the guest's RAM (``mem_map_ptr`` of the same host pages kvmlab's ``GuestMemory`` owns).
+
+The engine speaks KVM: an exit is written into a ``kvm_run``-shaped page and handed to the
+shared ``handle_kvm_exit``, so the bus, the devices, the metrics and the trace are the very
+code the KVM engine uses. What differs is *when* exits are handled:
+
+* MMIO and port I/O arrive as Unicorn callbacks in the middle of an instruction, which needs
+  its answer at once. So the exit is handled inside the callback and emulation goes on: one
+  ``run_emulation`` call handles many exits and returns only for a kick, a HLT, a stop or a
+  fault. (Stopping inside the callback is not an option: measured, Unicorn then restarts the
+  instruction and the access happens twice.) ``stepping()`` runs one instruction at a time
+  until one exit has happened, for ``Machine.step()``.
+* Everything that is not RAM is MMIO (as for KVM, where an access outside every memory slot
+  exits to user space), so an access where no device lives is an unhandled MMIO exit on both.
+* The kick is ``emu_stop()`` from the controller's thread (the GIL is released inside
+  ``emu_start``); Unicorn stops at the next block boundary, where resuming is exact.
+* HLT: ``emu_start`` returns with the byte before PC = 0xF4, as after a KVM_EXIT_HLT.
+* CPU exceptions (#DE, #UD, INT n): Unicorn does not deliver them through the IDT. kvmlab checks
+  whether the guest's IDT could: if not (an empty or too-short table), the CPU would triple
+  fault and the exit is KVM_EXIT_SHUTDOWN, as on KVM; if it could, the vCPU stops with an
+  error saying the emulated engine does not deliver interrupts (run such guests on KVM).
+* An instruction the emulator cannot run ends the vCPU with an error naming its address and
+  bytes; KVM's own statistics (``kvm.*``) do not exist here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import struct
+import threading
+from time import perf_counter_ns
+
+from ..errors import ConfigError, EngineUnavailableError, FaultyKvmExit, GuestMemoryError
+from ..guest.asm import disassemble
+from ..guest.paging import translate
+from ..kvm import structs as ks
+from ..metrics import trace as trace_kinds
+from ..vstate.cpu_state import CpuConfiguration, CpuidEntry, VcpuSnapshot
+from ..vstate.exits import EXIT_HLT, EXIT_IO, EXIT_MMIO, EXIT_SHUTDOWN, Emulation, Peripherals, handle_kvm_exit
+from ..vstate.layout import PAGE_SIZE
+from ..vstate.memory import GuestMemory, MemoryRegion
+
+try:
+    import unicorn
+    from unicorn import x86_const as ux
+except ImportError:  # an optional extra
+    unicorn = None
+    ux = None
+
+
+INSTALL = "pip install 'kvmlab[emulate]'"
+RUN_PAGE_SIZE = 3 * PAGE_SIZE
+IO_DATA_OFFSET = PAGE_SIZE  # where KVM puts port I/O data (page 1 of the kvm_run mapping)
+ADDRESS_LIMIT = 1 << 32  # what is not RAM below 4 GiB is MMIO (kvmlab guests live below 4 GiB)
+MAX_VCPUS = 256
+IMMEDIATE_EXIT = 1
+CR0_PE = 1
+EFER_LMA = 1 << 10
+EFER_MSR = 0xC0000080
+#: MSRs the emulated CPU is asked for in save state / CPU config dumps (architectural ones).
+MSRS = (0x10, 0x1B, 0x174, 0x175, 0x176, 0x277, 0xC0000080, 0xC0000081, 0xC0000082, 0xC0000083, 0xC0000084, 0xC0000100, 0xC0000101, 0xC0000102)
+#: leaves whose subleaves matter (ECX selects): deterministic cache, features, topology, XSAVE
+SUBLEAF_LEAVES = {4: 8, 7: 2, 0xB: 3, 0xD: 4}
+_UNTIL = 0xFFFF_FFFF_FFFF_FFFF
+#: A guest that has made no MMIO/port access for this long is stopped from the outside by a kick.
+QUIET_NS = 2_000_000
+_U32 = struct.Struct("<I")
+
+if unicorn is not None:
+    _MODES = {16: unicorn.UC_MODE_16, 32: unicorn.UC_MODE_32, 64: unicorn.UC_MODE_64}
+    _REGS64 = {name: getattr(ux, f"UC_X86_REG_{name.upper()}") for name in ks.GENERAL_REGISTERS if name != "rflags"}
+    _REGS64["rflags"] = ux.UC_X86_REG_RFLAGS
+    _REGS32 = {f"r{n[1:]}" if n.startswith("e") else n: getattr(ux, f"UC_X86_REG_{n.upper()}")
+               for n in ("eax", "ebx", "ecx", "edx", "esi", "edi", "esp", "ebp", "eip")}  # fmt: skip
+    _REGS32["rflags"] = ux.UC_X86_REG_EFLAGS
+    _SEGMENTS = {name: getattr(ux, f"UC_X86_REG_{name.upper()}") for name in ("cs", "ds", "es", "fs", "gs", "ss")}
+
+
+def require_unicorn() -> None:
+    if unicorn is None:
+        raise EngineUnavailableError(f"engine='emulated' needs the unicorn package (GPLv2, an optional extra): {INSTALL}")
+
+
+class EmulatedEngine:
+    """Makes emulated VMs. Raises ``EngineUnavailableError`` (with the install command)
+    when Unicorn is not installed."""
+
+    name = "emulated"
+
+    def __init__(self):
+        require_unicorn()
+
+    def create_vm(self, *, irqchip: bool = False, cpuid_mask=None) -> "EmulatedVmBackend":
+        if irqchip:
+            raise ConfigError("irqchip=True: the emulated engine has no in-kernel interrupt controllers; use engine='kvm'")
+        return EmulatedVmBackend()
+
+    def close(self) -> None:
+        pass
+
+    def describe(self) -> dict:
+        return {"unicorn_version": unicorn.__version__, "max_vcpus": MAX_VCPUS}
+
+
+class EmulatedVmBackend:
+    name = "the emulated engine"
+    max_vcpus = MAX_VCPUS
+    irqchip = False
+
+    def __init__(self):
+        self.memory: GuestMemory | None = None
+
+    @property
+    def regions(self) -> list[MemoryRegion]:
+        return self.memory.regions if self.memory is not None else []
+
+    def map_memory(self, memory: GuestMemory) -> None:
+        """Remembers the RAM; each vCPU's Unicorn instance maps the same host pages."""
+        self.memory = memory
+
+    def mmio_ranges(self) -> list[tuple[int, int]]:
+        """Everything below 4 GiB that is not RAM, page-aligned: MMIO, as for KVM."""
+        ram = sorted((r.range.start, r.range.end) for r in self.regions)
+        gaps, cursor = [], 0
+        for start, end in ram:
+            if start > cursor:
+                gaps.append((cursor, start))
+            cursor = max(cursor, end)
+        if cursor < ADDRESS_LIMIT:
+            gaps.append((cursor, ADDRESS_LIMIT))
+        return gaps
+
+    def create_vcpu(self, index: int, count: int) -> "EmulatedVcpuBackend":
+        return EmulatedVcpuBackend(self, index)
+
+    def close(self) -> None:
+        pass
+
+
+class EmulatedVcpuBackend:
+    engine = "emulated"
+
+    def __init__(self, vm: EmulatedVmBackend, index: int):
+        self.vm = vm
+        self.index = index
+        self._page = bytearray(RUN_PAGE_SIZE)
+        u8 = memoryview(self._page)
+        self.run_views = (u8, u8.cast("H"), u8.cast("I"), u8.cast("Q"))
+        self.run_u8, self.run_u16, self.run_u32, self.run_u64 = self.run_views
+        self.uc = None
+        self.bits = 16
+        self._p: Peripherals | None = None
+        self._result = None
+        self._vector: int | None = None
+        self._stepping = False
+        self._exited = False  # an exit happened during this run (stepping)
+        self._running = threading.Lock()
+        self._access_pc = 0
+        self._inflight_pc: int | None = None  # the instruction whose accesses _inflight holds
+        self._inflight: list[tuple[int, int, int, int]] = []
+        self._replay_pc: int | None = None
+        self._replay: list[tuple[int, int, int, int]] | None = None
+        self._last_access_ns = 0
+        self._started_ns = 0
+        self._emulating = False
+        self._stop_requested_ns = 0
+
+    # --- the Unicorn instance ------------------------------------------------------------------
+
+    def _create(self, bits: int) -> None:
+        uc = unicorn.Uc(unicorn.UC_ARCH_X86, _MODES[bits])
+        for region in self.vm.regions:
+            uc.mem_map_ptr(region.guest_phys_addr, region.size, unicorn.UC_PROT_ALL, region.host_address)
+        for start, end in self.vm.mmio_ranges():
+            uc.mmio_map(start, end - start, self._on_mmio_read, start, self._on_mmio_write, start)
+            # Only to learn the exact PC of each access (Unicorn syncs it for memory hooks, and
+            # the MMIO callback that follows sees it): the replay bookkeeping needs it.
+            uc.hook_add(unicorn.UC_HOOK_MEM_READ | unicorn.UC_HOOK_MEM_WRITE, self._on_access, None, start, end - 1)
+        uc.hook_add(unicorn.UC_HOOK_INSN, self._on_in, None, 1, 0, ux.UC_X86_INS_IN)
+        uc.hook_add(unicorn.UC_HOOK_INSN, self._on_out, None, 1, 0, ux.UC_X86_INS_OUT)
+        uc.hook_add(unicorn.UC_HOOK_INTR, self._on_interrupt)
+        self.uc, self.bits = uc, bits
+        self._regs = _REGS64 if bits == 64 else _REGS32
+        self._pc_reg = ux.UC_X86_REG_RIP if bits == 64 else ux.UC_X86_REG_EIP
+
+    def _uc(self):
+        if self.uc is None:
+            raise ConfigError(f"vCPU {self.index} has no CPU mode yet: load a program first")
+        return self.uc
+
+    # --- the hot path: exits as callbacks --------------------------------------------------------
+    #
+    # Exactly-once accesses. When emulation stops while an instruction is part-way through its
+    # accesses (which is where a stop request takes effect when it lands during an access),
+    # Unicorn restores that instruction and runs it again on resume: its accesses would reach the
+    # devices twice. KVM has the same situation and completes the pending MMIO on the next
+    # KVM_RUN; here the engine records what the instruction at each PC has accessed
+    # (``_inflight``) and, when it stops inside one, answers the replayed accesses from that
+    # record (``_replay``: reads get the same values, writes are not repeated).
+    #
+    # To make every such stop one the engine knows about, a kick does not stop Unicorn from the
+    # outside while the guest is making accesses: it only marks itself pending (the
+    # ``immediate_exit`` byte), and the next access stops emulation itself, at a point where the
+    # replay is certain. A guest that makes no accesses (a busy loop) is stopped from the
+    # outside: with no access in flight there is nothing to replay.
+
+    def _on_access(self, uc, access, address, size, value, _):
+        self._access_pc = uc.reg_read(self._pc_reg)
+        self._last_access_ns = perf_counter_ns()
+
+    def _replayed(self, pc: int, kind: int, address: int, size: int, value: int | None):
+        """The recorded value if this access is the replay of one already done, else None."""
+        replay = self._replay
+        if pc == self._replay_pc and replay and replay[0][:3] == (kind, address, size):
+            return replay.pop(0)[3]
+        self._replay = None
+        return None
+
+    def _account(self, pc: int, kind: int, address: int, size: int, value: int, result) -> None:
+        """Records the access for replays, and stops emulation for a pending kick or an exit
+        that ends the vCPU."""
+        # The accesses of one execution of one instruction: x86 instructions make at most a
+        # read and then a write (read-modify-write, movs). So a read starts a new execution
+        # (a polling loop runs the same PC again and again), and a write joins the execution
+        # only when it follows that execution's lone read at the same PC.
+        inflight = self._inflight
+        if kind in (1, 3) and pc == self._inflight_pc and len(inflight) == 1 and inflight[0][0] in (0, 2):
+            inflight.append((kind, address, size, value))
+        else:
+            self._inflight_pc, self._inflight = pc, [(kind, address, size, value)]
+        self._exited = True
+        if result is not Emulation.HANDLED:
+            self._result = result
+            self.uc.emu_stop()  # the vCPU stops for good: a replay will never run
+        elif self.run_u8[IMMEDIATE_EXIT] and not self._stepping:
+            self._replay_pc, self._replay = pc, list(self._inflight)
+            self.uc.emu_stop()  # here the instruction is certain to run again: recorded above
+
+    def _on_mmio_read(self, uc, offset, size, base):
+        pc, address = self._access_pc, base + offset
+        if self._replay:
+            value = self._replayed(pc, 0, address, size, None)
+            if value is not None:
+                return value
+        u32, u64 = self.run_u32, self.run_u64
+        u32[2] = EXIT_MMIO
+        u64[4] = address
+        u32[12] = size
+        self.run_u8[52] = 0
+        result = handle_kvm_exit(self._p, 0)
+        value = u64[5]
+        self._account(pc, 0, address, size, value, result)
+        return value
+
+    def _on_mmio_write(self, uc, offset, size, value, base):
+        pc, address = self._access_pc, base + offset
+        if self._replay and self._replayed(pc, 1, address, size, value) is not None:
+            return
+        u32, u64 = self.run_u32, self.run_u64
+        u32[2] = EXIT_MMIO
+        u64[4] = address
+        u32[12] = size
+        self.run_u8[52] = 1
+        u64[5] = value
+        self._account(pc, 1, address, size, value, handle_kvm_exit(self._p, 0))
+
+    def _io(self, direction: int, port: int, size: int) -> None:
+        u8 = self.run_u8
+        self.run_u32[2] = EXIT_IO
+        u8[32], u8[33] = direction, size
+        self.run_u16[17] = port
+        self.run_u32[9] = 1
+        self.run_u64[5] = IO_DATA_OFFSET
+
+    def _on_in(self, uc, port, size, _):
+        pc = uc.reg_read(self._pc_reg)  # exact in instruction hooks
+        self._last_access_ns = perf_counter_ns()
+        if self._replay:
+            value = self._replayed(pc, 2, port, size, None)
+            if value is not None:
+                return value
+        self._io(0, port, size)
+        result = handle_kvm_exit(self._p, 0)
+        value = int.from_bytes(self.run_u8[IO_DATA_OFFSET : IO_DATA_OFFSET + size], "little")
+        self._account(pc, 2, port, size, value, result)
+        return value
+
+    def _on_out(self, uc, port, size, value, _):
+        pc = uc.reg_read(self._pc_reg)
+        self._last_access_ns = perf_counter_ns()
+        if self._replay and self._replayed(pc, 3, port, size, value) is not None:
+            return
+        value &= (1 << (8 * size)) - 1
+        self._io(1, port, size)
+        self.run_u8[IO_DATA_OFFSET : IO_DATA_OFFSET + size] = value.to_bytes(size, "little")
+        self._account(pc, 3, port, size, value, handle_kvm_exit(self._p, 0))
+
+    def _on_interrupt(self, uc, vector, _):
+        self._vector = vector
+        uc.emu_stop()
+
+    # --- run_emulation ------------------------------------------------------------------------
+
+    def run_emulation(self, p: Peripherals):
+        """Emulates until a kick, a HLT, a stop or a fault (handling every exit on the way);
+        with ``stepping()``, until the first exit."""
+        self._p = p
+        uc = self._uc()
+        self._result = self._vector = None
+        self._exited = False
+        self._stop_requested_ns = 0
+        try:
+            with self._running:
+                self._started_ns = perf_counter_ns()
+                self._emulating = True
+                try:
+                    if self._stepping:
+                        halted = self._step(uc)
+                    else:
+                        uc.emu_start(self.pc(), _UNTIL)
+                        halted = None
+                finally:
+                    self._emulating = False
+        except unicorn.UcError as err:
+            return self._fault(p, err)
+        if self._stop_requested_ns and self._replay is None and self._last_access_ns > self._stop_requested_ns and self.pc() == self._inflight_pc:
+            # Stopped from the outside, and an access began after the stop was asked for: the
+            # stop took effect right after it, inside its instruction, which will run again.
+            self._replay_pc, self._replay = self._inflight_pc, list(self._inflight)
+        if self._result is not None:
+            return self._result
+        if self._vector is not None:
+            return self._exception(p, self._vector)
+        if self._stepping and self._exited:  # one exit, handled (free runs handle many)
+            return Emulation.HANDLED
+        if self.run_u8[IMMEDIATE_EXIT]:
+            # A kick. (If a HLT happened at the very same moment, the guest resumes after it:
+            # guessing HLT from the code bytes instead could end a vCPU on every unlucky kick.)
+            self.run_u8[IMMEDIATE_EXIT] = 0
+            p.metrics.interrupted += 1
+            if p.trace is not None:
+                p.trace(trace_kinds.INTERRUPTED, 0, 0, 0, perf_counter_ns(), 0)
+            return Emulation.INTERRUPTED
+        if halted is None:
+            # Free run, no kick, no exit that stopped us: Unicorn returns by itself only after
+            # HLT (the byte before PC is then 0xF4).
+            halted = self._code_at(self.pc() - 1, 1) == b"\xf4"
+        if halted:
+            self.run_u32[2] = EXIT_HLT
+            return handle_kvm_exit(p, 0)
+        return Emulation.INTERRUPTED  # returned for no reason we know: look at the events, go on
+
+    def _step(self, uc) -> bool:
+        """One instruction at a time until an exit, an interrupt or a kick; True at a HLT
+        (known exactly here: the instruction just run was at the old PC and was 0xF4)."""
+        while not (self._exited or self._vector is not None or self.run_u8[IMMEDIATE_EXIT]):
+            pc = self.pc()
+            uc.emu_start(pc, _UNTIL, count=1)
+            if self.pc() == pc + 1 and self._code_at(pc, 1) == b"\xf4":
+                return True
+        return False
+
+    def pc(self) -> int:
+        """The linear address of the next instruction (what ``emu_start`` takes)."""
+        uc = self.uc
+        if self.bits == 64:
+            return uc.reg_read(ux.UC_X86_REG_RIP)
+        eip = uc.reg_read(ux.UC_X86_REG_EIP)
+        if self.bits == 16:
+            return (uc.reg_read(ux.UC_X86_REG_CS) << 4) + (eip & 0xFFFF)
+        return eip
+
+    def _code_at(self, linear: int, size: int) -> bytes:
+        """Up to ``size`` bytes of guest code at a linear address (b"" where there is no RAM)."""
+        memory = self.vm.memory
+        try:
+            return memory.read_available(translate(memory, self.get_sregs().to_dict(), linear), size)
+        except GuestMemoryError:
+            return b""
+
+    def _fault(self, p: Peripherals, err) -> object:
+        pc = self.pc()
+        code = self._code_at(pc, 15)
+        if err.errno == unicorn.UC_ERR_INSN_INVALID:
+            decoded = disassemble(code, self.bits, pc, 1) if code else []
+            if not decoded or decoded[0][2].startswith(("ud0", "ud1", "ud2")):
+                return self._exception(p, 6)  # an invalid opcode: #UD, as the CPU would raise
+            p.metrics.failures += 1
+            raise FaultyKvmExit(
+                f"the emulated engine cannot run the instruction at {pc:#x}: {decoded[0][1].hex(' ')} ({decoded[0][2]}); "
+                "run this guest on KVM"
+            )
+        p.metrics.failures += 1
+        raise FaultyKvmExit(f"emulation failed at {pc:#x} ({code[:8].hex(' ') or 'no code'}): {err}")
+
+    def _exception(self, p: Peripherals, vector: int):
+        """Could the guest's IDT deliver ``vector``? If not: a triple fault, i.e. SHUTDOWN."""
+        _, base, limit, _ = self.uc.reg_read(ux.UC_X86_REG_IDTR)
+        entry = {16: 4, 32: 8, 64: 16}[self.bits]
+        if vector * entry + entry - 1 > limit:
+            self.run_u32[2] = EXIT_SHUTDOWN
+            return handle_kvm_exit(p, 0)
+        p.metrics.failures += 1
+        raise FaultyKvmExit(
+            f"the guest raised interrupt/exception {vector} at {self.pc():#x} and its IDT ({base:#x}, limit {limit:#x}) "
+            "could deliver it, but the emulated engine does not deliver interrupts; run this guest on KVM"
+        )
+
+    # --- the kick ------------------------------------------------------------------------------
+
+    def interrupt(self, thread_ident: int) -> None:
+        """The second half of the kick (``immediate_exit`` is already set). A guest making
+        accesses stops itself at the next one; only one that has run ``QUIET_NS`` without any
+        is stopped from here (a waiting controller kicks again until it answers)."""
+        uc = self.uc
+        if uc is None or not self._emulating:
+            return
+        if perf_counter_ns() - max(self._last_access_ns, self._started_ns) > QUIET_NS:
+            self._stop_requested_ns = perf_counter_ns()
+            uc.emu_stop()
+
+    @contextlib.contextmanager
+    def stepping(self):
+        self._stepping = True
+        try:
+            yield
+        finally:
+            self._stepping = False
+
+    def kvmclock_ctrl(self) -> None:
+        """No kvmclock in the emulator: nothing to tell the guest."""
+
+    def kernel_stats(self):
+        """None: KVM's statistics exist only on KVM."""
+        return None
+
+    # --- registers -----------------------------------------------------------------------------
+
+    def get_regs(self) -> ks.kvm_regs:
+        regs = ks.kvm_regs()
+        if self.uc is None:
+            regs.rip, regs.rflags = 0xFFF0, 2  # the x86 reset state, as KVM reports it
+            return regs
+        uc = self.uc
+        for name, reg in self._regs.items():
+            setattr(regs, name, uc.reg_read(reg))
+        return regs
+
+    def set_regs(self, regs: ks.kvm_regs) -> None:
+        uc = self._uc()
+        mask = (1 << 64) - 1 if self.bits == 64 else 0xFFFF_FFFF
+        for name, reg in self._regs.items():
+            uc.reg_write(reg, getattr(regs, name) & mask)
+
+    def get_sregs(self) -> ks.kvm_sregs:
+        sregs = ks.kvm_sregs()
+        if self.uc is None:  # the reset state, as KVM reports it before any setup
+            for name in ("cs", "ds", "es", "fs", "gs", "ss"):
+                segment = getattr(sregs, name)
+                segment.limit, segment.present, segment.s, segment.type = 0xFFFF, 1, 1, 3
+            sregs.cs.selector, sregs.cs.base, sregs.cs.type = 0xF000, 0xFFFF0000, 11
+            sregs.idt.limit = sregs.gdt.limit = 0xFFFF
+            sregs.cr0 = 0x60000010
+            return sregs
+        uc = self.uc
+        for name in ("cr0", "cr2", "cr3", "cr4") + (("cr8",) if self.bits == 64 else ()):  # CR8 exists in long mode only
+            setattr(sregs, name, uc.reg_read(getattr(ux, f"UC_X86_REG_{name.upper()}")))
+        sregs.efer = uc.reg_read(ux.UC_X86_REG_MSR, EFER_MSR)
+        sregs.apic_base = uc.reg_read(ux.UC_X86_REG_MSR, 0x1B)
+        for table in ("gdt", "idt"):
+            _, base, limit, _ = uc.reg_read(getattr(ux, f"UC_X86_REG_{table.upper()}R"))
+            getattr(sregs, table).base, getattr(sregs, table).limit = base, limit
+        real = not sregs.cr0 & CR0_PE
+        for name, reg in _SEGMENTS.items():
+            self._describe_segment(getattr(sregs, name), uc.reg_read(reg), real, sregs.gdt.base, code=name == "cs")
+        sregs.tr.type, sregs.tr.present, sregs.tr.limit = 11, 1, 0xFFFF
+        sregs.ldt.unusable = 1
+        return sregs
+
+    def _describe_segment(self, segment, selector: int, real: bool, gdt_base: int, code: bool) -> None:
+        """A segment cache from its selector: base = selector * 16 in real mode, else from the
+        descriptor in the guest's GDT (Unicorn only exposes selectors)."""
+        segment.selector = selector
+        if real:
+            segment.base, segment.limit, segment.present, segment.s = selector << 4, 0xFFFF, 1, 1
+            segment.type = 11 if code else 3
+            return
+        try:
+            low, high = struct.unpack("<II", self.vm.memory.read(gdt_base + (selector & ~7), 8)) if selector & ~7 else (0, 0)
+        except GuestMemoryError:
+            low = high = 0
+        limit = (low & 0xFFFF) | (high & 0x000F0000)
+        granular = high >> 23 & 1
+        segment.base = (low >> 16) | ((high & 0xFF) << 16) | (high & 0xFF000000)
+        segment.limit = (limit << 12) | 0xFFF if granular else limit
+        segment.type, segment.s, segment.dpl, segment.present = high >> 8 & 0xF, high >> 12 & 1, high >> 13 & 3, high >> 15 & 1
+        segment.avl, segment.l, segment.db, segment.g = high >> 20 & 1, high >> 21 & 1, high >> 22 & 1, granular
+        segment.unusable = 0 if selector & ~7 else 1
+
+    def set_sregs(self, sregs: ks.kvm_sregs) -> None:
+        """Enters the CPU mode ``sregs`` describe (a new Unicorn instance if the code width
+        changes), then loads control registers, tables and segment selectors."""
+        long_mode = sregs.efer & EFER_LMA and sregs.cs.l
+        bits = 64 if long_mode else 32 if sregs.cr0 & CR0_PE else 16
+        if self.uc is None or bits != self.bits:
+            self._create(bits)
+        uc = self.uc
+        uc.reg_write(ux.UC_X86_REG_GDTR, (0, sregs.gdt.base, sregs.gdt.limit, 0))
+        uc.reg_write(ux.UC_X86_REG_IDTR, (0, sregs.idt.base, sregs.idt.limit, 0))
+        uc.reg_write(ux.UC_X86_REG_CR3, sregs.cr3)
+        uc.reg_write(ux.UC_X86_REG_CR4, sregs.cr4)
+        uc.reg_write(ux.UC_X86_REG_MSR, (EFER_MSR, sregs.efer))
+        uc.reg_write(ux.UC_X86_REG_CR0, sregs.cr0)
+        for name, reg in _SEGMENTS.items():
+            uc.reg_write(reg, getattr(sregs, name).selector)
+
+    # --- SaveState / DumpCpuConfig ---------------------------------------------------------------
+
+    def _msrs(self) -> dict[int, int]:
+        uc = self._uc()
+        values = {}
+        for index in MSRS:
+            try:
+                values[index] = uc.reg_read(ux.UC_X86_REG_MSR, index)
+            except unicorn.UcError:
+                pass
+        return values
+
+    def save_state(self) -> VcpuSnapshot:
+        uc = self._uc()
+        fpu = ks.kvm_fpu().to_dict()
+        fpu.update(
+            fcw=uc.reg_read(ux.UC_X86_REG_FPCW), fsw=uc.reg_read(ux.UC_X86_REG_FPSW), mxcsr=uc.reg_read(ux.UC_X86_REG_MXCSR),
+            xmm=[uc.reg_read(getattr(ux, f"UC_X86_REG_XMM{i}")).to_bytes(16, "little") for i in range(8 if self.bits != 64 else 16)],
+        )  # fmt: skip
+        debug = ks.kvm_debugregs().to_dict()
+        debug.update(db=[uc.reg_read(getattr(ux, f"UC_X86_REG_DR{i}")) for i in range(4)], dr6=uc.reg_read(ux.UC_X86_REG_DR6), dr7=uc.reg_read(ux.UC_X86_REG_DR7))
+        return VcpuSnapshot(
+            vcpu=self.index,
+            regs=self.get_regs().to_dict(),
+            sregs=self.get_sregs().to_dict(),
+            fpu=fpu,
+            msrs=self._msrs(),
+            lapic=None,
+            xsave=None,
+            xcrs={},
+            vcpu_events={},
+            mp_state=0,
+            debug_regs=debug,
+        )
+
+    def dump_cpu_config(self) -> CpuConfiguration:
+        """CPUID as the emulated CPU answers it: CPUID run in a scratch instance of the same
+        CPU (not the vCPU's own, whose state must not change), leaf by leaf."""
+        probe = unicorn.Uc(unicorn.UC_ARCH_X86, _MODES[self.bits])
+        probe.mem_map(0, PAGE_SIZE)
+        probe.mem_write(0, b"\x0f\xa2")  # cpuid
+
+        def cpuid(leaf: int, subleaf: int) -> tuple[int, int, int, int]:
+            probe.reg_write(ux.UC_X86_REG_EAX, leaf)
+            probe.reg_write(ux.UC_X86_REG_ECX, subleaf)
+            probe.emu_start(0, 2, count=1)
+            return tuple(probe.reg_read(r) & 0xFFFF_FFFF for r in (ux.UC_X86_REG_EAX, ux.UC_X86_REG_EBX, ux.UC_X86_REG_ECX, ux.UC_X86_REG_EDX))
+
+        entries = []
+        for first in (0, 0x8000_0000):
+            top = cpuid(first, 0)[0]
+            for leaf in range(first, min(top, first + 0x40) + 1):
+                for subleaf in range(SUBLEAF_LEAVES.get(leaf, 1)):
+                    eax, ebx, ecx, edx = cpuid(leaf, subleaf)
+                    flags = 1 if leaf in SUBLEAF_LEAVES else 0
+                    entries.append(CpuidEntry(leaf, subleaf, flags, eax, ebx, ecx, edx))
+        return CpuConfiguration(vcpu=self.index, cpuid=entries, msrs=self._msrs())
+
+    def close(self) -> None:
+        self.uc = None
+
