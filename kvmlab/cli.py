@@ -170,7 +170,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.trace and out is None:
         raise CliError("--trace needs --out: the trace is written next to the metrics (NAME.trace.EXT)")
 
-    with Machine(vcpus=args.vcpus, memory_mib=args.memory_mib, trace=args.trace) as m:
+    with Machine(vcpus=args.vcpus, memory_mib=args.memory_mib, trace=args.trace, engine=args.engine) as m:
         m.load(programs.from_source(source, name=source_path.name), mode=args.mode)
         m.start()
         run_for(m, args.seconds, Progress(args.seconds, f"running {source_path.name}"))
@@ -178,7 +178,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         m.stop()
         ran = m.metrics.to_dataframe(metrics=["exit_mmio_write"], vcpus=["0"])["elapsed_s"].max() or args.seconds
         how = f"stopped by itself: exit code {int(exit_code)} ({exit_code.reason})" if exit_code is not None else f"stopped after {args.seconds:g} s"
-        print(f"{source_path.name} on {args.vcpus} vCPU(s), {args.mode} mode: {how}")
+        print(f"{source_path.name} on {args.vcpus} vCPU(s), {args.mode} mode, engine {m.engine}: {how}")
         print(vcpu_table(m, ran))
         if m.console.text:
             print("console:")
@@ -213,8 +213,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     plot_path = _png_path(str(folder / "exits.png"))
     totals_path = check_output_path(folder / "totals.csv")
 
+    with Machine(vcpus=1, engine=args.engine) as probe:
+        print(f"engine: {probe.engine_note}\n")
     print("1. hello.asm on 2 vCPUs, real mode: each vCPU prints over the serial port (port I/O exits), then halts")
-    with Machine(vcpus=2, memory_mib=2) as m:
+    with Machine(vcpus=2, memory_mib=2, engine=args.engine) as m:
         m.load(programs.hello(), mode="real")
         m.start()
         code = m.wait(10)
@@ -226,7 +228,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     third = args.seconds / 3
     print(f"\n2. mailbox_pingpong.asm on 2 vCPUs, protected mode, for {args.seconds:g} s: the vCPUs hand a number back and")
     print(f"   forth through an MMIO device; vCPU 1 is paused from {third:.1f} s to {2 * third:.1f} s")
-    with Machine(vcpus=2, memory_mib=2) as m:
+    with Machine(vcpus=2, memory_mib=2, engine=args.engine) as m:
         m.load(programs.mailbox_pingpong(rounds=0), mode="protected")
         m.start()
         events = []
@@ -302,11 +304,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", metavar="METRICS.parquet|.csv", help="the sampled metrics, tidy")
     run.add_argument("--plot", metavar="EXITS.png", help="per-vCPU MMIO exit rates over time")
     run.add_argument("--trace", action="store_true", help="also record one row per exit (written as NAME.trace.EXT)")
+    run.add_argument("--engine", choices=["auto", "kvm", "emulated"], default="auto")
     run.set_defaults(func=_cmd_run)
 
     demo = sub.add_parser("demo", help="two vCPUs running the bundled programs, headless: a table, a PNG, a DataFrame")
     demo.add_argument("--seconds", type=positive_float, default=4.0, help="how long the MMIO part runs")
     demo.add_argument("--out-dir", default="out", help="where the plot and DataFrames go (created)")
+    demo.add_argument("--engine", choices=["auto", "kvm", "emulated"], default="auto")
     demo.set_defaults(func=_cmd_demo)
 
     bench = sub.add_parser("bench", help="exit throughput against a C loop, 2-vCPU scaling, kick latency")

@@ -27,15 +27,14 @@ from kvmlab import (
 from kvmlab.devices import Device
 from kvmlab.vstate.protocol import VcpuEvent, VcpuState
 
-pytestmark = pytest.mark.kvm
 
 
 def _open_fds() -> set[str]:
     return set(os.listdir("/proc/self/fd"))
 
 
-def test_the_issue_example_runs(machines):
-    m = machines(vcpus=2, memory_mib=2)
+def test_the_issue_example_runs(engine, machines):
+    m = machines(engine=engine, vcpus=2, memory_mib=2)
     m.load(programs.mmio_counter(iterations=0), mode="real")
     m.start()
     assert [s.state for s in m.states] == [VcpuState.RUNNING] * 2
@@ -54,6 +53,7 @@ def test_the_issue_example_runs(machines):
     assert m.closed
 
 
+@pytest.mark.kvm
 def test_save_state_holds_real_data(machines):
     m = machines(vcpus=2, memory_mib=2)
     m.load(programs.mmio_counter(iterations=0), mode="protected")
@@ -72,6 +72,7 @@ def test_save_state_holds_real_data(machines):
         assert st.lapic is None, "no in-kernel irqchip, so KVM keeps no LAPIC"
 
 
+@pytest.mark.kvm
 def test_save_state_includes_the_lapic_with_an_irqchip(machines):
     m = machines(vcpus=2, memory_mib=2, irqchip=True)
     m.load(programs.busy_loop(), mode="long")
@@ -84,8 +85,8 @@ def test_save_state_includes_the_lapic_with_an_irqchip(machines):
         assert int.from_bytes(lapic[0x30:0x34], "little") & 0xFF in (0x14, 0x15), "an integrated APIC's version"
 
 
-def test_save_state_and_dump_are_refused_while_running(machines):
-    m = machines(vcpus=1)
+def test_save_state_and_dump_are_refused_while_running(engine, machines):
+    m = machines(engine=engine, vcpus=1)
     m.load(programs.busy_loop(), mode="real")
     m.start()
     with pytest.raises(VcpuNotAllowedError, match="save/restore unavailable while running; pause it first"):
@@ -105,6 +106,7 @@ def test_missing_kvm_says_why_and_what_to_do():
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to another user")
+@pytest.mark.kvm
 def test_unpermitted_kvm_says_why_and_what_to_do():
     from kvmlab.kvm import Kvm
 
@@ -137,6 +139,7 @@ def test_vcpus_must_be_a_positive_whole_number(vcpus):
         Machine(vcpus=vcpus)
 
 
+@pytest.mark.kvm
 def test_vcpus_above_kvm_maximum():
     from kvmlab.kvm import Kvm
 
@@ -161,8 +164,8 @@ def test_bad_input_leaks_no_fds():
     assert _open_fds() == before
 
 
-def test_program_larger_than_memory(machines):
-    m = machines(vcpus=1, memory_mib=1)
+def test_program_larger_than_memory(engine, machines):
+    m = machines(engine=engine, vcpus=1, memory_mib=1)
     big = "nop\n.fill 0x98000, 1, 0x90\nhlt"
     with pytest.raises(ConfigError, match=r"does not fit in RAM|stacks"):
         m.load(programs.from_source(big, "big.asm"))
@@ -171,20 +174,20 @@ def test_program_larger_than_memory(machines):
         m.load(huge)
 
 
-def test_too_many_vcpus_for_the_stacks(machines):
-    m = machines(vcpus=60, memory_mib=0.25)  # low RAM ends at 256 KiB
+def test_too_many_vcpus_for_the_stacks(engine, machines):
+    m = machines(engine=engine, vcpus=60, memory_mib=0.25)  # low RAM ends at 256 KiB
     with pytest.raises(ConfigError, match="60 vCPU stacks.*Use fewer vCPUs"):
         m.load(programs.from_source(".fill 0x10000, 1, 0x90", "wide.asm"))
 
 
-def test_program_over_a_device_window(machines):
-    m = machines(vcpus=1)
+def test_program_over_a_device_window(engine, machines):
+    m = machines(engine=engine, vcpus=1)
     with pytest.raises(ConfigError, match="over the device window of 'mailbox'"):
         m.load(programs.hello(), address=0xA0000)
 
 
-def test_overlapping_devices_are_refused(machines):
-    m = machines(vcpus=1)
+def test_overlapping_devices_are_refused(engine, machines):
+    m = machines(engine=engine, vcpus=1)
     with pytest.raises(DeviceOverlapError, match="overlaps 'mailbox' at \\[0xa0000, 0xa1000\\)"):
         m.add_device(Device(), 0xA0800, 0x1000)
     with pytest.raises(DeviceOverlapError, match="overlaps RAM"):
@@ -194,15 +197,15 @@ def test_overlapping_devices_are_refused(machines):
     m.add_device(Device(), 0xA1000, 0x1000)  # right after the mailbox is fine
 
 
-def test_assembly_error_names_the_line(machines):
-    m = machines(vcpus=1)
+def test_assembly_error_names_the_line(engine, machines):
+    m = machines(engine=engine, vcpus=1)
     with pytest.raises(AssemblyError, match=r"line 3: Invalid mnemonic.*\n    frobnicate eax"):
         m.load("mov eax, 1\ninc eax\nfrobnicate eax\nhlt", mode="protected")
     m.load("mov eax, 1\nhlt", mode="protected")  # nothing was lost: the machine still loads
 
 
-def test_program_needing_more_vcpus(machines):
-    m = machines(vcpus=1)
+def test_program_needing_more_vcpus(engine, machines):
+    m = machines(engine=engine, vcpus=1)
     with pytest.raises(ConfigError, match="needs at least 2 vCPUs"):
         m.load(programs.mailbox_pingpong())
 
@@ -214,8 +217,8 @@ def test_program_parameters_are_checked(factory, args):
         factory(**args)
 
 
-def test_unknown_mode_and_vcpu(machines):
-    m = machines(vcpus=2)
+def test_unknown_mode_and_vcpu(engine, machines):
+    m = machines(engine=engine, vcpus=2)
     with pytest.raises(ConfigError, match="choose 'real', 'protected' or 'long'"):
         m.load(programs.hello(), mode="unreal")
     m.load(programs.busy_loop())
@@ -224,8 +227,8 @@ def test_unknown_mode_and_vcpu(machines):
         m.pause(2)
 
 
-def test_lifecycle_errors(machines):
-    m = machines(vcpus=1)
+def test_lifecycle_errors(engine, machines):
+    m = machines(engine=engine, vcpus=1)
     with pytest.raises(MachineStateError, match="nothing is loaded"):
         m.start()
     with pytest.raises(MachineStateError, match="has not started"):
@@ -250,8 +253,8 @@ def test_lifecycle_errors(machines):
         m.wait(1)
 
 
-def test_event_to_a_finished_vcpu_is_an_error_not_a_hang(machines):
-    m = machines(vcpus=2)
+def test_event_to_a_finished_vcpu_is_an_error_not_a_hang(engine, machines):
+    m = machines(engine=engine, vcpus=2)
     m.load(programs.busy_loop())
     m.start()
     handles = m._vmm.handles
@@ -262,9 +265,9 @@ def test_event_to_a_finished_vcpu_is_an_error_not_a_hang(machines):
     assert time.monotonic() - started < 0.5
 
 
-def test_event_to_an_exited_vcpu_gets_exited(machines):
+def test_event_to_an_exited_vcpu_gets_exited(engine, machines):
     # vCPU 0 halts at once; vCPU 1 spins, so the machine keeps running.
-    m = machines(vcpus=2)
+    m = machines(engine=engine, vcpus=2)
     m.load("test edi, edi\njz done\nspin: jmp spin\ndone: hlt", mode="protected")
     m.start()
     deadline = time.monotonic() + 5
@@ -295,8 +298,8 @@ class Exploding(Device):
         self.writes.append(value)
 
 
-def test_a_device_that_raises_is_counted_logged_and_survived(machines, caplog):
-    m = machines(vcpus=1)
+def test_a_device_that_raises_is_counted_logged_and_survived(engine, machines, caplog):
+    m = machines(engine=engine, vcpus=1)
     device = Exploding()
     m.add_device(device, 0xB0000)
     source = """
@@ -320,14 +323,14 @@ def test_a_device_that_raises_is_counted_logged_and_survived(machines, caplog):
     assert any("RuntimeError: boom at 0x4" in r.getMessage() for r in caplog.records), "logged with its traceback"
 
 
-def test_a_device_returning_garbage_is_a_device_error(machines):
+def test_a_device_returning_garbage_is_a_device_error(engine, machines):
     class Garbage(Device):
         size = 4
 
         def read(self, offset, size):
             return "not a number"
 
-    m = machines(vcpus=1)
+    m = machines(engine=engine, vcpus=1)
     m.add_device(Garbage(), 0xB0000)
     m.load("mov ebx, 0xb0000\nmov eax, [ebx]\nhlt", mode="protected")
     m.start()
@@ -338,8 +341,8 @@ def test_a_device_returning_garbage_is_a_device_error(machines):
 # --- never hang --------------------------------------------------------------------------------
 
 
-def test_close_is_fast_even_with_every_vcpu_spinning_without_exits():
-    m = Machine(vcpus=4, memory_mib=2)
+def test_close_is_fast_even_with_every_vcpu_spinning_without_exits(engine):
+    m = Machine(engine=engine, vcpus=4, memory_mib=2)
     m.load(programs.busy_loop(), mode="long")
     m.start()
     time.sleep(0.2)
@@ -351,18 +354,18 @@ def test_close_is_fast_even_with_every_vcpu_spinning_without_exits():
     m.close()  # twice is harmless
 
 
-def test_close_before_start_and_twice():
-    m = Machine(vcpus=2)
+def test_close_before_start_and_twice(engine):
+    m = Machine(engine=engine, vcpus=2)
     m.close()
     m.close()
     assert m.closed
 
 
-def test_a_dropped_machine_releases_its_fds_and_threads():
+def test_a_dropped_machine_releases_its_fds_and_threads(engine):
     before = _open_fds()
 
     def run_and_forget():
-        m = Machine(vcpus=3, memory_mib=2)
+        m = Machine(engine=engine, vcpus=3, memory_mib=2)
         m.load(programs.busy_loop(), mode="protected")
         m.start()
         assert len(_open_fds()) > len(before)
@@ -377,15 +380,15 @@ def test_a_dropped_machine_releases_its_fds_and_threads():
     assert not [t.name for t in threading.enumerate() if t.name.startswith("kvmlab")]
 
 
-def test_machine_as_context_manager_closes():
-    with Machine(vcpus=1) as m:
+def test_machine_as_context_manager_closes(engine):
+    with Machine(engine=engine, vcpus=1) as m:
         m.load(programs.busy_loop())
         m.start()
     assert m.closed
 
 
-def test_stress_4_vcpus_500_pause_resume_cycles(machines):
-    m = machines(vcpus=4, memory_mib=2)
+def test_stress_4_vcpus_500_pause_resume_cycles(engine, machines):
+    m = machines(engine=engine, vcpus=4, memory_mib=2)
     m.load(programs.mmio_counter(iterations=0), mode="protected")
     m.start()
     started = time.monotonic()

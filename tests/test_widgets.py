@@ -12,8 +12,6 @@ from kvmlab import programs
 from kvmlab.lab import LabSession
 from kvmlab.widgets import Console, ControlPanel, CpuInspector, ExitPlot, Lab
 
-pytestmark = pytest.mark.kvm
-
 
 def settle(view, timeout: float = 10.0) -> None:
     """Waits for queued clicks to finish, then refreshes every view of the machine."""
@@ -28,8 +26,8 @@ def wait_for_samples(registry, count: int, timeout: float = 5.0) -> None:
         time.sleep(0.02)
 
 
-def test_control_panel_buttons_follow_the_state_machine(machines):
-    m = machines(vcpus=2, memory_mib=2)
+def test_control_panel_buttons_follow_the_state_machine(engine, machines):
+    m = machines(engine=engine, vcpus=2, memory_mib=2)
     m.load(programs.mmio_counter(iterations=0), mode="protected")
     panel = ControlPanel(m)
     enabled = lambda buttons: {name for name, b in buttons.items() if not b.disabled}  # noqa: E731
@@ -64,8 +62,8 @@ def test_control_panel_buttons_follow_the_state_machine(machines):
     panel.close()
 
 
-def test_refusals_show_as_messages_not_tracebacks(machines, capsys):
-    m = machines(vcpus=2, memory_mib=2)
+def test_refusals_show_as_messages_not_tracebacks(engine, machines, capsys):
+    m = machines(engine=engine, vcpus=2, memory_mib=2)
     m.load("test edi, edi\njz done\nspin: jmp spin\ndone: hlt", mode="protected")
     m.start()
     panel = ControlPanel(m)
@@ -82,8 +80,8 @@ def test_refusals_show_as_messages_not_tracebacks(machines, capsys):
     panel.close()
 
 
-def test_clicks_only_queue_work(machines):
-    m = machines(vcpus=1, memory_mib=2)
+def test_clicks_only_queue_work(engine, machines):
+    m = machines(engine=engine, vcpus=1, memory_mib=2)
     m.load(programs.busy_loop(), mode="real")
     m.start()
     panel = ControlPanel(m)
@@ -101,8 +99,8 @@ def test_clicks_only_queue_work(machines):
     panel.close()
 
 
-def test_exit_plot_png_changes_and_a_paused_vcpu_rate_falls_to_zero(machines):
-    m = machines(vcpus=2, memory_mib=2, sample_hz=20)
+def test_exit_plot_png_changes_and_a_paused_vcpu_rate_falls_to_zero(engine, machines):
+    m = machines(engine=engine, vcpus=2, memory_mib=2, sample_hz=20)
     m.load(programs.mmio_counter(iterations=0), mode="real")
     m.start()
     plot = ExitPlot(m.metrics, window_s=10)
@@ -122,14 +120,19 @@ def test_exit_plot_png_changes_and_a_paused_vcpu_rate_falls_to_zero(machines):
     plot.close()
 
 
-def test_exit_plot_metrics_are_choosable(machines):
-    m = machines(vcpus=1, sample_hz=20)
+def test_exit_plot_metrics_are_choosable(engine, machines):
+    m = machines(engine=engine, vcpus=1, sample_hz=20)
     m.load(programs.hello(), mode="real")
     m.start()
     m.wait(5)
-    plot = ExitPlot(m, choose=("exit_io_out", "kvm.exits"))
+    chosen = ("exit_io_out", "kvm.exits") if engine == "kvm" else ("exit_io_out", "exit_io_in")
+    plot = ExitPlot(m, choose=chosen)
     plot.session.refresh_now()
-    assert plot.plot.metrics == ["exit_io_out", "kvm.exits"]
+    assert plot.plot.metrics == list(chosen)
+    if engine == "emulated":
+        assert "KVM's own statistics (kvm.*) are not available" in plot.notice.value
+        with pytest.raises(KeyError, match="no metric 'kvm.exits'"):
+            ExitPlot(m, choose=("kvm.exits",))
     plot.metric_picker.value = ("exit_mmio_write",)
     plot.session.refresh_now()
     assert plot.plot.metrics == ["exit_mmio_write"]
@@ -138,8 +141,8 @@ def test_exit_plot_metrics_are_choosable(machines):
     plot.close()
 
 
-def test_inspector_decodes_a_saved_state_and_diffs_it(machines):
-    m = machines(vcpus=2, memory_mib=2)
+def test_inspector_decodes_a_saved_state_and_diffs_it(engine, machines):
+    m = machines(engine=engine, vcpus=2, memory_mib=2)
     m.load(programs.mmio_counter(iterations=0), mode="long")
     m.start()
     inspector = CpuInspector(m)
@@ -171,8 +174,8 @@ def test_inspector_decodes_a_saved_state_and_diffs_it(machines):
 
 
 @pytest.mark.parametrize("mode, expected", [("real", "real mode"), ("protected", "32-bit protected mode"), ("long", "64-bit long mode, paging on")])
-def test_inspector_names_the_cpu_mode(machines, mode, expected):
-    m = machines(vcpus=1)
+def test_inspector_names_the_cpu_mode(engine, machines, mode, expected):
+    m = machines(engine=engine, vcpus=1)
     m.load(programs.busy_loop(), mode=mode)
     m.start()
     m.pause()
@@ -183,8 +186,8 @@ def test_inspector_names_the_cpu_mode(machines, mode, expected):
     inspector.close()
 
 
-def test_console_shows_serial_output(machines):
-    m = machines(vcpus=2)
+def test_console_shows_serial_output(engine, machines):
+    m = machines(engine=engine, vcpus=2)
     m.load(programs.hello(), mode="protected")
     console = Console(m)
     m.start()
@@ -194,8 +197,8 @@ def test_console_shows_serial_output(machines):
     console.close()
 
 
-def test_lab_exports_and_reports_unwritable_folders(machines, tmp_path):
-    m = machines(vcpus=2, sample_hz=20)
+def test_lab_exports_and_reports_unwritable_folders(engine, machines, tmp_path):
+    m = machines(engine=engine, vcpus=2, sample_hz=20)
     m.load(programs.mailbox_pingpong(rounds=2000), mode="protected")
     lab = Lab(m)
     lab.control.all_buttons["start"].click()
@@ -214,8 +217,8 @@ def test_lab_exports_and_reports_unwritable_folders(machines, tmp_path):
     lab.close()
 
 
-def test_a_second_lab_shares_the_first_ones_state(machines):
-    m = machines(vcpus=2)
+def test_a_second_lab_shares_the_first_ones_state(engine, machines):
+    m = machines(engine=engine, vcpus=2)
     m.load(programs.busy_loop(), mode="real")
     first, second = Lab(m), Lab(m)
     assert first.session is second.session
@@ -234,8 +237,8 @@ def test_a_second_lab_shares_the_first_ones_state(machines):
     second.close()
 
 
-def test_views_of_a_closed_machine_say_so(machines):
-    m = machines(vcpus=1)
+def test_views_of_a_closed_machine_say_so(engine, machines):
+    m = machines(engine=engine, vcpus=1)
     m.load(programs.hello())
     m.close()
     for view in (ControlPanel(m), CpuInspector(m), Console(m), Lab(m)):
@@ -245,8 +248,8 @@ def test_views_of_a_closed_machine_say_so(machines):
         view.close()
 
 
-def test_views_stop_refreshing_when_the_machine_closes_and_leak_nothing(machines):
-    m = machines(vcpus=2)
+def test_views_stop_refreshing_when_the_machine_closes_and_leak_nothing(engine, machines):
+    m = machines(engine=engine, vcpus=2)
     m.load(programs.mmio_counter(iterations=0), mode="protected")
     lab = Lab(m)
     session = lab.session
@@ -267,8 +270,8 @@ def test_views_stop_refreshing_when_the_machine_closes_and_leak_nothing(machines
     assert not [t.name for t in threading.enumerate() if t.name.startswith("kvmlab")]
 
 
-def test_closing_the_last_view_stops_the_refresher(machines):
-    m = machines(vcpus=1)
+def test_closing_the_last_view_stops_the_refresher(engine, machines):
+    m = machines(engine=engine, vcpus=1)
     m.load(programs.busy_loop(), mode="real")
     m.start()
     plot, console = ExitPlot(m), Console(m)

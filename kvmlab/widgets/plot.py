@@ -67,8 +67,12 @@ class ExitPlot(View):
             rate = sum(latest[(metric, vcpu)] for metric in plot.metrics)
             parts.append(f"<span class='kvmlab-rate-{vcpu}' data-rate='{rate:.1f}'><b>vCPU {vcpu}</b>: {escape(values)}</span>")
         self.rates.value = " &nbsp; ".join(parts)
+        notes = []
+        if self.registry.kernel_stats_absent:
+            notes.append(f"<span class='kvmlab-no-kernel-stats'>KVM's own statistics (kvm.*) are not available: {escape(self.registry.kernel_stats_absent)}</span>")
         if self.session.closed:
-            self.notice.value = "<i class='kvmlab-closed'>the machine is closed: these are its final figures</i>"
+            notes.append("<span class='kvmlab-closed'>the machine is closed: these are its final figures</span>")
+        self.notice.value = "<i>" + "<br>".join(notes) + "</i>"
 
     def latest_rate(self, vcpu: int) -> float:
         """Sum of the chosen metrics' newest rates for one vCPU, as the text shows it."""
