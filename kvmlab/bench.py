@@ -69,9 +69,9 @@ class CReference:
         shutil.rmtree(self._dir, ignore_errors=True)
 
 
-def kvmlab_run(iterations: int, vcpus: int = 1, *, trace: bool = False, sample_hz: float = 10.0) -> float:
+def kvmlab_run(iterations: int, vcpus: int = 1, *, trace: bool = False, sample_hz: float = 10.0, engine: str = "kvm") -> float:
     """Exits per second of a Machine running the guest to its end."""
-    with Machine(vcpus=vcpus, memory_mib=1, trace=trace, trace_capacity=max(exits_for(iterations), 1), sample_hz=sample_hz) as m:
+    with Machine(vcpus=vcpus, memory_mib=1, trace=trace, trace_capacity=max(exits_for(iterations), 1), sample_hz=sample_hz, engine=engine) as m:
         m.load(guest_program(iterations), mode="real")
         started = time.perf_counter()
         m.start()
@@ -208,11 +208,23 @@ def scaling(iterations: int = 200_000, rounds: int = 5, *, with_c: bool = True, 
     return result
 
 
-def kick_latency(vcpus: int = 4, cycles: int = 200) -> list[float]:
+def engines(iterations: int = 100_000, rounds: int = 5, progress=None) -> Rounds:
+    """The same guest on the KVM engine and on the emulated engine, 1 and 2 vCPUs."""
+    result = Rounds()
+    for round_number in range(rounds):
+        for vcpus in (1, 2):
+            result.add(f"kvm_{vcpus}", kvmlab_run(iterations, vcpus, engine="kvm"))
+            result.add(f"emulated_{vcpus}", kvmlab_run(iterations, vcpus, engine="emulated"))
+        if progress:
+            progress(round_number + 1, rounds)
+    return result
+
+
+def kick_latency(vcpus: int = 4, cycles: int = 200, engine: str = "kvm") -> list[float]:
     """Seconds from asking every vCPU to pause until all answered Paused, with every vCPU
     in a loop that never exits by itself (so each Pause needs a kick)."""
     latencies = []
-    with Machine(vcpus=vcpus, memory_mib=1) as m:
+    with Machine(vcpus=vcpus, memory_mib=1, engine=engine) as m:
         m.load(programs.busy_loop(), mode="protected")
         m.start()
         for _ in range(cycles):

@@ -67,7 +67,7 @@ MSRS = (0x10, 0x1B, 0x174, 0x175, 0x176, 0x277, 0xC0000080, 0xC0000081, 0xC00000
 SUBLEAF_LEAVES = {4: 8, 7: 2, 0xB: 3, 0xD: 4}
 _UNTIL = 0xFFFF_FFFF_FFFF_FFFF
 #: A guest that has made no MMIO/port access for this long is stopped from the outside by a kick.
-QUIET_NS = 2_000_000
+QUIET_NS = 1_000_000
 _U32 = struct.Struct("<I")
 
 if unicorn is not None:

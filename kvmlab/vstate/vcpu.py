@@ -68,7 +68,7 @@ IMMEDIATE_EXIT = 1  # byte offset of kvm_run.immediate_exit
 DISCONNECTED = None
 
 #: How often a waiting controller checks that the vCPU thread is still there (seconds).
-_FINISH_POLL = 0.05
+_FINISH_POLL = 0.01
 
 
 class Vcpu:
