@@ -118,3 +118,26 @@ def test_bad_mode_and_source_type():
         assemble("nop", 8)
     with pytest.raises(AssemblyError, match="must be text"):
         assemble(b"\x90", 16)
+
+
+@pytest.mark.parametrize("bits", [16, 32, 64])
+def test_defines_in_a_memory_operand_are_summed_not_dropped(bits):
+    """keystone alone assembles [A + B] (two .equ symbols) as [B]: the defines go in as numbers."""
+    code = assemble("mov dword ptr [BASE + OFFSET], ecx", bits, 0x1000, defines={"BASE": 0xA0000, "OFFSET": 0x100})
+    address, raw, text = disassemble(code, bits, 0x1000)[0]
+    if bits == 64:  # an absolute address in long mode is encoded RIP-relative
+        assert text.startswith("mov dword ptr [rip + ") and address + len(raw) + int(text.split("+ ")[1].split("]")[0], 16) == 0xA0100
+    else:
+        assert text == "mov dword ptr [0xa0100], ecx"
+    scaled = assemble("mov eax, [ebx*4 + BASE + OFFSET]", 32, defines={"BASE": 0xA0000, "OFFSET": 0x100})
+    assert disassemble(scaled, 32)[0][2] == "mov eax, dword ptr [ebx*4 + 0xa0100]"
+    text_unchanged = assemble('s: .asciz "[BASE + OFFSET]"', 32, defines={"BASE": 1, "OFFSET": 2})
+    assert text_unchanged == b"[BASE + OFFSET]\0"
+
+
+def test_a_memory_operand_with_two_symbols_of_the_text_is_refused_with_a_way_out():
+    source = ".equ BASE, 0xa0000\n.equ DISP, 0x100\nmov dword ptr [BASE + DISP], ecx"
+    with pytest.raises(AssemblyError, match=r"line 3: the memory operand \[BASE \+ DISP\] names 2 symbols .*silently drop.*\.equ BASE_DISP, BASE \+ DISP"):
+        assemble(source, 32)
+    fixed = ".equ BASE, 0xa0000\n.equ DISP, 0x100\n.equ BASE_DISP, BASE + DISP\nmov dword ptr [BASE_DISP], ecx"
+    assert disassemble(assemble(fixed, 32), 32)[0][2] == "mov dword ptr [0xa0100], ecx"

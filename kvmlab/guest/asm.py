@@ -6,7 +6,10 @@ What differs from a bare ``keystone.Ks.asm`` call:
   statements, which turns every commented line into an error). ``#`` comments work too.
 * ``.include`` and ``.incbin`` are refused (keystone silently ignores them).
 * ``defines`` become ``.equ`` lines before the text: a program's parameters and the machine's
-  layout constants.
+  layout constants. Inside memory operands they are also written out as numbers, because
+  keystone silently drops one of two symbols in a memory operand: ``[MAILBOX + MB_COUNTERS]``
+  assembles to ``[0x100]`` (seen in 16, 32 and 64-bit mode, keystone 0.9.2). A memory operand
+  that still names two symbols (labels or in-text ``.equ`` constants) is refused with a hint.
 * An error names the line of *your* text it comes from: keystone only says what went wrong,
   so on failure each statement is assembled on its own (with every label and constant defined)
   to find the first one that fails.
@@ -29,6 +32,15 @@ _LABEL = re.compile(r"^\s*([A-Za-z_.$][\w.$]*)\s*:")
 _EQU = re.compile(r"^\s*(?:\.equ|\.set)\s+([A-Za-z_.$][\w.$]*)\s*,", re.IGNORECASE)
 _ASSIGN = re.compile(r"^\s*([A-Za-z_$][\w.$]*)\s*=")
 _FORBIDDEN = re.compile(r"^\s*\.(include|incbin)\b", re.IGNORECASE)
+
+_MEMORY_OPERAND = re.compile(r"\[([^\]]*)\]")
+_IDENTIFIER = re.compile(r"(?<![\w.$])([A-Za-z_.$][\w.$]*)")
+_REGISTER_NAMES = {
+    *(f"{p}{r}" for p in ("", "e", "r") for r in ("ax", "bx", "cx", "dx", "si", "di", "sp", "bp", "ip")),
+    *(f"r{n}{s}" for n in range(8, 16) for s in ("", "d", "w", "b")),
+    "al", "bl", "cl", "dl", "ah", "bh", "ch", "dh", "sil", "dil", "spl", "bpl",
+    "cs", "ds", "es", "fs", "gs", "ss", "byte", "word", "dword", "qword", "ptr", "offset",
+}  # fmt: skip
 
 _engines: dict[int, object] = {}
 _lock = threading.Lock()  # keystone handles are not documented as thread-safe
@@ -73,7 +85,11 @@ def assemble(source: str, bits: int, base: int = 0, *, defines: dict[str, int] |
     for number, line in enumerate(lines, 1):
         if _FORBIDDEN.match(line):
             raise AssemblyError(".include and .incbin are not supported; paste the text in instead", line=number, text=line, program=name)
-    prelude = [f".equ {key}, {int(value)}" for key, value in (defines or {}).items()]
+    defines = {key: int(value) for key, value in (defines or {}).items()}
+    lines = [_numbers_in_memory_operands(line, defines) for line in lines]
+    for number, line in enumerate(lines, 1):
+        _refuse_two_symbol_operands(line, number, name)
+    prelude = [f".equ {key}, {value}" for key, value in defines.items()]
     text = "\n".join(prelude + lines)
     with _lock:
         try:
@@ -81,6 +97,35 @@ def assemble(source: str, bits: int, base: int = 0, *, defines: dict[str, int] |
         except keystone.KsError as err:
             number, line_text, message = _locate_error(lines, prelude, bits, base)
             raise AssemblyError(message or str(err), line=number, text=line_text, program=name) from None
+
+
+def _code_part(line: str) -> str:
+    """The line up to its first string literal: operands never follow one."""
+    return re.split(r"[\"']", line, maxsplit=1)[0]
+
+
+def _numbers_in_memory_operands(line: str, defines: dict[str, int]) -> str:
+    """Writes ``defines`` out as numbers inside ``[...]`` (see the module docstring: keystone)."""
+    code = _code_part(line)
+    if "[" not in code or not defines:
+        return line
+
+    def operand(match: re.Match) -> str:
+        inner = _IDENTIFIER.sub(lambda m: hex(defines[m.group(1)]) if m.group(1) in defines else m.group(1), match.group(1))
+        return f"[{inner}]"
+
+    return _MEMORY_OPERAND.sub(operand, code) + line[len(code) :]
+
+
+def _refuse_two_symbol_operands(line: str, number: int, name: str | None) -> None:
+    for match in _MEMORY_OPERAND.finditer(_code_part(line)):
+        symbols = [s for s in _IDENTIFIER.findall(match.group(1)) if s.lower() not in _REGISTER_NAMES]
+        if len(symbols) > 1:
+            raise AssemblyError(
+                f"the memory operand [{match.group(1).strip()}] names {len(symbols)} symbols ({', '.join(symbols)}); keystone would silently "
+                f"drop one of them. Give the sum a name (.equ {symbols[0]}_{symbols[1]}, {' + '.join(symbols)}) and use that",
+                line=number, text=line, program=name,
+            )  # fmt: skip
 
 
 def _locate_error(lines: list[str], prelude: list[str], bits: int, base: int) -> tuple[int | None, str | None, str | None]:
