@@ -7,6 +7,7 @@ guest cannot tell its CPUs apart. Topology here is flat: ``count`` cores, one th
 
 from __future__ import annotations
 
+from ..errors import ConfigError
 from ..kvm import structs as s
 
 KVM_CPUID_FLAG_SIGNIFCANT_INDEX = 1
@@ -17,6 +18,37 @@ LEAF_TOPOLOGY_V2 = 0x1F
 LEAF_AMD_TOPOLOGY = 0x8000001E
 EDX_HTT = 1 << 28
 ECX_HYPERVISOR = 1 << 31
+REGISTERS = ("eax", "ebx", "ecx", "edx")
+
+CpuidMask = dict[tuple[int, int, str], int]
+
+
+def validate_mask(mask) -> CpuidMask | None:
+    """Checks a ``cpuid_mask`` the user wrote: ``{(function, subleaf, "ecx"): bits_to_clear}``."""
+    if mask is None:
+        return None
+    example = "e.g. {(0x1, 0, 'ecx'): 1 << 28} hides AVX"
+    if not isinstance(mask, dict):
+        raise ConfigError(f"cpuid_mask={mask!r}: need a dict {{(function, subleaf, register): bits to clear}}, {example}")
+    for key, bits in mask.items():
+        if not (isinstance(key, tuple) and len(key) == 3 and all(isinstance(k, int) and not isinstance(k, bool) for k in key[:2])):
+            raise ConfigError(f"cpuid_mask key {key!r}: need (function, subleaf, register), {example}")
+        if key[2] not in REGISTERS:
+            raise ConfigError(f"cpuid_mask key {key!r}: the register must be one of {', '.join(REGISTERS)}")
+        if not isinstance(bits, int) or isinstance(bits, bool) or not 0 < bits <= 0xFFFFFFFF:
+            raise ConfigError(f"cpuid_mask[{key!r}] = {bits!r}: need the bits to clear, a 32-bit mask that is not 0")
+    return dict(mask)
+
+
+def check_mask_against(mask: CpuidMask | None, supported: list[s.kvm_cpuid_entry2]) -> None:
+    """A mask for a leaf KVM does not offer would silently do nothing: refuse it."""
+    present = {(entry.function, entry.index) for entry in supported}
+    present |= {(function, subleaf) for function in (LEAF_TOPOLOGY, LEAF_TOPOLOGY_V2) for subleaf in range(3)}
+    for function, subleaf, register in mask or {}:
+        if (function, subleaf) not in present and (function, 0) not in present:
+            raise ConfigError(f"cpuid_mask: leaf {function:#x} subleaf {subleaf} is not in KVM's supported CPUID here, so masking it does nothing")
+        if function in (LEAF_TOPOLOGY, LEAF_TOPOLOGY_V2):
+            raise ConfigError(f"cpuid_mask: leaf {function:#x} is the topology kvmlab writes for each vCPU; it cannot be masked")
 
 
 def _bits_for(count: int) -> int:

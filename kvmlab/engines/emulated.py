@@ -94,10 +94,19 @@ class EmulatedEngine:
     def __init__(self):
         require_unicorn()
 
-    def create_vm(self, *, irqchip: bool = False, cpuid_mask=None) -> "EmulatedVmBackend":
+    def check_config(self, *, irqchip: bool = False, cpuid_mask=None) -> None:
+        """Refuses what this engine cannot do, before anything is built."""
         if irqchip:
             raise ConfigError("irqchip=True: the emulated engine has no in-kernel interrupt controllers; use engine='kvm'")
+        if cpuid_mask:
+            raise ConfigError("cpuid_mask: the emulated engine's CPUID is the emulator's own and cannot be masked; use engine='kvm'")
+
+    def create_vm(self, *, irqchip: bool = False, cpuid_mask=None) -> "EmulatedVmBackend":
+        self.check_config(irqchip=irqchip, cpuid_mask=cpuid_mask)
         return EmulatedVmBackend()
+
+    def max_vcpus(self) -> int:
+        return MAX_VCPUS
 
     def close(self) -> None:
         pass
@@ -147,6 +156,7 @@ class EmulatedVcpuBackend:
     def __init__(self, vm: EmulatedVmBackend, index: int):
         self.vm = vm
         self.index = index
+        self.mp_state: int | None = None  # the emulator has no MP states
         self._page = bytearray(RUN_PAGE_SIZE)
         u8 = memoryview(self._page)
         self.run_views = (u8, u8.cast("H"), u8.cast("I"), u8.cast("Q"))

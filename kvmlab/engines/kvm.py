@@ -19,10 +19,11 @@ from ..vstate.exits import Emulation, Peripherals, handle_kvm_exit
 from ..vstate.kick import signal_thread
 from ..vstate.layout import TSS_ADDRESS
 from ..vstate.memory import GuestMemory
-from .cpuid import cpuid_for_vcpu
+from .cpuid import check_mask_against, cpuid_for_vcpu
 
 KVM_RUN = kc.KVM_RUN
 EINTR = errno.EINTR
+EAGAIN = errno.EAGAIN
 INTERRUPTED = Emulation.INTERRUPTED
 
 
@@ -34,8 +35,15 @@ class KvmEngine:
     def __init__(self, path: str | None = None):
         self.kvm = Kvm(path)
 
+    def check_config(self, *, irqchip: bool = False, cpuid_mask=None) -> None:
+        """Refuses a CPUID mask for leaves KVM does not offer, before anything is built."""
+        check_mask_against(cpuid_mask, self.kvm.get_supported_cpuid())
+
     def create_vm(self, *, irqchip: bool = False, cpuid_mask=None) -> "KvmVmBackend":
         return KvmVmBackend(self.kvm, irqchip=irqchip, cpuid_mask=cpuid_mask)
+
+    def max_vcpus(self) -> int:
+        return self.kvm.max_vcpus()
 
     def close(self) -> None:
         self.kvm.close()
@@ -69,6 +77,7 @@ class KvmVmBackend:
             self.max_vcpus = kvm.max_vcpus()
             self._mmap_size = kvm.get_vcpu_mmap_size()
             self._supported_cpuid = kvm.get_supported_cpuid()
+            check_mask_against(cpuid_mask, self._supported_cpuid)
             self._cpuid_mask = cpuid_mask
             self._msr_indices = kvm.get_msr_index_list()
             self._xsave_size = self.vm.check_extension(Cap.XSAVE2) or (4096 if kvm.check_extension(Cap.XSAVE) else 0)
@@ -107,6 +116,10 @@ class KvmVcpuBackend:
         self.run_views = (fd.run_u8, fd.run_u16, fd.run_u32, fd.run_u64)
         self._raw_fd = fd.fd
         self._stats: KvmStats | None = None
+        #: the MP state as last read on this vCPU's own thread (KVM_GET_MP_STATE would block
+        #: on a vCPU sitting in KVM_RUN, so nobody else asks): refreshed when KVM_RUN returns
+        #: EAGAIN (an AP leaving wait-for-SIPI) or EINTR (a kick)
+        self.mp_state: int | None = fd.get_mp_state() if vm.irqchip else None
 
     # --- the hot path -------------------------------------------------------------------------
 
@@ -119,7 +132,11 @@ class KvmVcpuBackend:
                 p.metrics.interrupted += 1
                 if p.trace is not None:
                     p.trace(trace_kinds.INTERRUPTED, 0, 0, 0, perf_counter_ns(), 0)
+                if self.vm.irqchip:
+                    self.mp_state = self.fd.get_mp_state()
                 return INTERRUPTED
+            if err == EAGAIN and self.vm.irqchip:
+                self.mp_state = self.fd.get_mp_state()  # e.g. an AP that received its SIPI
             return handle_kvm_exit(p, err)
         return handle_kvm_exit(p, 0)
 
