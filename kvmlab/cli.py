@@ -3,6 +3,7 @@
     kvmlab info                     KVM version, capabilities, limits; which engines work here
     kvmlab run FILE.asm [...]       run your program, write metrics / a trace / a plot
     kvmlab demo [--seconds S]       two vCPUs, the bundled programs, a table, a PNG, a DataFrame
+    kvmlab boot KERNEL.elf [...]    boot a Multiboot kernel; exit status (code << 1) | 1, like QEMU
     kvmlab bench                    exit throughput against C, scaling, kick latency
 """
 
@@ -255,6 +256,39 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- boot ----------------------------------------------------------------------------------------
+
+#: exit status when the guest never wrote the debug-exit port before --timeout (as timeout(1))
+TIMEOUT_STATUS = 124
+
+
+def _cmd_boot(args: argparse.Namespace) -> int:
+    from . import Machine
+
+    with Machine(vcpus=args.vcpus, memory_mib=args.memory_mib, engine=args.engine) as m:
+        m.boot(args.kernel, cmdline=args.append, initrd=args.initrd)
+        m.start()
+        version, deadline = 0, time.monotonic() + args.timeout
+        while m.exit is None and time.monotonic() < deadline:
+            text, version = m.console.read_since(version)
+            sys.stdout.write(text)
+            sys.stdout.flush()
+            time.sleep(0.02)
+        if m.exit is None:
+            m.stop()
+            sys.stdout.write(m.console.read_since(version)[0])
+            print(f"kvmlab boot: the guest did not write the debug-exit port (0xf4) within {args.timeout:g} s; stopped it", file=sys.stderr)
+            return TIMEOUT_STATUS
+        sys.stdout.write(m.console.read_since(version)[0])
+        sys.stdout.flush()
+        code = m.exit
+        if m.debug_exit.last_code is None:
+            print(f"kvmlab boot: the guest stopped without writing the debug-exit port: {code.reason}", file=sys.stderr)
+            return 1 if int(code) else 0
+        # QEMU's isa-debug-exit convention: the process exits with (code << 1) | 1
+        return ((m.debug_exit.last_code << 1) | 1) & 0xFF
+
+
 # --- bench ---------------------------------------------------------------------------------------
 
 
@@ -312,6 +346,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out-dir", default="out", help="where the plot and DataFrames go (created)")
     demo.add_argument("--engine", choices=["auto", "kvm", "emulated"], default="auto")
     demo.set_defaults(func=_cmd_demo)
+
+    boot = sub.add_parser("boot", help="boot a Multiboot v1 kernel (serial on stdout, exit status (code << 1) | 1)")
+    boot.add_argument("kernel", metavar="KERNEL.elf")
+    boot.add_argument("--vcpus", type=positive_int, default=1)
+    boot.add_argument("--memory-mib", type=positive_float, default=64)
+    boot.add_argument("--append", default="", help="the kernel command line (after its own name)")
+    boot.add_argument("--initrd", metavar="FILE", help="a module for the kernel (multiboot modules)")
+    boot.add_argument("--timeout", type=positive_float, default=60.0, help=f"stop after this long (exit status {TIMEOUT_STATUS})")
+    boot.add_argument("--engine", choices=["auto", "kvm", "emulated"], default="auto")
+    boot.set_defaults(func=_cmd_boot)
 
     bench = sub.add_parser("bench", help="exit throughput against a C loop, 2-vCPU scaling, kick latency")
     bench.add_argument("--iterations", type=positive_int, default=100_000)

@@ -23,9 +23,11 @@ import weakref
 from typing import Iterable
 
 from .devices import COM1, DEBUG_EXIT_PORT, MAILBOX_BASE, Console, DebugExit, Mailbox, Serial16550
+from .devices.fw_cfg import FW_CFG_PORT, FwCfg
 from .devices import mailbox as mailbox_regs
 from .engines import note as engine_note
 from .engines import open_engine
+from .engines.cpuid import validate_mask
 from .errors import (
     ConfigError,
     MachineStateError,
@@ -36,7 +38,9 @@ from .errors import (
     VcpuResponseError,
 )
 from .guest.loader import LoadedProgram, load_program, read_results
-from .guest.modes import LOAD_ADDRESS
+from .guest.modes import LOAD_ADDRESS, Mode, setup_multiboot_entry
+from .guest import multiboot
+from .guest.multiboot import BootImage
 from .guest.programs import Program
 from .metrics import MetricsRegistry
 from .metrics.registry import DEFAULT_HISTORY_S, DEFAULT_SAMPLE_HZ
@@ -48,10 +52,29 @@ from .vstate.exit_record import ExitRecord, outcome_of, read_exit
 from .vstate.exits import DeviceFailure, Emulation
 from .vstate.vcpu import VcpuHandle
 from .vstate.kick import install_kick_handler
-from .vstate.layout import MIB
-from .vstate.memory import GuestMemory
+from .vstate.layout import MIB, Range
+from .vstate.memory import GuestMemory, validate_memory_size
 from .vstate.protocol import DumpedCpuConfig, Error, Exited, NotAllowed, Paused, Resumed, SavedState, VcpuEvent, VcpuState, VcpuStatus
 from .vstate.vm import Vm
+
+
+class _Parts:
+    """What a Machine owns, apart from the Machine itself: its finalizer closes this (so a
+    dropped Machine releases its file descriptors), and no thread holds the Machine."""
+
+    def __init__(self, engine):
+        self.engine = engine  # until the VM is built
+        self.vmm: Vmm | None = None
+        self.metrics: MetricsRegistry | None = None
+        self.closed = False
+
+    def close(self) -> None:
+        if self.vmm is not None:
+            self.vmm.close()
+        if self.engine is not None:
+            self.engine.close()
+            self.engine = None
+        self.closed = True
 
 
 class _KickAfter:
@@ -113,7 +136,8 @@ class Machine:
         memory_mib: float = 2,
         *,
         engine: str = "auto",
-        irqchip: bool = False,
+        irqchip: bool | None = None,
+        cpuid_mask: dict | None = None,
         timeout: float = 5.0,
         sample_hz: float = DEFAULT_SAMPLE_HZ,
         history_s: float = DEFAULT_HISTORY_S,
@@ -128,6 +152,7 @@ class Machine:
         memory_bytes = memory_mib * MIB
         if memory_bytes != int(memory_bytes):
             raise ConfigError(f"memory_mib={memory_mib!r} is not a whole number of bytes, let alone 4 KiB pages")
+        validate_memory_size(int(memory_bytes))
         if not isinstance(timeout, (int, float)) or timeout <= 0:
             raise ConfigError(f"timeout={timeout!r}: need a positive number of seconds")
         if isinstance(sample_hz, bool) or not isinstance(sample_hz, (int, float)) or not 0 <= sample_hz <= 1000:
@@ -136,57 +161,104 @@ class Machine:
             raise ConfigError(f"history_s={history_s!r}: need room for at least one sample at {sample_hz} Hz")
         if isinstance(trace_capacity, bool) or not isinstance(trace_capacity, int) or trace_capacity < 1:
             raise ConfigError(f"trace_capacity={trace_capacity!r}: need a positive number of rows")
+        if irqchip not in (None, True, False):
+            raise ConfigError(f"irqchip={irqchip!r}: True, False, or None (off for programs, on for boot())")
+        cpuid_mask = validate_mask(cpuid_mask)
         install_kick_handler()
         self.timeout = float(timeout)
         engine_impl = open_engine(engine, kvm_path)
+        limit = engine_impl.max_vcpus()
+        if vcpus > limit:
+            engine_impl.close()
+            raise ConfigError(f"vcpus={vcpus!r}: need a whole number from 1 to {limit} ({engine_impl.name.upper() if engine_impl.name == 'kvm' else 'the emulated engine'}'s maximum)")
+        try:
+            engine_impl.check_config(irqchip=bool(irqchip), cpuid_mask=cpuid_mask)
+        except BaseException:
+            engine_impl.close()
+            raise
         #: "kvm" or "emulated": which engine runs this machine
         self.engine = engine_impl.name
         #: one line on what that engine means for what you see
         self.engine_note = engine_note(self.engine)
-        try:
-            backend = engine_impl.create_vm(irqchip=irqchip)
-            try:
-                vm = Vm(backend, int(memory_bytes))
-            except BaseException:
-                backend.close()
-                raise
-        finally:
-            engine_impl.close()
-        self._vmm = vmm = Vmm(vm, self.timeout)
-        self._finalizer = weakref.finalize(self, vmm.close)
-        try:
-            vm.create_vcpus(vcpus, on_device_error=vmm.record_device_failure)
-            self.console = Console()
-            self.serial = Serial16550(self.console)
-            self.debug_exit = DebugExit()
-            self.mailbox = Mailbox()
-            vm.pio_bus.insert(self.serial, COM1, self.serial.size)
-            vm.pio_bus.insert(self.debug_exit, DEBUG_EXIT_PORT, self.debug_exit.size)
-            vm.mmio_bus.insert(self.mailbox, MAILBOX_BASE, self.mailbox.size)
-            #: exit metrics: ``metrics.vcpu(0).exit_mmio_write``, ``metrics.totals()``, ...
-            self.metrics = MetricsRegistry(
-                [vcpu.peripherals for vcpu in vm.vcpus],
-                [vcpu.backend.kernel_stats() for vcpu in vm.vcpus],
-                sample_hz=sample_hz,
-                history_s=history_s,
-                # not a bound method: nothing the threads reach may hold the Machine itself
-                describe_address=functools.partial(_describe_address, vm.mmio_bus, vm.pio_bus),
-            )
-            if trace:
-                self.metrics.enable_trace(trace_capacity)
-            vmm.on_start.append(self.metrics.start)
-            vmm.on_stop.append(lambda _exit, registry=self.metrics: registry.stop())
-        except BaseException:
-            self.close()
-            raise
-        self.irqchip = irqchip
+        self._parts = parts = _Parts(engine_impl)
+        self._finalizer = weakref.finalize(self, parts.close)
+        self._config = dict(
+            vcpus=vcpus, memory=int(memory_bytes), irqchip=irqchip, cpuid_mask=cpuid_mask,
+            sample_hz=sample_hz, history_s=history_s, trace=trace, trace_capacity=trace_capacity,
+        )  # fmt: skip
+        # The devices exist from the start; they join the buses when the VM is built.
+        self.console = Console()
+        self.serial = Serial16550(self.console)
+        self.debug_exit = DebugExit()
+        self.mailbox = Mailbox()
+        self.fw_cfg = FwCfg(int(memory_bytes), vcpus)
         self.program: LoadedProgram | None = None
+        self.kernel: BootImage | None = None
+
+    def _build(self, irqchip: bool) -> Vmm:
+        """Creates the VM, its vCPUs and devices and the metrics registry (once). Deferred to
+        first need so that ``boot()`` can still choose the in-kernel irqchip, which KVM only
+        allows before the first vCPU exists."""
+        parts = self._parts
+        if parts.vmm is not None:
+            return parts.vmm
+        if parts.closed:
+            raise MachineStateError("the machine is closed")
+        config = self._config
+        backend = parts.engine.create_vm(irqchip=irqchip, cpuid_mask=config["cpuid_mask"])
+        try:
+            vm = Vm(backend, config["memory"])
+        except BaseException:
+            backend.close()
+            raise
+        parts.engine.close()
+        parts.engine = None
+        parts.vmm = vmm = Vmm(vm, self.timeout)
+        vm.create_vcpus(config["vcpus"], on_device_error=vmm.record_device_failure)
+        vm.pio_bus.insert(self.serial, COM1, self.serial.size)
+        vm.pio_bus.insert(self.debug_exit, DEBUG_EXIT_PORT, self.debug_exit.size)
+        vm.pio_bus.insert(self.fw_cfg, FW_CFG_PORT, self.fw_cfg.size)
+        vm.mmio_bus.insert(self.mailbox, MAILBOX_BASE, self.mailbox.size)
+        parts.metrics = MetricsRegistry(
+            [vcpu.peripherals for vcpu in vm.vcpus],
+            [vcpu.backend.kernel_stats() for vcpu in vm.vcpus],
+            sample_hz=config["sample_hz"],
+            history_s=config["history_s"],
+            # not a bound method: nothing the threads reach may hold the Machine itself
+            describe_address=functools.partial(_describe_address, vm.mmio_bus, vm.pio_bus),
+        )
+        if config["trace"]:
+            parts.metrics.enable_trace(config["trace_capacity"])
+        vmm.on_start.append(parts.metrics.start)
+        vmm.on_stop.append(lambda _exit, registry=parts.metrics: registry.stop())
+        return vmm
+
+    @property
+    def _vmm(self) -> Vmm:
+        return self._parts.vmm or self._build(bool(self._config["irqchip"]))
+
+    @property
+    def irqchip(self) -> bool | None:
+        """Whether the VM has KVM's in-kernel interrupt controllers (None: not decided yet)."""
+        vmm = self._parts.vmm
+        return getattr(vmm.vm.backend, "irqchip", False) if vmm is not None else self._config["irqchip"]
+
+    @property
+    def built(self) -> bool:
+        """Whether the VM exists yet (it is created on first use)."""
+        return self._parts.vmm is not None
+
+    @property
+    def metrics(self) -> MetricsRegistry:
+        """Exit metrics: ``metrics.vcpu(0).exit_mmio_write``, ``metrics.totals()``, ..."""
+        self._vmm
+        return self._parts.metrics
 
     # --- configuration ---------------------------------------------------------------------------
 
     @property
     def vcpu_count(self) -> int:
-        return len(self._vmm.vcpus)
+        return self._config["vcpus"]
 
     @property
     def memory(self) -> GuestMemory:
@@ -228,6 +300,48 @@ class Machine:
         self._require_phase(Phase.CREATED, "load()")
         self.program = load_program(self._vmm.vm, program, mode, self.layout(), address)
         return self.program
+
+    def boot(self, kernel, cmdline: str = "", initrd=None) -> BootImage:
+        """Loads a Multiboot v1 kernel (an ELF32/ELF64 file, or one whose multiboot header gives
+        load addresses) and puts vCPU 0 at its entry; the other vCPUs wait for INIT/SIPI from
+        it. ``kernel`` and ``initrd`` are paths (or bytes); the kernel sees ``cmdline`` after its
+        own name, as with QEMU. Then ``start()``, and ``wait()`` for its debug-exit code.
+
+        Several vCPUs need KVM's in-kernel irqchip (the LAPICs that deliver INIT and SIPI): a
+        machine created with ``irqchip=None`` (the default) gets one here."""
+        self._require_phase(Phase.CREATED, "boot()") if self.built else self._require_open("boot()")
+        if self.program is not None:
+            raise MachineStateError("boot(): this machine is already loaded; make a new Machine")
+        if not isinstance(cmdline, str):
+            raise ConfigError(f"cmdline={cmdline!r}: need text")
+        wanted = self._config["irqchip"]
+        irqchip = (self.engine == "kvm") if wanted is None else wanted
+        if self.vcpu_count > 1 and not irqchip:
+            why = ("the emulated engine has none: boot with vcpus=1, or on KVM" if self.engine == "emulated"
+                   else "this machine was created with irqchip=False")  # fmt: skip
+            raise ConfigError(f"booting {self.vcpu_count} vCPUs needs KVM's in-kernel irqchip, whose LAPICs deliver INIT/SIPI; {why}")
+        if self.built and self.irqchip != irqchip:
+            raise ConfigError(
+                "boot(): the VM was already built without the in-kernel irqchip (add_device() or memory use builds it); "
+                "create the Machine with irqchip=True, or call boot() first"
+            )
+        vmm = self._build(irqchip)
+        data, name = (bytes(kernel), "kernel") if isinstance(kernel, (bytes, bytearray)) else multiboot.read_kernel(kernel)
+        modules = []
+        if initrd is not None:
+            module, module_name = (bytes(initrd), "initrd") if isinstance(initrd, (bytes, bytearray)) else multiboot.read_kernel(initrd)
+            modules.append((module_name, module))
+        image = multiboot.plan(data, name, modules)
+        extra = [Range(0xFEC00000, 0xFEC01000), Range(0xFEE00000, 0xFEE01000)] if irqchip else []  # IOAPIC, LAPIC
+        info = multiboot.write(vmm.vm.memory, image, f"{name} {cmdline}".strip(), extra)
+        kernel_range = image.kernel_range
+        initrd_range = (image.modules[0][0], len(image.modules[0][1])) if image.modules else None
+        self.fw_cfg.set_cmdline(cmdline)
+        self.fw_cfg.set_kernel(kernel_range.start, kernel_range.size, image.entry, initrd_range)
+        setup_multiboot_entry(vmm.vcpus[0].backend, vmm.vm.memory, image.entry, info, info + multiboot.GDT_OFFSET)
+        self.kernel = image
+        self.program = LoadedProgram(Program(name, ""), Mode.PROTECTED, kernel_range.start, image.chunks[0][1])
+        return image
 
     # --- stepping (before start, on the calling thread) ------------------------------------------
 
@@ -321,20 +435,25 @@ class Machine:
 
     @property
     def states(self) -> list[VcpuStatus]:
-        return self._vmm.statuses()
+        if self._parts.vmm is None:
+            return [VcpuStatus(i, VcpuState.CREATED) for i in range(self.vcpu_count)]
+        return self._parts.vmm.statuses()
 
     @property
     def exit(self) -> MachineExit | None:
         """The exit code once the machine stopped, else None."""
-        return self._vmm.exit
+        return self._parts.vmm.exit if self._parts.vmm is not None else None
 
     @property
     def closed(self) -> bool:
-        return self._vmm.phase is Phase.CLOSED
+        vmm = self._parts.vmm
+        return self._parts.closed if vmm is None else vmm.phase is Phase.CLOSED
 
     @property
     def phase(self) -> str:
-        return self._vmm.phase.value
+        if self._parts.vmm is None:
+            return "closed" if self._parts.closed else Phase.CREATED.value
+        return self._parts.vmm.phase.value
 
     @property
     def device_errors(self) -> list[DeviceFailure]:
@@ -354,7 +473,7 @@ class Machine:
 
     def __repr__(self) -> str:
         program = self.program.program.name if self.program else "nothing loaded"
-        return f"<Machine {self.vcpu_count} vCPU, {self.memory.size if not self.closed else 0:#x} bytes, {program}, {self.phase}>"
+        return f"<Machine {self.vcpu_count} vCPU, {self._config['memory']:#x} bytes, engine {self.engine}, {program}, {self.phase}>"
 
     # --- helpers ----------------------------------------------------------------------------------
 
@@ -389,9 +508,11 @@ class Machine:
         return responses
 
     def _require_phase(self, phase: Phase, what: str) -> None:
+        if self.closed:
+            raise MachineStateError(f"{what}: the machine is closed")
         if self._vmm.phase is not phase:
             raise MachineStateError(f"{what}: only while the machine is {phase.value}; it is {self._vmm.phase.value}")
 
     def _require_open(self, what: str) -> None:
-        if self._vmm.phase is Phase.CLOSED:
+        if self.closed:
             raise MachineStateError(f"{what}: the machine is closed")

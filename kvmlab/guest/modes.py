@@ -187,5 +187,25 @@ def setup_vcpu(backend, memory: GuestMemory, entry: EntryPoint, index: int) -> N
     backend.set_regs(regs)
 
 
+def setup_multiboot_entry(backend, memory: GuestMemory, entry: int, info_address: int, gdt_address: int) -> None:
+    """The state Multiboot promises a kernel: 32-bit protected mode, paging off, flat 4 GiB
+    segments (CS 0x08, the rest 0x10, from a GDT at ``gdt_address``), interrupts off,
+    EAX = 0x2BADB002, EBX = the information structure. ESP is undefined by the spec: 0."""
+    memory.write(gdt_address, b"".join(d.to_bytes(8, "little") for d in GDT_ENTRIES[:3]))
+    sregs = backend.get_sregs()
+    _flat(sregs.cs, CODE32_SELECTOR, 0xB)
+    for name in ("ds", "es", "fs", "gs", "ss"):
+        _flat(getattr(sregs, name), DATA_SELECTOR, 0x3)
+    sregs.gdt.base, sregs.gdt.limit = gdt_address, 8 * 3 - 1
+    sregs.cr0 = (sregs.cr0 | CR0_PE | CR0_ET) & ~(CR0_CD | CR0_NW | CR0_PG)
+    backend.set_sregs(sregs)
+    regs = backend.get_regs()
+    for name in ("rcx", "rdx", "rsi", "rdi", "rsp", "rbp", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15"):
+        setattr(regs, name, 0)
+    regs.rax, regs.rbx = 0x2BADB002, info_address
+    regs.rip, regs.rflags = entry, RFLAGS_RESERVED
+    backend.set_regs(regs)
+
+
 def results_address(index: int) -> int:
     return RESULTS_ADDRESS + index * RESULTS_STRIDE

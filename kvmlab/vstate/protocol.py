@@ -103,6 +103,10 @@ class Error(VcpuResponse):
     error: Any
 
 
+#: How a status reads for the MP states worth mentioning (RUNNABLE is the normal case).
+MP_STATE_NOTES = {"UNINITIALIZED": "wait-for-SIPI", "INIT_RECEIVED": "INIT received", "SIPI_RECEIVED": "SIPI received", "HALTED": "halted"}
+
+
 @dataclass(frozen=True)
 class VcpuStatus:
     """A vCPU's state as a controller sees it; prints as ``Paused`` or ``Exited(0: HLT)``."""
@@ -111,6 +115,9 @@ class VcpuStatus:
     state: VcpuState
     exit_code: int | None = None
     reason: str | None = None
+    #: KVM's MP state name (``RUNNABLE``, ``UNINITIALIZED`` = waiting for SIPI, ``HALTED``...)
+    #: when the machine has an in-kernel irqchip, else None
+    mp_state: str | None = None
 
     @property
     def allowed(self) -> frozenset[VcpuEvent]:
@@ -120,6 +127,7 @@ class VcpuStatus:
         if self.state in (VcpuState.EXITED, VcpuState.FINISHED) and self.exit_code is not None:
             why = f": {self.reason}" if self.reason else ""
             return f"{self.state.value}({self.exit_code}{why})"
-        return self.state.value
+        note = MP_STATE_NOTES.get(self.mp_state) if self.state in (VcpuState.RUNNING, VcpuState.PAUSED) else None
+        return f"{self.state.value} ({note})" if note else self.state.value
 
     __repr__ = __str__

@@ -44,6 +44,7 @@ import weakref
 from typing import Callable, Iterable
 
 from ..errors import VcpuError, VcpuFinishedError, VcpuTimeoutError
+from ..kvm.constants import MpState
 from ..metrics import trace as trace_kinds
 from .exits import DebugExitInfo, Emulation, ExitCode, Peripherals, Stopped
 from .protocol import (
@@ -271,10 +272,12 @@ class Vcpu:
                 self.backend.interrupt(self.thread.ident)
 
     def status(self) -> VcpuStatus:
+        mp = getattr(self.backend, "mp_state", None)
+        mp_name = MpState(mp).name if mp is not None and mp in MpState._value2member_map_ else None
         status = self.exit_status
         if status is None:
-            return VcpuStatus(self.index, self.state)
-        return VcpuStatus(self.index, self.state, int(status.code), status.reason)
+            return VcpuStatus(self.index, self.state, mp_state=mp_name)
+        return VcpuStatus(self.index, self.state, int(status.code), status.reason, mp_state=mp_name)
 
 
 class VcpuHandle:

@@ -1,0 +1,352 @@
+"""Booting real kernels: our own Multiboot test kernels (tests/kernels/*.s, assembled and linked
+at test time) on real KVM with 1, 2 and 4 vCPUs, and on the emulated engine with one; their
+serial output asserted line by line; the loader's bad-input errors; the never-hang rules for a
+kernel that spins with interrupts off; the ``kvmlab boot`` exit-status convention."""
+
+from __future__ import annotations
+
+import os
+import struct
+import subprocess
+import sys
+import time
+
+import pytest
+
+from kvmlab.devices.fw_cfg import FwCfg
+from kvmlab.errors import ConfigError, MachineStateError, MachineTimeoutError
+from kvmlab.guest.elf import read_elf, write_elf32
+from kvmlab.guest.multiboot import INFO_AREA, MultibootError
+from kvmlab.vstate.protocol import VcpuState
+
+from .kernelkit import build_kernels, symbols
+
+MIB = 1 << 20
+
+
+@pytest.fixture(scope="module")
+def kernels(tmp_path_factory):
+    return build_kernels(tmp_path_factory.mktemp("kernels"))
+
+
+def expected_report(name: str, cmdline: str, vcpus: int, memory_mib: int, *, irqchip: bool, initrd: bytes | None) -> list[str]:
+    """What smp.s prints, from what the machine is: the loader's information structure, then
+    fw_cfg, then one line per AP (in the order they won the print lock), then the total."""
+    mmap = [
+        "mmap: 0x00000000 0x000a0000 1",  # low RAM
+        "mmap: 0x000a0000 0x00060000 2",  # the legacy hole (VGA, ROMs; kvmlab's mailbox): reserved
+        f"mmap: 0x00100000 {(memory_mib * MIB - MIB):#010x} 1",
+    ]
+    if irqchip:
+        mmap += ["mmap: 0xfec00000 0x00001000 2", "mmap: 0xfee00000 0x00001000 2"]  # IOAPIC, LAPIC
+    module = [f"module: {len(initrd)} bytes: {initrd.decode().splitlines()[0]}"] if initrd else []
+    return [
+        "kernel: hello from a multiboot kernel",
+        f"cmdline: {name} {cmdline}".rstrip(),
+        f"upper memory: {memory_mib - 1} MiB",
+        "lower memory: 640 KiB",
+        *mmap,
+        *module,
+        "fw_cfg signature: QEMU",
+        f"fw_cfg cpus: {vcpus}",
+        f"fw_cfg ram: {memory_mib} MiB",
+        f"fw_cfg cmdline: {cmdline}",
+        *[f"AP {i} up" for i in range(1, vcpus)],
+        f"all {vcpus} up",
+    ]
+
+
+def split_ap_lines(lines: list[str]) -> tuple[list[str], list[str]]:
+    """APs announce themselves in whatever order they win the lock: compare those as a set."""
+    aps = sorted(line for line in lines if line.startswith("AP "))
+    return [line for line in lines if not line.startswith("AP ")], aps
+
+
+# --- SMP kernels on real KVM ------------------------------------------------------------------------
+
+
+@pytest.mark.kvm
+@pytest.mark.parametrize("vcpus", [1, 2, 4])
+def test_smp_kernel_brings_up_every_ap_and_exits_with_its_code(machines, kernels, tmp_path, vcpus):
+    initrd = tmp_path / "initrd.txt"
+    initrd.write_bytes(b"an initrd for the test kernel\nsecond line\n")
+    m = machines(vcpus=vcpus, memory_mib=64)
+    image = m.boot(kernels.smp32, cmdline=f"exit=21 vcpus={vcpus}", initrd=initrd)
+    assert image.format == "ELF32" and image.entry == read_elf(kernels.smp32.read_bytes()).entry
+    assert m.irqchip is True
+    m.start()
+    code = m.wait(timeout=30)
+    assert code == 21 and m.debug_exit.last_code == 21
+    assert code.reason == "vCPU 0: debug-exit port write (21)"
+    want = expected_report("smp32.elf", f"exit=21 vcpus={vcpus}", vcpus, 64, irqchip=True, initrd=initrd.read_bytes())
+    assert split_ap_lines(m.console.text.splitlines()) == split_ap_lines(want)
+    # every vCPU ran guest code: the BSP drove the UART and fw_cfg, each AP printed its line
+    assert m.metrics.vcpu(0).exit_io_out > 200 and m.metrics.vcpu(0).exit_io_in > 200
+    for ap in range(1, vcpus):
+        assert m.metrics.vcpu(ap).exit_io_out >= len(f"AP {ap} up\n")
+
+
+@pytest.mark.kvm
+def test_elf64_kernel_boots_the_same_way(machines, kernels):
+    m = machines(vcpus=2, memory_mib=32)
+    image = m.boot(kernels.smp64, cmdline="exit=5")
+    assert image.format == "ELF64"
+    m.start()
+    assert m.wait(timeout=30) == 5
+    want = expected_report("smp64.elf", "exit=5", 2, 32, irqchip=True, initrd=None)
+    assert split_ap_lines(m.console.text.splitlines()) == split_ap_lines(want)
+
+
+@pytest.mark.kvm
+def test_without_exit_argument_the_code_is_zero_and_the_module_line_absent(machines, kernels):
+    m = machines(vcpus=1, memory_mib=16)
+    m.boot(kernels.smp32)
+    m.start()
+    assert m.wait(timeout=30) == 0
+    assert m.console.text.splitlines() == expected_report("smp32.elf", "", 1, 16, irqchip=True, initrd=None)
+
+
+def test_smp_kernel_with_one_vcpu_runs_on_both_engines(machines, kernels, engine):
+    m = machines(vcpus=1, memory_mib=8, engine=engine)
+    m.boot(kernels.smp32, cmdline="exit=9")
+    m.start()
+    assert m.wait(timeout=60) == 9
+    assert m.irqchip is (engine == "kvm")
+    assert m.console.text.splitlines() == expected_report("smp32.elf", "exit=9", 1, 8, irqchip=engine == "kvm", initrd=None)
+
+
+@pytest.mark.kvm
+def test_flat_binary_with_header_addresses_loads_and_gets_a_zeroed_bss(machines, kernels):
+    data = kernels.kludge.read_bytes()
+    m = machines(vcpus=1, memory_mib=4, irqchip=True)
+    m.memory.write(0x100000 + len(data), b"\xff" * 0x2000)  # dirt where the bss goes
+    image = m.boot(kernels.kludge)
+    assert image.format == "a.out kludge (header addresses)"
+    assert image.chunks[0][0] == 0x100000 and image.chunks[0][2] == len(data) + 0x2000
+    m.start()
+    assert m.wait(timeout=10) == 7
+    assert m.console.text == "kludge: loaded from a flat binary, bss zeroed\n"
+
+
+# --- MP states: APs wait for SIPI without spinning, and still answer ----------------------------------
+
+
+@pytest.mark.kvm
+def test_aps_wait_for_sipi_and_still_answer_pause_resume_and_close(machines, kernels):
+    """spin.s never starts its APs: they sit in KVM_RUN in wait-for-SIPI, which must not burn
+    a host CPU, and must still answer Pause/Resume/Finish within the kick's time."""
+    m = machines(vcpus=3, memory_mib=8, timeout=2.0)
+    m.boot(kernels.spin)
+    m.start()
+    time.sleep(0.3)
+    cpu_before = time.process_time()
+    time.sleep(0.5)
+    cpu_used = time.process_time() - cpu_before
+    states = m.states
+    assert [s.mp_state for s in states[1:]] == ["UNINITIALIZED", "UNINITIALIZED"]
+    assert str(states[1]) == "Running (wait-for-SIPI)"
+    # the BSP spins (one host CPU, as a guest loop must); the waiting APs add next to nothing
+    assert cpu_used < 0.5 * 1.5, f"3 vCPUs used {cpu_used:.2f} s of CPU in 0.5 s: the APs spin"
+    started = time.monotonic()
+    m.pause()
+    assert [s.state for s in m.states] == [VcpuState.PAUSED] * 3
+    assert [s.mp_state for s in m.states[1:]] == ["UNINITIALIZED", "UNINITIALIZED"]
+    m.resume(2)
+    assert m.states[2].state is VcpuState.RUNNING
+    m.close()
+    assert time.monotonic() - started < 2.0
+
+
+@pytest.mark.kvm
+def test_a_kernel_that_spins_with_interrupts_off_times_out_and_still_pauses_and_closes(machines, kernels):
+    m = machines(vcpus=1, memory_mib=8)
+    m.boot(kernels.spin)
+    m.start()
+    with pytest.raises(MachineTimeoutError, match=r"still running after 0.5 s"):
+        m.wait(timeout=0.5)
+    counter = symbols(kernels.spin)["counter"]
+    started = time.monotonic()
+    m.pause()
+    assert m.states[0].state is VcpuState.PAUSED
+    paused_at = m.memory.read_u32(counter)
+    time.sleep(0.1)
+    assert m.memory.read_u32(counter) == paused_at > 0, "a paused vCPU must not run guest code"
+    assert 0x100000 <= m.save_state(0).regs["rip"] < counter
+    m.resume()
+    time.sleep(0.05)
+    assert m.memory.read_u32(counter) != paused_at
+    m.close()
+    assert time.monotonic() - started < 2.0
+
+
+@pytest.mark.kvm
+def test_after_the_exit_the_halted_aps_are_finished_too(machines, kernels):
+    m = machines(vcpus=4, memory_mib=16)
+    m.boot(kernels.smp32, cmdline="exit=1")
+    m.start()
+    assert m.wait(timeout=30) == 1
+    assert [s.state for s in m.states] == [VcpuState.FINISHED] * 4
+
+
+# --- fw_cfg, as a guest's driver sees it --------------------------------------------------------------
+
+
+def read_item(device: FwCfg, key: int, length: int) -> bytes:
+    device.write(0, 2, key)
+    return bytes(device.read(1, 1) for _ in range(length))
+
+
+def test_fw_cfg_items_unknown_keys_and_reselection():
+    device = FwCfg(64 * MIB, 4)
+    device.set_cmdline("console=ttyS0")
+    device.set_kernel(0x100000, 0x5000, 0x10000C, (0x200000, 123))
+    assert read_item(device, 0x00, 6) == b"QEMU\0\0"  # past the end: zeros
+    assert read_item(device, 0x03, 8) == struct.pack("<Q", 64 * MIB)
+    assert read_item(device, 0x05, 2) == read_item(device, 0x0F, 2) == struct.pack("<H", 4)
+    assert read_item(device, 0x14, 4) == struct.pack("<I", len("console=ttyS0") + 1)
+    assert read_item(device, 0x15, 14) == b"console=ttyS0\0"
+    assert read_item(device, 0x07, 4) + read_item(device, 0x08, 4) + read_item(device, 0x10, 4) == struct.pack("<III", 0x100000, 0x5000, 0x10000C)
+    assert read_item(device, 0x0A, 4) + read_item(device, 0x0B, 4) == struct.pack("<II", 0x200000, 123)
+    assert read_item(device, 0x4242, 4) == bytes(4)
+    device.write(0, 2, 0x00)
+    assert bytes([device.read(1, 1), device.read(1, 1)]) == b"QE"
+    device.write(0, 2, 0x00)  # a new selection starts at the item's first byte again
+    assert device.read(1, 1) == ord("Q")
+
+
+# --- bad input ----------------------------------------------------------------------------------------
+
+
+def mb_header(flags: int, checksum: int | None = None) -> bytes:
+    return struct.pack("<III", 0x1BADB002, flags, (-(0x1BADB002 + flags) if checksum is None else checksum) & 0xFFFFFFFF)
+
+
+@pytest.fixture
+def unbuilt(machines):
+    """A one-vCPU machine on KVM to boot into; its VM is built by boot()."""
+    return machines(vcpus=1, memory_mib=4)
+
+
+@pytest.mark.kvm
+def test_not_elf_and_no_header_says_which(unbuilt):
+    with pytest.raises(MultibootError, match=r"kernel has no multiboot header in its first 8192 bytes .*not an ELF file \(it starts with 68 65 6c 6c"):
+        unbuilt.boot(b"hello world, I am no kernel" * 10)
+
+
+@pytest.mark.kvm
+def test_elf_without_header_says_it_is_an_elf(unbuilt):
+    python = os.path.realpath(sys.executable)
+    with pytest.raises(MultibootError, match=r"no multiboot header .* it is an ELF file.*put the header in a section linked first"):
+        unbuilt.boot(python)
+
+
+@pytest.mark.kvm
+def test_bad_checksum_is_named(unbuilt):
+    with pytest.raises(MultibootError, match="but its checksum is wrong"):
+        unbuilt.boot(mb_header(3, checksum=0) + bytes(64))
+
+
+@pytest.mark.kvm
+def test_relocatable_object_is_refused(unbuilt, kernels):
+    with pytest.raises(MultibootError, match=r"ELF of type 1, not an executable \(2\): link it with a fixed address"):
+        unbuilt.boot(kernels.smp32_object)
+
+
+@pytest.mark.kvm
+def test_memory_too_small_for_the_image_says_how_much(machines, kernels):
+    m = machines(vcpus=1, memory_mib=1)
+    with pytest.raises(MultibootError, match=r"smp32.elf segment at \[0x100000, 0x144\w+\) .* is outside guest RAM .*memory_mib >= 2"):
+        m.boot(kernels.smp32)
+    assert m.memory.read(0x8000, 16) == bytes(16), "nothing may be written before every check passed"
+
+
+@pytest.mark.kvm
+def test_segment_over_the_information_area_is_refused(unbuilt):
+    code = b"\xf4" * 16
+    image = write_elf32([(INFO_AREA.start + 0x100, mb_header(3) + code, 12 + len(code))], INFO_AREA.start + 0x10C)
+    with pytest.raises(MultibootError, match=r"overlaps the multiboot information area \[0x6000, 0x8000\); link it elsewhere"):
+        unbuilt.boot(image)
+
+
+@pytest.mark.kvm
+def test_segment_beyond_ram_is_refused(unbuilt):
+    image = write_elf32([(0x40000000, mb_header(3) + b"\xf4", 13)], 0x4000000C)
+    with pytest.raises(MultibootError, match=r"outside guest RAM .*memory_mib >= 1025"):
+        unbuilt.boot(image)
+
+
+@pytest.mark.kvm
+def test_initrd_too_big_for_memory(unbuilt, kernels, tmp_path):
+    big = tmp_path / "big.img"
+    big.write_bytes(bytes(4 * MIB))
+    with pytest.raises(MultibootError, match=r"module big.img at .* is outside guest RAM"):
+        unbuilt.boot(kernels.smp32, initrd=big)
+
+
+@pytest.mark.kvm
+def test_video_mode_requirement_is_refused(unbuilt):
+    with pytest.raises(MultibootError, match=r"requires a video mode \(multiboot flag 2\); kvmlab has no display"):
+        unbuilt.boot(write_elf32([(0x100000, mb_header(1 << 2) + b"\xf4", 13)], 0x10000C))
+
+
+@pytest.mark.kvm
+def test_missing_kernel_file(unbuilt, tmp_path):
+    with pytest.raises(MultibootError, match=r"cannot read the kernel '.*nope.elf': No such file"):
+        unbuilt.boot(tmp_path / "nope.elf")
+
+
+@pytest.mark.kvm
+def test_several_vcpus_without_irqchip_are_refused(machines, kernels):
+    m = machines(vcpus=2, memory_mib=8, irqchip=False)
+    with pytest.raises(ConfigError, match="needs KVM's in-kernel irqchip.*created with irqchip=False"):
+        m.boot(kernels.smp32)
+
+
+@pytest.mark.emulated
+def test_several_vcpus_on_the_emulated_engine_are_refused(machines, kernels):
+    m = machines(vcpus=2, memory_mib=8, engine="emulated")
+    with pytest.raises(ConfigError, match="the emulated engine has none: boot with vcpus=1, or on KVM"):
+        m.boot(kernels.smp32)
+
+
+@pytest.mark.kvm
+def test_boot_twice_or_after_load_or_start_is_refused(machines, kernels):
+    m = machines(vcpus=1, memory_mib=8)
+    m.boot(kernels.smp32, cmdline="exit=0")
+    with pytest.raises(MachineStateError, match="already loaded"):
+        m.boot(kernels.smp32)
+    m.start()
+    with pytest.raises(MachineStateError):
+        m.boot(kernels.smp32)
+    m.wait(timeout=10)
+
+
+# --- the command line ------------------------------------------------------------------------------
+
+
+def kvmlab_boot(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "kvmlab", "boot", *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.kvm
+def test_cli_exit_status_follows_qemu_debug_exit(kernels):
+    result = kvmlab_boot(str(kernels.smp32), "--vcpus", "4", "--memory-mib", "64", "--append", "exit=21")
+    assert result.returncode == (21 << 1) | 1 == 43, result.stderr
+    want = expected_report("smp32.elf", "exit=21", 4, 64, irqchip=True, initrd=None)
+    assert split_ap_lines(result.stdout.splitlines()) == split_ap_lines(want)
+
+
+@pytest.mark.kvm
+def test_cli_timeout_status_and_message(kernels):
+    result = kvmlab_boot(str(kernels.spin), "--timeout", "0.5")
+    assert result.returncode == 124
+    assert result.stderr == "kvmlab boot: the guest did not write the debug-exit port (0xf4) within 0.5 s; stopped it\n"
+
+
+@pytest.mark.kvm
+def test_cli_bad_kernel_is_one_line_and_status_1(tmp_path):
+    junk = tmp_path / "junk.bin"
+    junk.write_bytes(b"\x00" * 100)
+    result = kvmlab_boot(str(junk))
+    assert result.returncode == 1 and result.stdout == ""
+    assert len(result.stderr.splitlines()) == 1 and "junk.bin has no multiboot header" in result.stderr, result.stderr
