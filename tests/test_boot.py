@@ -16,7 +16,9 @@ import pytest
 from kvmlab.devices.fw_cfg import FwCfg
 from kvmlab.errors import ConfigError, MachineStateError, MachineTimeoutError
 from kvmlab.guest.elf import read_elf, write_elf32
+from kvmlab.guest.kernels import smp_demo
 from kvmlab.guest.multiboot import INFO_AREA, MultibootError
+from kvmlab.lab import record_states
 from kvmlab.vstate.protocol import VcpuState
 
 from .kernelkit import build_kernels, symbols
@@ -350,3 +352,60 @@ def test_cli_bad_kernel_is_one_line_and_status_1(tmp_path):
     result = kvmlab_boot(str(junk))
     assert result.returncode == 1 and result.stdout == ""
     assert len(result.stderr.splitlines()) == 1 and "junk.bin has no multiboot header" in result.stderr, result.stderr
+
+
+# --- the demo kernel kvmlab builds itself (notebook 07), watched -------------------------------------
+
+
+@pytest.mark.kvm
+def test_smp_demo_starts_aps_one_by_one_and_the_timeline_shows_it(machines):
+    m = machines(vcpus=4, memory_mib=16)
+    m.boot(smp_demo(step_exits=3_000, work=1_000), cmdline="demo")
+    timeline = record_states(m, start=True, timeout=30)
+    assert m.exit == 0
+    assert m.console.text.splitlines() == [
+        "smp demo: bootstrap processor up, 4 CPUs (fw_cfg)",
+        *[line for ap in (1, 2, 3) for line in (f"BSP: INIT + SIPI to APIC {ap}", f"AP {ap} up")],
+        "all 4 CPUs done",
+    ]
+    # exactly the exits the kernel makes: the BSP's pacing writes, each AP's work
+    assert m.metrics.vcpu(0).exit_mmio_write == 3 * 3_000
+    assert [m.metrics.vcpu(ap).exit_mmio_write for ap in (1, 2, 3)] == [1_000] * 3
+    assert [m.mailbox.counter(ap) for ap in (1, 2, 3)] == [1] * 3  # the last value each wrote
+    came_up = []
+    for ap in (1, 2, 3):
+        rows = timeline[timeline.vcpu == ap]
+        first_running = rows[rows.mp_state == "RUNNABLE"].t.min()
+        assert (rows[rows.t < first_running].mp_state == "UNINITIALIZED").any(), f"AP {ap} was never seen waiting for SIPI"
+        came_up.append(first_running)
+        assert rows.iloc[-1].state == "Finished"
+    assert came_up == sorted(came_up), f"APs came up out of order: {came_up}"
+
+
+@pytest.mark.kvm
+def test_control_panel_shows_aps_waiting_for_sipi(machines):
+    from kvmlab.widgets import ControlPanel
+
+    m = machines(vcpus=2, memory_mib=8)
+    m.boot(smp_demo(step_exits=2_000_000))  # the BSP paces for a long while: AP 1 waits
+    panel = ControlPanel(m)
+    try:
+        m.start()
+        deadline = time.monotonic() + 5
+        while panel.state_text(1) != "Running (wait-for-SIPI)" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        panel.refresh()
+        assert "Running (wait-for-SIPI)" in panel.state_labels[1].value
+        m.pause(1)
+        panel.refresh()
+        assert panel.state_text(1) == "Paused (wait-for-SIPI)"
+    finally:
+        panel.close()
+        m.close()
+
+
+def test_smp_demo_parameters_are_checked():
+    with pytest.raises(ConfigError, match=r"step_exits=0: need a whole number from 1"):
+        smp_demo(step_exits=0)
+    image = read_elf(smp_demo())
+    assert [seg.paddr for seg in image.segments] == [0x8000, 0x100000, 0x110000] and image.entry == 0x10000C

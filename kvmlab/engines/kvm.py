@@ -118,7 +118,8 @@ class KvmVcpuBackend:
         self._stats: KvmStats | None = None
         #: the MP state as last read on this vCPU's own thread (KVM_GET_MP_STATE would block
         #: on a vCPU sitting in KVM_RUN, so nobody else asks): refreshed when KVM_RUN returns
-        #: EAGAIN (an AP leaving wait-for-SIPI) or EINTR (a kick)
+        #: EAGAIN (an AP leaving wait-for-SIPI) or EINTR (a kick), and at the first exit after
+        #: any state other than RUNNABLE
         self.mp_state: int | None = fd.get_mp_state() if vm.irqchip else None
 
     # --- the hot path -------------------------------------------------------------------------
@@ -138,6 +139,8 @@ class KvmVcpuBackend:
             if err == EAGAIN and self.vm.irqchip:
                 self.mp_state = self.fd.get_mp_state()  # e.g. an AP that received its SIPI
             return handle_kvm_exit(p, err)
+        if self.mp_state:  # not None (no irqchip) nor RUNNABLE (0): KVM may have moved it on
+            self.mp_state = self.fd.get_mp_state()  # inside KVM_RUN (an INIT and SIPI taken together)
         return handle_kvm_exit(p, 0)
 
     # --- registers, for guest setup and inspection -----------------------------------------------

@@ -6,5 +6,6 @@ plain scripts.
 
 from .export import export_run
 from .session import ACTIONS, LabSession, Message
+from .timeline import record_states
 
-__all__ = ["ACTIONS", "LabSession", "Message", "export_run"]
+__all__ = ["ACTIONS", "LabSession", "Message", "export_run", "record_states"]
