@@ -4,11 +4,15 @@
  * The smallest VMM that can run kvmlab's guest: one VM, RAM at [0, 0xa0000) with the guest
  * image at 0x8000, N vCPUs started in real mode with DI = index, each in its own thread doing
  * KVM_RUN in a tight loop. MMIO writes are stored in a 4 KiB register file and MMIO reads
- * answered from it (what kvmlab's mailbox device does); HLT ends a vCPU. It prints, per vCPU
- * and in total, the exits handled and the seconds between the first KVM_RUN and the last HLT.
+ * answered from it (what kvmlab's mailbox device does); port writes are stored per port and
+ * port reads answered from there (what the UART's scratch register does); HLT ends a vCPU. It
+ * prints, per vCPU and in total, the exits handled and the seconds between the first KVM_RUN
+ * and the last HLT, then each vCPU's 16-byte results area (four dwords at 0x500 + 16 * index,
+ * where kvmlab's bundled programs leave what they measured).
  *
  *   usage: exit_loop GUEST.bin VCPUS
  *   output: "exits <total> seconds <wall> per_vcpu <e0> <e1> ..."
+ *           "results <vcpu> <dword0> <dword1> <dword2> <dword3>"   (one line per vCPU)
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -29,8 +33,11 @@
 #define DEVICE_BASE 0xa0000
 #define DEVICE_SIZE 0x1000
 #define STACK_SIZE 0x1000
+#define RESULTS_ADDRESS 0x500
+#define RESULTS_STRIDE 16
 
 static uint8_t registers[DEVICE_SIZE];
+static uint8_t ports[0x10000];
 static int vm_fd, run_size;
 
 struct vcpu {
@@ -94,6 +101,18 @@ static void *vcpu_thread(void *arg) {
             v->exits++;
             break;
         }
+        case KVM_EXIT_IO: {
+            uint8_t *data = (uint8_t *)run + run->io.data_offset;
+            for (uint32_t i = 0; i < run->io.count; i++, data += run->io.size) {
+                if (run->io.port + run->io.size > sizeof ports) break;
+                if (run->io.direction == KVM_EXIT_IO_OUT)
+                    memcpy(ports + run->io.port, data, run->io.size);
+                else
+                    memcpy(data, ports + run->io.port, run->io.size);
+            }
+            v->exits++;
+            break;
+        }
         case KVM_EXIT_HLT:
             v->exits++;
             return NULL;
@@ -145,5 +164,9 @@ int main(int argc, char **argv) {
     printf("exits %lu seconds %.6f per_vcpu", total, seconds);
     for (int i = 0; i < vcpus; i++) printf(" %lu", all[i].exits);
     printf("\n");
+    for (int i = 0; i < vcpus; i++) {
+        uint32_t *results = (uint32_t *)(ram + RESULTS_ADDRESS + i * RESULTS_STRIDE);
+        printf("results %d %u %u %u %u\n", i, results[0], results[1], results[2], results[3]);
+    }
     return 0;
 }

@@ -4,8 +4,9 @@ The machines are noisy (nested KVM, two shared cores), so every figure is a *rat
 baseline measured alongside it: variants are interleaved round by round and the median of the
 rounds is reported. Used by ``kvmlab bench`` and the scripts in ``benchmarks/``.
 
-The guest is the real-mode ``mmio_counter`` (an MMIO write per iteration, a read every 8th),
-the same bytes for every variant:
+The throughput guest is the real-mode ``mmio_counter`` (an MMIO write per iteration, a read
+every 8th), the same bytes for every variant; ``exit_cycles`` uses ``exit_cost`` (the guest
+times each port-I/O exit with RDTSC):
 
 * ``c``: ``benchmarks/exit_loop.c``, a minimal C VMM (compiled with gcc on first use),
 * ``bare``: the smallest Python loop around ctypes ``KVM_RUN`` (the floor for any Python VMM),
@@ -43,14 +44,31 @@ def guest_program(iterations: int) -> programs.Program:
 
 
 def guest_bytes(iterations: int) -> bytes:
+    return program_bytes(guest_program(iterations))
+
+
+def program_bytes(program: programs.Program) -> bytes:
+    """The real-mode machine code of ``program``, as kvmlab loads it (for the C loop)."""
     with Machine(vcpus=1, sample_hz=0) as m:
-        return m.load(guest_program(iterations), mode="real").code
+        return m.load(program, mode="real").code
+
+
+@dataclass
+class CRun:
+    exits: int
+    seconds: float
+    results: list[tuple[int, int, int, int]]  # each vCPU's four result dwords
+
+    @property
+    def exits_per_second(self) -> float:
+        return self.exits / self.seconds
 
 
 class CReference:
-    """``benchmarks/exit_loop.c``, compiled once into a temporary folder."""
+    """``benchmarks/exit_loop.c``, compiled once into a temporary folder, with a real-mode
+    guest: ``mmio_counter(iterations)`` when ``iterations`` is given, else ``guest``."""
 
-    def __init__(self, iterations: int):
+    def __init__(self, iterations: int | None = None, *, guest: bytes | None = None):
         if shutil.which("gcc") is None:
             raise RuntimeError("gcc is not installed: the C reference cannot be built")
         if not C_SOURCE.exists():
@@ -59,11 +77,16 @@ class CReference:
         self.binary = os.path.join(self._dir, "exit_loop")
         subprocess.run(["gcc", "-O2", "-o", self.binary, str(C_SOURCE), "-lpthread"], check=True, capture_output=True)
         self.guest = os.path.join(self._dir, "guest.bin")
-        Path(self.guest).write_bytes(guest_bytes(iterations))
+        Path(self.guest).write_bytes(guest if guest is not None else guest_bytes(iterations))
 
     def run(self, vcpus: int) -> float:
-        out = subprocess.run([self.binary, self.guest, str(vcpus)], capture_output=True, text=True, check=True, timeout=300).stdout.split()
-        return int(out[1]) / float(out[3])
+        return self.run_full(vcpus).exits_per_second
+
+    def run_full(self, vcpus: int) -> CRun:
+        lines = subprocess.run([self.binary, self.guest, str(vcpus)], capture_output=True, text=True, check=True, timeout=300).stdout.splitlines()
+        head = lines[0].split()
+        results = [tuple(int(v) for v in line.split()[2:6]) for line in lines[1:] if line.startswith("results ")]
+        return CRun(int(head[1]), float(head[3]), results)
 
     def close(self) -> None:
         shutil.rmtree(self._dir, ignore_errors=True)
@@ -217,6 +240,43 @@ def engines(iterations: int = 100_000, rounds: int = 5, progress=None) -> Rounds
             result.add(f"emulated_{vcpus}", kvmlab_run(iterations, vcpus, engine="emulated"))
         if progress:
             progress(round_number + 1, rounds)
+    return result
+
+
+def cycles_per_exit(results: tuple[int, int, int, int] | dict) -> tuple[float, int]:
+    """(mean, fewest) cycles per exit from ``exit_cost``'s results area."""
+    if isinstance(results, dict):
+        results = (results["cycles_low"], results["cycles_high"], results["min_cycles"], results["exits"])
+    low, high, fewest, exits = results
+    if exits == 0:
+        raise RuntimeError("the exit_cost guest timed no exit")
+    return ((high << 32) | low) / exits, fewest
+
+
+def exit_cycles(iterations: int = 20_000, rounds: int = 5, *, progress=None) -> Rounds:
+    """Cycles per port-I/O exit as the guest measures them (``exit_cost``, real mode, 1 vCPU):
+    kvmlab against the C loop, interleaved. Variants ``<name>_mean`` and ``<name>_min``."""
+    program = programs.exit_cost(iterations)
+    result = Rounds()
+    reference = CReference(guest=program_bytes(program))
+    try:
+        for round_number in range(rounds):
+            mean, fewest = cycles_per_exit(reference.run_full(1).results[0])
+            result.add("c_mean", mean)
+            result.add("c_min", fewest)
+            with Machine(vcpus=1, memory_mib=1, engine="kvm") as m:
+                m.load(program, mode="real")
+                m.start()
+                code = m.wait(600)
+                if code != 0:
+                    raise RuntimeError(f"benchmark guest failed: {code!r}")
+                mean, fewest = cycles_per_exit(m.results(0))
+            result.add("kvmlab_mean", mean)
+            result.add("kvmlab_min", fewest)
+            if progress:
+                progress(round_number + 1, rounds)
+    finally:
+        reference.close()
     return result
 
 

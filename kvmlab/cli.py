@@ -317,6 +317,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     latencies = bench.kick_latency(4, args.kick_cycles)
     print(f"kick latency, 4 vCPUs in a loop with no exits, {len(latencies)} pause-all cycles: "
           f"p50 {bench.percentile(latencies, 0.5) * 1e3:.2f} ms, p99 {bench.percentile(latencies, 0.99) * 1e3:.2f} ms")
+    if with_c:
+        cycles = bench.exit_cycles(max(iterations // 10, 1000), args.rounds)
+        print(f"cycles per port-I/O exit, timed by the guest (RDTSC): kvmlab {cycles.median('kvmlab_mean'):,.0f}, "
+              f"C {cycles.median('c_mean'):,.0f}: {cycles.ratio('kvmlab_mean', 'c_mean'):.2f}x C")
     return 0
 
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from kvmlab import programs
+from kvmlab import bench, programs
 from kvmlab.devices.mailbox import COUNTERS, MAILBOX_BASE
 from kvmlab.vstate.protocol import VcpuState
 
@@ -139,3 +139,17 @@ def test_exit_code_stops_every_vcpu_with_the_guest_code(engine, machines, mode):
     assert [s.state for s in m.states] == [VcpuState.FINISHED] * 3
     assert m.results(0) == {"reported": 1}
     assert m.debug_exit.last_code == 42
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_exit_cost_times_every_exit_it_makes(engine, machines, mode):
+    m = machines(vcpus=2, memory_mib=2, engine=engine)
+    m.load(programs.exit_cost(iterations=300), mode=mode)
+    m.start()
+    assert m.wait(30) == 0
+    for index, results in enumerate(m.results()):
+        assert results["exits"] == 300 and m.metrics.vcpu(index).exit_io_out == 300
+        mean, fewest = bench.cycles_per_exit(results)
+        assert 0 < fewest <= mean < 1e9, f"vCPU {index}: mean {mean}, fewest {fewest} cycles"
+    assert m.serial.scr == 1, "the last write (ECX = 1) went to the UART's scratch register"
+    assert m.console.text == ""

@@ -280,47 +280,76 @@ def _handle_errno(m: VcpuMetrics, err: int):
 
 
 def _handle_io(p: Peripherals, m: VcpuMetrics):
-    """x86 port I/O (the seed's ``run_arch_emulation``); ``count`` > 1 for string I/O."""
+    """x86 port I/O (the seed's ``run_arch_emulation``); ``count`` > 1 for string I/O.
+
+    Written for speed like the MMIO path (serial output is port I/O): one access of one byte
+    reads its data straight from the page, and the latency aggregate is updated inline."""
     u8 = p.run_u8
-    direction, size = u8[U8_IO_DIRECTION], u8[U8_IO_SIZE]
+    size = u8[U8_IO_SIZE]
     port = p.run_u16[U16_IO_PORT]
     count = p.run_u32[U32_IO_COUNT]
     offset = p.run_u64[U64_IO_DATA_OFFSET]
     bus = p.pio_bus
     entry = bus.lookup.get(port) or bus.resolve(port)
-    if direction == IO_OUT:
+    out = u8[U8_IO_DIRECTION] == IO_OUT
+    if out:
         m.exit_io_out += 1
-        counts, agg, kind, trace_kind = m.io_out_by_port, m.exit_io_out_agg, "port out", kinds.IO_OUT
+        counts = m.io_out_by_port
     else:
         m.exit_io_in += 1
-        counts, agg, kind, trace_kind = m.io_in_by_port, m.exit_io_in_agg, "port in", kinds.IO_IN
+        counts = m.io_in_by_port
     counts[port] = counts.get(port, 0) + 1
     if entry is None:
-        if direction == IO_IN:
+        if not out:
             u8[offset : offset + size * count] = b"\xff" * (size * count)  # an absent ISA port floats high
-        _unhandled(p, kind, port, size, trace_kind, _MASKS[size] if direction == IO_IN else 0)
+        _unhandled(p, "port out" if out else "port in", port, size, kinds.IO_OUT if out else kinds.IO_IN, 0 if out else _MASKS[size])
         return Emulation.HANDLED
     value = 0
+    register = port - entry.base
     start = perf_counter_ns()
-    for item in range(count):
-        at = offset + item * size
-        if direction == IO_OUT:
-            value = int.from_bytes(u8[at : at + size], "little")
+    if out:
+        if count == 1 and size == 1:  # OUT DX, AL: a UART byte, a POST code
+            value = u8[offset]
             try:
-                entry.write(port - entry.base, size, value)
+                entry.write(register, 1, value)
             except GuestRequestedExit as request:
                 return Stopped(request.code, request.reason, machine_wide=True)
             except Exception as exc:
-                _device_failed(p, entry, kind, port, size, value, exc)
+                _device_failed(p, entry, "port out", port, size, value, exc)
         else:
+            for at in range(offset, offset + size * count, size):
+                value = int.from_bytes(u8[at : at + size], "little")
+                try:
+                    entry.write(register, size, value)
+                except GuestRequestedExit as request:
+                    return Stopped(request.code, request.reason, machine_wide=True)
+                except Exception as exc:
+                    _device_failed(p, entry, "port out", port, size, value, exc)
+        agg, trace_kind = m.exit_io_out_agg, kinds.IO_OUT
+    else:
+        for at in range(offset, offset + size * count, size):
             try:
-                value = entry.read(port - entry.base, size) & _MASKS[size]
+                value = entry.read(register, size) & _MASKS[size]
             except Exception as exc:
-                _device_failed(p, entry, kind, port, size, None, exc)
+                _device_failed(p, entry, "port in", port, size, None, exc)
                 value = 0
-            u8[at : at + size] = value.to_bytes(size, "little")
+            if size == 1:
+                u8[at] = value
+            else:
+                u8[at : at + size] = value.to_bytes(size, "little")
+        agg, trace_kind = m.exit_io_in_agg, kinds.IO_IN
     elapsed = perf_counter_ns() - start
-    agg.record(elapsed)
+    # LatencyAgg.record, inlined (as in the MMIO path)
+    if elapsed > agg.max_ns:
+        agg.max_ns = elapsed
+    if elapsed < agg.min_ns:
+        agg.min_ns = elapsed
+    if elapsed > agg.window_max_ns:
+        agg.window_max_ns = elapsed
+    if elapsed < agg.window_min_ns:
+        agg.window_min_ns = elapsed
+    agg.count += 1
+    agg.sum_ns += elapsed
     trace = p.trace
     if trace is not None:
         trace(trace_kind, port, size, value, start, elapsed)

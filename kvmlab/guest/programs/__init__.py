@@ -122,6 +122,16 @@ def exit_code(code: int = 0, delay: int = 1000) -> Program:
     )
 
 
+def exit_cost(iterations: int = 10_000) -> Program:
+    """Each vCPU times ``iterations`` port-I/O exits with RDTSC (cycles per exit, as the guest sees it)."""
+    return Program(
+        "exit_cost.asm",
+        _source("exit_cost.asm"),
+        params={"ITERATIONS": _count("iterations", iterations, allow_zero=False)},
+        results_fields=("cycles_low", "cycles_high", "min_cycles", "exits"),
+    )
+
+
 def from_source(source: str, name: str = "<source>", **params: int) -> Program:
     """A program of your own: assembly text (``;`` comments) and ``.equ`` parameters."""
     if not isinstance(source, str):
@@ -131,7 +141,7 @@ def from_source(source: str, name: str = "<source>", **params: int) -> Program:
 
 def catalog() -> list[Program]:
     """One of each bundled program with its default parameters."""
-    return [hello(), mmio_counter(), mailbox_pingpong(), busy_loop(), triple_fault(), exit_code()]
+    return [hello(), mmio_counter(), mailbox_pingpong(), busy_loop(), triple_fault(), exit_code(), exit_cost()]
 
 
 __all__ = [
@@ -139,6 +149,7 @@ __all__ = [
     "busy_loop",
     "catalog",
     "exit_code",
+    "exit_cost",
     "from_source",
     "hello",
     "mailbox_pingpong",
