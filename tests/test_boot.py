@@ -383,24 +383,33 @@ def test_smp_demo_starts_aps_one_by_one_and_the_timeline_shows_it(machines):
 
 
 @pytest.mark.kvm
-def test_control_panel_shows_aps_waiting_for_sipi(machines):
-    from kvmlab.widgets import ControlPanel
+def test_control_panel_and_inspector_show_aps_waiting_for_sipi(machines):
+    from kvmlab.widgets import ControlPanel, CpuInspector
 
     m = machines(vcpus=2, memory_mib=8)
     m.boot(smp_demo(step_exits=2_000_000))  # the BSP paces for a long while: AP 1 waits
-    panel = ControlPanel(m)
+    panel, inspector = ControlPanel(m), CpuInspector(m)
     try:
         m.start()
         deadline = time.monotonic() + 5
         while panel.state_text(1) != "Running (wait-for-SIPI)" and time.monotonic() < deadline:
             time.sleep(0.01)
-        panel.refresh()
+        panel.session.refresh_now()  # what the refresher does, under its lock
         assert "Running (wait-for-SIPI)" in panel.state_labels[1].value
         m.pause(1)
-        panel.refresh()
+        panel.session.refresh_now()  # what the refresher does, under its lock
         assert panel.state_text(1) == "Paused (wait-for-SIPI)"
+        inspector.vcpu_picker.value = 1
+        inspector.save_button.click()
+        assert inspector.session.wait_idle(5)
+        inspector.session.refresh_now()
+        summary = inspector.summary.value
+        assert "MP state UNINITIALIZED (wait-for-SIPI)" in summary and "RIP 0xfff0" in summary, summary
+        # an AP waiting for SIPI sits at the reset vector, 0xfffffff0: no RAM there, and it says so
+        assert "no code to show at RIP 0xfff0 (linear 0xfffffff0)" in inspector.pages["Code at RIP"].value
     finally:
         panel.close()
+        inspector.close()
         m.close()
 
 

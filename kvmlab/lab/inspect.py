@@ -16,6 +16,7 @@ from ..guest.asm import disassemble
 from ..guest.paging import translate
 from ..kvm.constants import MpState
 from ..vstate.cpu_state import CpuConfiguration, VcpuSnapshot
+from ..vstate.protocol import MP_STATE_NOTES
 
 RFLAGS_BITS = {0: "CF", 2: "PF", 4: "AF", 6: "ZF", 7: "SF", 8: "TF", 9: "IF", 10: "DF", 11: "OF", 14: "NT", 16: "RF",
                17: "VM", 18: "AC", 19: "VIF", 20: "VIP", 21: "ID"}  # fmt: skip
@@ -194,7 +195,10 @@ def diff(before: VcpuSnapshot, after: VcpuSnapshot) -> pd.DataFrame:
 
 
 def mp_state_name(value: int) -> str:
+    """``UNINITIALIZED (wait-for-SIPI)``: KVM's name, and what it means where it is not obvious."""
     try:
-        return MpState(value).name
+        name = MpState(value).name
     except ValueError:
         return str(value)
+    note = MP_STATE_NOTES.get(name)
+    return f"{name} ({note})" if note and note.lower() != name.lower() else name
