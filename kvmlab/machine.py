@@ -52,7 +52,7 @@ from .vstate.exit_record import ExitRecord, outcome_of, read_exit
 from .vstate.exits import DeviceFailure, Emulation
 from .vstate.vcpu import VcpuHandle
 from .vstate.kick import install_kick_handler
-from .vstate.layout import MIB, Range
+from .vstate.layout import IRQCHIP_PAGES, MIB
 from .vstate.memory import GuestMemory, validate_memory_size
 from .vstate.protocol import DumpedCpuConfig, Error, Exited, NotAllowed, Paused, Resumed, SavedState, VcpuEvent, VcpuState, VcpuStatus
 from .vstate.vm import Vm
@@ -332,7 +332,7 @@ class Machine:
             module, module_name = (bytes(initrd), "initrd") if isinstance(initrd, (bytes, bytearray)) else multiboot.read_kernel(initrd)
             modules.append((module_name, module))
         image = multiboot.plan(data, name, modules)
-        extra = [Range(0xFEC00000, 0xFEC01000), Range(0xFEE00000, 0xFEE01000)] if irqchip else []  # IOAPIC, LAPIC
+        extra = list(IRQCHIP_PAGES) if irqchip else []
         info = multiboot.write(vmm.vm.memory, image, f"{name} {cmdline}".strip(), extra)
         kernel_range = image.kernel_range
         initrd_range = (image.modules[0][0], len(image.modules[0][1])) if image.modules else None

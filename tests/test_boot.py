@@ -286,6 +286,32 @@ def test_initrd_too_big_for_memory(unbuilt, kernels, tmp_path):
 
 
 @pytest.mark.kvm
+def test_entry_outside_the_loaded_segments_is_refused(unbuilt):
+    image = write_elf32([(0x100000, mb_header(3) + b"\xf4", 13)], 0x200000)
+    with pytest.raises(MultibootError, match=r"the entry point 0x200000 is not inside anything the kernel loads \(\[0x100000, 0x10000d\)\)"):
+        unbuilt.boot(image)
+
+
+@pytest.mark.kvm
+def test_a_kernel_linked_high_enters_at_the_physical_address(machines, kernels):
+    """Like GRUB: an ELF whose entry is virtual (vaddr != paddr) enters at its physical twin."""
+    from kvmlab.guest.elf import read_elf as parse
+
+    elf = parse(kernels.smp32.read_bytes())
+    high = 0xC0000000
+    segments = [(seg.paddr, seg.data, seg.memsz) for seg in elf.segments]
+    relinked = bytearray(write_elf32(segments, elf.entry + high))
+    for i, seg in enumerate(elf.segments):  # move every vaddr up, keep paddr: a higher-half layout
+        phdr = 52 + 32 * i
+        struct.pack_into("<I", relinked, phdr + 8, seg.vaddr + high)
+    m = machines(vcpus=1, memory_mib=8)
+    image = m.boot(bytes(relinked), cmdline="exit=3")
+    assert image.entry == elf.entry
+    m.start()
+    assert m.wait(timeout=30) == 3
+
+
+@pytest.mark.kvm
 def test_video_mode_requirement_is_refused(unbuilt):
     with pytest.raises(MultibootError, match=r"requires a video mode \(multiboot flag 2\); kvmlab has no display"):
         unbuilt.boot(write_elf32([(0x100000, mb_header(1 << 2) + b"\xf4", 13)], 0x10000C))
@@ -302,6 +328,18 @@ def test_several_vcpus_without_irqchip_are_refused(machines, kernels):
     m = machines(vcpus=2, memory_mib=8, irqchip=False)
     with pytest.raises(ConfigError, match="needs KVM's in-kernel irqchip.*created with irqchip=False"):
         m.boot(kernels.smp32)
+
+
+@pytest.mark.kvm
+def test_a_device_over_the_in_kernel_lapic_is_refused(machines):
+    from kvmlab.devices import Mailbox
+    from kvmlab.errors import DeviceOverlapError
+
+    m = machines(vcpus=1, memory_mib=8, irqchip=True)
+    with pytest.raises(DeviceOverlapError, match="KVM's in-kernel IOAPIC/LAPIC"):
+        m.add_device(Mailbox("shadow"), 0xFEE00000)
+    plain = machines(vcpus=1, memory_mib=8, irqchip=False)
+    plain.add_device(Mailbox("free"), 0xFEE00000)  # without the irqchip the page is free
 
 
 @pytest.mark.emulated

@@ -121,7 +121,14 @@ def plan(data: bytes, name: str, modules: list[tuple[str, bytes]] = ()) -> BootI
         except ElfError as err:
             raise MultibootError(f"{err}; and its multiboot header gives no load addresses (flag 16) to use instead") from None
         chunks = [(seg.paddr, seg.data, seg.memsz) for seg in elf.segments]
-        image = BootImage(name, header, elf.entry, chunks, format=f"ELF{elf.bits}")
+        # A kernel linked high (virtual != physical, as Linux is) enters at a virtual address:
+        # like GRUB, jump to the physical address of the segment that holds it.
+        holder = next((seg for seg in elf.segments if seg.vaddr <= elf.entry < seg.vaddr + seg.memsz), None)
+        entry = elf.entry - holder.vaddr + holder.paddr if holder is not None else elf.entry
+        image = BootImage(name, header, entry, chunks, format=f"ELF{elf.bits}")
+    if not any(addr <= image.entry < addr + size for addr, _, size in image.chunks):
+        spans = ", ".join(f"[{addr:#x}, {addr + size:#x})" for addr, _, size in image.chunks)
+        raise MultibootError(f"{name}: the entry point {image.entry:#x} is not inside anything the kernel loads ({spans})")
     cursor = _align(max(image.kernel_range.end, HIGH_RAM_START), PAGE_SIZE)
     for module_name, module_data in modules:
         image.modules.append((cursor, bytes(module_data), module_name))

@@ -62,3 +62,8 @@ def ram_ranges(memory_size: int) -> list[Range]:
 
 
 RESERVED = (Range(TSS_ADDRESS, TSS_ADDRESS + TSS_SIZE),)
+#: Where KVM's in-kernel irqchip answers MMIO (the architectural defaults): an OS's memory map
+#: must show these pages reserved when the irqchip is on.
+IOAPIC_BASE = 0xFEC0_0000
+LAPIC_BASE = 0xFEE0_0000
+IRQCHIP_PAGES = (Range(IOAPIC_BASE, IOAPIC_BASE + PAGE_SIZE), Range(LAPIC_BASE, LAPIC_BASE + PAGE_SIZE))

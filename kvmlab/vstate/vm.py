@@ -13,7 +13,7 @@ from ..errors import ConfigError
 from .bus import Bus
 from .cpu_state import CpuConfiguration, VcpuSnapshot
 from .exits import DeviceFailure, Peripherals
-from .layout import RESERVED, Range
+from .layout import IRQCHIP_PAGES, RESERVED, Range
 from .memory import GuestMemory
 from .vcpu import Vcpu
 
@@ -78,6 +78,8 @@ class Vm:
             self.memory.close()
             raise
         forbidden = tuple((rng, "RAM") for rng in self.memory.ranges) + tuple((rng, "KVM's TSS pages") for rng in RESERVED)
+        if getattr(backend, "irqchip", False):  # KVM answers these itself: a device there would never be called
+            forbidden += tuple((rng, "KVM's in-kernel IOAPIC/LAPIC") for rng in IRQCHIP_PAGES)
         self.mmio_bus = Bus("mmio", MAX_PHYS_ADDR, forbidden)
         self.pio_bus = Bus("pio", PIO_SPACE)
         #: every vCPU writes here when it exits (the seed's ``exit_evt``)

@@ -15,6 +15,7 @@ from ...devices import COM1, DEBUG_EXIT_PORT, MAILBOX_BASE
 from ...devices.fw_cfg import FW_CFG_PORT
 from ...devices.mailbox import COUNTERS
 from ...errors import ConfigError
+from ...vstate.layout import LAPIC_BASE
 from ..asm import assemble
 from ..elf import write_elf32
 
@@ -24,7 +25,6 @@ DATA = 0x110000  # the kernel's variables, in their own page (zeroed by the load
 BSP_STACK = 0x112000
 AP_STACKS = 0x112000  # 4 KiB per APIC ID above this (AP n's stack tops at + (n + 1) * 4 KiB)
 MAX_APIC_ID = 255
-LAPIC = 0xFEE00000
 
 
 def _source(filename: str) -> str:
@@ -48,7 +48,7 @@ def smp_demo(step_exits: int = 20_000, work: int = 20_000) -> bytes:
         "FW_CFG_DATA": FW_CFG_PORT + 1,
         "MAILBOX": MAILBOX_BASE,
         "MB_COUNTERS": COUNTERS,
-        "LAPIC": LAPIC,
+        "LAPIC": LAPIC_BASE,
         "SIPI": 0x4600 | (TRAMPOLINE >> 12),
         "NCPUS": DATA,
         "STARTED": DATA + 4,
