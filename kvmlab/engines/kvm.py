@@ -10,6 +10,7 @@ import contextlib
 import errno
 from time import perf_counter_ns
 
+from ..errors import ConfigError
 from ..kvm import Cap, Kvm, KvmStats, VcpuFd, VmFd
 from ..metrics import trace as trace_kinds
 from ..kvm import constants as kc
@@ -71,9 +72,14 @@ class KvmVmBackend:
             # Intel needs three pages for real mode; harmless elsewhere (kvmtool does the same).
             self.vm.set_tss_addr(TSS_ADDRESS)
             self.irqchip = irqchip
+            self.pit = False
             if irqchip:
+                if not kvm.check_extension(Cap.IRQCHIP):
+                    raise ConfigError("irqchip: this KVM has no in-kernel interrupt controllers (KVM_CAP_IRQCHIP); use irqchip=False and one vCPU")
                 self.vm.create_irqchip()
-                self.vm.create_pit2()
+                self.pit = bool(kvm.check_extension(Cap.PIT2))  # the timer, where KVM offers one
+                if self.pit:
+                    self.vm.create_pit2()
             self.max_vcpus = kvm.max_vcpus()
             self._mmap_size = kvm.get_vcpu_mmap_size()
             self._supported_cpuid = kvm.get_supported_cpuid()
