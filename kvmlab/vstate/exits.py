@@ -205,17 +205,7 @@ def handle_kvm_exit(p: Peripherals, err: int):
             u64[U64_MMIO_DATA] = value
             agg = m.exit_mmio_read_agg
             kind = kinds.MMIO_READ
-        # LatencyAgg.record, inlined: this is the path the exit benchmarks measure.
-        if elapsed > agg.max_ns:
-            agg.max_ns = elapsed
-        if elapsed < agg.min_ns:
-            agg.min_ns = elapsed
-        if elapsed > agg.window_max_ns:
-            agg.window_max_ns = elapsed
-        if elapsed < agg.window_min_ns:
-            agg.window_min_ns = elapsed
-        agg.count += 1
-        agg.sum_ns += elapsed
+        agg.record(elapsed)
         trace = p.trace
         if trace is not None:
             trace(kind, address, size, value, start, elapsed)
@@ -283,7 +273,7 @@ def _handle_io(p: Peripherals, m: VcpuMetrics):
     """x86 port I/O (the seed's ``run_arch_emulation``); ``count`` > 1 for string I/O.
 
     Written for speed like the MMIO path (serial output is port I/O): one access of one byte
-    reads its data straight from the page, and the latency aggregate is updated inline."""
+    reads its data straight from the page."""
     u8 = p.run_u8
     size = u8[U8_IO_SIZE]
     port = p.run_u16[U16_IO_PORT]
@@ -339,17 +329,7 @@ def _handle_io(p: Peripherals, m: VcpuMetrics):
                 u8[at : at + size] = value.to_bytes(size, "little")
         agg, trace_kind = m.exit_io_in_agg, kinds.IO_IN
     elapsed = perf_counter_ns() - start
-    # LatencyAgg.record, inlined (as in the MMIO path)
-    if elapsed > agg.max_ns:
-        agg.max_ns = elapsed
-    if elapsed < agg.min_ns:
-        agg.min_ns = elapsed
-    if elapsed > agg.window_max_ns:
-        agg.window_max_ns = elapsed
-    if elapsed < agg.window_min_ns:
-        agg.window_min_ns = elapsed
-    agg.count += 1
-    agg.sum_ns += elapsed
+    agg.record(elapsed)
     trace = p.trace
     if trace is not None:
         trace(trace_kind, port, size, value, start, elapsed)
