@@ -16,6 +16,7 @@ times each port-I/O exit with RDTSC):
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import mmap
 import os
@@ -90,6 +91,12 @@ class CReference:
 
     def close(self) -> None:
         shutil.rmtree(self._dir, ignore_errors=True)
+
+    def __enter__(self) -> "CReference":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def kvmlab_run(iterations: int, vcpus: int = 1, *, trace: bool = False, sample_hz: float = 10.0, engine: str = "kvm") -> float:
@@ -195,8 +202,7 @@ class Rounds:
 def throughput(iterations: int = 200_000, rounds: int = 5, *, with_c: bool = True, vcpus: int = 1, progress=None) -> Rounds:
     """Every variant, ``rounds`` times, interleaved."""
     result = Rounds()
-    reference = CReference(iterations) if with_c else None
-    try:
+    with CReference(iterations) if with_c else contextlib.nullcontext() as reference:
         for round_number in range(rounds):
             if reference is not None:
                 result.add("c", reference.run(vcpus))
@@ -206,17 +212,13 @@ def throughput(iterations: int = 200_000, rounds: int = 5, *, with_c: bool = Tru
             result.add("bare", bare_ctypes_run(iterations, vcpus))
             if progress:
                 progress(round_number + 1, rounds)
-    finally:
-        if reference is not None:
-            reference.close()
     return result
 
 
 def scaling(iterations: int = 200_000, rounds: int = 5, *, with_c: bool = True, progress=None) -> Rounds:
     """1 vCPU against 2 vCPUs for kvmlab, the bare loop and C (each vCPU runs the guest)."""
     result = Rounds()
-    reference = CReference(iterations) if with_c else None
-    try:
+    with CReference(iterations) if with_c else contextlib.nullcontext() as reference:
         for round_number in range(rounds):
             for vcpus in (1, 2):
                 if reference is not None:
@@ -225,9 +227,6 @@ def scaling(iterations: int = 200_000, rounds: int = 5, *, with_c: bool = True, 
                 result.add(f"bare_{vcpus}", bare_ctypes_run(iterations, vcpus))
             if progress:
                 progress(round_number + 1, rounds)
-    finally:
-        if reference is not None:
-            reference.close()
     return result
 
 
@@ -258,8 +257,7 @@ def exit_cycles(iterations: int = 20_000, rounds: int = 5, *, progress=None) -> 
     kvmlab against the C loop, interleaved. Variants ``<name>_mean`` and ``<name>_min``."""
     program = programs.exit_cost(iterations)
     result = Rounds()
-    reference = CReference(guest=program_bytes(program))
-    try:
+    with CReference(guest=program_bytes(program)) as reference:
         for round_number in range(rounds):
             mean, fewest = cycles_per_exit(reference.run_full(1).results[0])
             result.add("c_mean", mean)
@@ -275,8 +273,6 @@ def exit_cycles(iterations: int = 20_000, rounds: int = 5, *, progress=None) -> 
             result.add("kvmlab_min", fewest)
             if progress:
                 progress(round_number + 1, rounds)
-    finally:
-        reference.close()
     return result
 
 
