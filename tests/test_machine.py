@@ -27,6 +27,8 @@ from kvmlab import (
 from kvmlab.devices import Device
 from kvmlab.vstate.protocol import VcpuEvent, VcpuState
 
+from .nobody import as_nobody
+
 
 
 def _open_fds() -> set[str]:
@@ -110,25 +112,11 @@ def test_missing_kvm_says_why_and_what_to_do():
 def test_unpermitted_kvm_says_why_and_what_to_do():
     from kvmlab.kvm import Kvm
 
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child: become nobody, who may not open /dev/kvm (crw------- root)
-        try:
-            os.close(read_end)
-            os.setgid(65534)
-            os.setuid(65534)
-            try:
-                Kvm()
-                message = "opened"
-            except Exception as err:
-                message = f"{type(err).__name__}: {err}"
-            os.write(write_end, message.encode())
-        finally:
-            os._exit(0)
-    os.close(write_end)
-    with os.fdopen(read_end) as pipe:
-        message = pipe.read()
-    os.waitpid(pid, 0)
+    def open_kvm() -> str:  # nobody may not open /dev/kvm (crw------- root)
+        Kvm()
+        return "opened"
+
+    message = as_nobody(open_kvm)
     assert message.startswith("KvmUnavailableError"), message
     assert "not permitted for this user" in message and "usermod -aG kvm" in message
 

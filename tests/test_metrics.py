@@ -16,6 +16,8 @@ from kvmlab import programs
 from kvmlab.devices.mailbox import COUNTERS, MAILBOX_BASE
 from kvmlab.metrics import ExportError, MetricsRegistry
 
+from .nobody import as_nobody
+
 pytestmark = pytest.mark.kvm
 
 MODES = ["real", "protected", "long"]
@@ -276,24 +278,11 @@ def test_unwritable_export_folder():
     registry = MetricsRegistry([FakePeripherals(0)], None)
     folder = Path(tempfile.mkdtemp(dir="/tmp"))  # reachable by anyone, writable by root only
     folder.chmod(0o755)
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child: become nobody, who may not write a root-owned 0755 folder
-        try:
-            os.setgid(65534)
-            os.setuid(65534)
-            try:
-                registry.export(folder / "metrics.csv")
-                message = "written"
-            except ExportError as err:
-                message = str(err)
-            os.write(write_end, message.encode())
-        finally:
-            os._exit(0)
-    os.close(write_end)
-    with os.fdopen(read_end) as pipe:
-        message = pipe.read()
-    os.waitpid(pid, 0)
+    def export() -> str:  # nobody may not write a root-owned 0755 folder
+        registry.export(folder / "metrics.csv")
+        return "written"
+
+    message = as_nobody(export)
     assert "is not writable by this user" in message, message
     assert list(folder.iterdir()) == []
     shutil.rmtree(folder)
