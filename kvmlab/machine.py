@@ -241,7 +241,7 @@ class Machine:
     def irqchip(self) -> bool | None:
         """Whether the VM has KVM's in-kernel interrupt controllers (None: not decided yet)."""
         vmm = self._parts.vmm
-        return getattr(vmm.vm.backend, "irqchip", False) if vmm is not None else self._config["irqchip"]
+        return vmm.vm.backend.irqchip if vmm is not None else self._config["irqchip"]
 
     @property
     def built(self) -> bool:

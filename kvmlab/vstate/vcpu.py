@@ -64,6 +64,7 @@ from .protocol import (
 log = logging.getLogger("kvmlab.vcpu")
 
 IMMEDIATE_EXIT = 1  # byte offset of kvm_run.immediate_exit
+_MP_STATE_NAMES = {state.value: state.name for state in MpState}  # None (no irqchip) maps to None
 
 #: The handle is gone (the seed's channel disconnection): the vCPU exits with an error.
 DISCONNECTED = None
@@ -272,8 +273,7 @@ class Vcpu:
                 self.backend.interrupt(self.thread.ident)
 
     def status(self) -> VcpuStatus:
-        mp = getattr(self.backend, "mp_state", None)
-        mp_name = MpState(mp).name if mp is not None and mp in MpState._value2member_map_ else None
+        mp_name = _MP_STATE_NAMES.get(self.backend.mp_state)
         status = self.exit_status
         if status is None:
             return VcpuStatus(self.index, self.state, mp_state=mp_name)

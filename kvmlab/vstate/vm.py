@@ -48,6 +48,8 @@ class VmBackend(Protocol):
 
     name: str
     max_vcpus: int
+    #: whether KVM's in-kernel interrupt controllers exist (never for the emulated engine)
+    irqchip: bool
 
     def map_memory(self, memory: GuestMemory) -> None: ...
     def create_vcpu(self, index: int, count: int) -> VcpuBackend: ...
@@ -78,7 +80,7 @@ class Vm:
             self.memory.close()
             raise
         forbidden = tuple((rng, "RAM") for rng in self.memory.ranges) + tuple((rng, "KVM's TSS pages") for rng in RESERVED)
-        if getattr(backend, "irqchip", False):  # KVM answers these itself: a device there would never be called
+        if backend.irqchip:  # KVM answers these itself: a device there would never be called
             forbidden += tuple((rng, "KVM's in-kernel IOAPIC/LAPIC") for rng in IRQCHIP_PAGES)
         self.mmio_bus = Bus("mmio", MAX_PHYS_ADDR, forbidden)
         self.pio_bus = Bus("pio", PIO_SPACE)
