@@ -325,13 +325,13 @@ class Machine:
                 "boot(): the VM was already built without the in-kernel irqchip (add_device() or memory use builds it); "
                 "create the Machine with irqchip=True, or call boot() first"
             )
-        vmm = self._build(irqchip)
-        data, name = (bytes(kernel), "kernel") if isinstance(kernel, (bytes, bytearray)) else multiboot.read_kernel(kernel)
+        data, name = self._boot_input(kernel, "kernel")
         modules = []
         if initrd is not None:
-            module, module_name = (bytes(initrd), "initrd") if isinstance(initrd, (bytes, bytearray)) else multiboot.read_kernel(initrd)
+            module, module_name = self._boot_input(initrd, "initrd")
             modules.append((module_name, module))
         image = multiboot.plan(data, name, modules)
+        vmm = self._build(irqchip)
         extra = list(IRQCHIP_PAGES) if irqchip else []
         info = multiboot.write(vmm.vm.memory, image, f"{name} {cmdline}".strip(), extra)
         kernel_range = image.kernel_range
@@ -342,6 +342,13 @@ class Machine:
         self.kernel = image
         self.program = LoadedProgram(Program(name, ""), Mode.PROTECTED, kernel_range.start, image.chunks[0][1])
         return image
+
+    def _boot_input(self, source, what: str) -> tuple[bytes, str]:
+        """``source`` (bytes, or the path of a file no bigger than guest memory) and its name.
+        Read before the VM is built: a bad file costs no VM."""
+        if isinstance(source, (bytes, bytearray)):
+            return bytes(source), what
+        return multiboot.read_input(source, what, self._config["memory"])
 
     # --- stepping (before start, on the calling thread) ------------------------------------------
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
+import threading
 
 import pandas as pd
 import pytest
 
+from kvmlab.cli import main
+from kvmlab.guest.kernels import smp_demo
 from kvmlab.guest.programs import _source
 
 pytestmark = pytest.mark.kvm
@@ -78,6 +82,10 @@ def test_run_shows_a_progress_bar_for_longer_runs(tmp_path):
         (["run", "{asm}", "--trace"], "--trace needs --out"),
         (["run", "{bad}"], "bad.asm: line 2: Invalid mnemonic"),
         (["run", "{asm}", "--vcpus", "5000"], "vcpus=5000: need a whole number from 1 to"),
+        (["boot", "/dev/zero"], "the kernel '/dev/zero' is a character device, not a regular file"),
+        (["boot", "{asm}", "--initrd", "/dev/zero"], "the initrd '/dev/zero' is a character device, not a regular file"),
+        (["boot", "{tmp}"], "is a directory, not a regular file"),
+        (["boot", "{asm}", "--initrd", "/no/such.img"], "cannot read the initrd '/no/such.img': No such file or directory"),
     ],
 )
 def test_errors_are_one_line_without_traceback(tmp_path, args, message):
@@ -90,8 +98,34 @@ def test_errors_are_one_line_without_traceback(tmp_path, args, message):
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert lines[0].startswith(f"kvmlab {args[0]}: error: ") and message in result.stderr
+    assert len(lines) == 1 and lines[0].startswith(f"kvmlab {args[0]}: error: ") and message in result.stderr, result.stderr
     assert list(tmp_path.iterdir()) == [asm, bad] or sorted(tmp_path.iterdir()) == sorted([asm, bad]), "no work was done"
+
+
+def open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["/dev/zero"], "the kernel '/dev/zero' is a character device"),  # refused before the VM is built
+        (["{demo}", "--memory-mib", "1", "--vcpus", "2"], "demo.elf segment at [0x100000, "),  # refused after: VM, vCPUs, guest RAM exist
+    ],
+    ids=["before-the-vm", "after-the-vm"],
+)
+def test_a_failed_boot_leaves_no_fd_or_thread_behind(tmp_path, capsys, args, message):
+    """In this process, so that what ``kvmlab boot`` opened can be counted: a failed boot
+    closes its Machine (the KVM, VM and vCPU fds, guest RAM) and returns status 1."""
+    demo = tmp_path / "demo.elf"
+    demo.write_bytes(smp_demo())
+    before = open_fds()
+    assert main(["boot", *(a.format(demo=demo) for a in args)]) == 1
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and message in err, err
+    gc.collect()
+    assert open_fds() == before
+    assert [t.name for t in threading.enumerate() if t.name.startswith("kvmlab")] == []
 
 
 def test_argument_errors_exit_2_without_traceback():

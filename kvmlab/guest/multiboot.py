@@ -20,12 +20,14 @@ that would overlap it, or fall outside RAM, is refused before anything is writte
 
 from __future__ import annotations
 
+import os
+import stat
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..vstate.layout import HIGH_RAM_START, LOW_RAM_END, PAGE_SIZE, Range
+from ..vstate.layout import HIGH_RAM_START, LOW_RAM_END, MIB, PAGE_SIZE, Range
 from .elf import ElfError, is_elf, read_elf
 
 HEADER_MAGIC = 0x1BADB002
@@ -206,9 +208,44 @@ def write(memory, image: BootImage, cmdline: str, extra_reserved: list[Range] = 
     return INFO_AREA.start
 
 
-def read_kernel(path) -> tuple[bytes, str]:
+#: what ``stat`` calls the files a kernel or initrd cannot be read from
+_NOT_REGULAR = ((stat.S_ISDIR, "directory"), (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
+                (stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"))  # fmt: skip
+
+
+def read_input(path, what: str, limit: int) -> tuple[bytes, str]:
+    """The bytes and file name of the ``what`` ("kernel", "initrd") at ``path``, refused unless
+    it is a regular file of at most ``limit`` bytes (the guest's memory: nothing bigger could be
+    loaded). Checked before reading, so /dev/zero or a FIFO fail at once instead of filling the
+    host's memory or waiting for a writer."""
     path = Path(path)
     try:
-        return path.read_bytes(), path.name
+        # O_NONBLOCK: opening a FIFO would otherwise wait for a writer (it changes nothing for files)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            size = _regular_size(os.fstat(fd), path, what, limit)
+            with open(fd, "rb", closefd=False) as file:
+                data = file.read(size + 1)  # one byte more than stat said: catches a file that grows
+        finally:
+            os.close(fd)
     except OSError as err:
-        raise MultibootError(f"cannot read the kernel {str(path)!r}: {err.strerror}") from None
+        raise MultibootError(f"cannot read the {what} {str(path)!r}: {err.strerror}") from None
+    if len(data) > size:
+        raise MultibootError(
+            f"the {what} {str(path)!r} grew while kvmlab read it (it said {size:,} bytes): "
+            "boot from a file nothing is writing (a copy of it)"
+        )
+    return data, path.name
+
+
+def _regular_size(info: os.stat_result, path: Path, what: str, limit: int) -> int:
+    """``info``'s size, if it is a regular file that fits in ``limit`` bytes."""
+    kind = next((name for test, name in _NOT_REGULAR if test(info.st_mode)), None)
+    if kind is not None:
+        raise MultibootError(f"the {what} {str(path)!r} is a {kind}, not a regular file: kvmlab loads the {what} from a file (copy it into one)")
+    if info.st_size > limit:
+        raise MultibootError(
+            f"the {what} {str(path)!r} is {info.st_size:,} bytes, more than the machine's memory ({limit / MIB:g} MiB): "
+            f"give the machine more memory (memory_mib) or use a smaller {what}"
+        )
+    return info.st_size
