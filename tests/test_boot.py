@@ -281,6 +281,47 @@ def test_bad_images_are_refused_before_anything_is_written(unbuilt, flags, addre
     assert unbuilt.memory.read(INFO_AREA.start, 16) == bytes(16)
 
 
+# ELF32 field offsets (the ELF header is 52 bytes; write_elf32 puts the program headers right after it)
+E_PHOFF, E_PHENTSIZE, E_PHNUM = 28, 42, 44
+PHDR, PHDR_SIZE = 52, 32
+P_OFFSET, P_VADDR, P_PADDR, P_MEMSZ = 4, 8, 12, 20
+
+#: the smallest bootable ELF: one 13-byte segment at 1 MiB (file offset 96, the file 112 bytes)
+TINY = write_elf32([(0x100000, mb_header(3) + b"\xf4", 13)], 0x10000C)
+
+
+def patched(image: bytes, *edits: tuple[int, str, int]) -> bytes:
+    """``image`` with fields overwritten, ``(offset, struct format, value)`` each: a corrupt file."""
+    out = bytearray(image)
+    for offset, fmt, value in edits:
+        struct.pack_into(fmt, out, offset, value)
+    return bytes(out)
+
+
+@pytest.mark.kvm
+@pytest.mark.parametrize(
+    "image, message",
+    [
+        (patched(TINY, (E_PHENTSIZE, "<H", 0), (E_PHNUM, "<H", 0xFFFF)), r"kernel has program header entries of 0 bytes; an ELF32 program header is 32"),
+        (patched(TINY, (E_PHNUM, "<H", 0xFFFF)), r"kernel has 65535 program headers; kvmlab reads at most 2048 \(a 64 KiB table, as Linux\): the file is corrupt"),
+        (patched(TINY, (E_PHNUM, "<H", 100)), r"kernel is truncated or corrupt: expected at least 3252 bytes \(the program header table\), the file has 112"),
+        (patched(TINY, (PHDR + P_OFFSET, "<I", 0x10000)), r"kernel is truncated or corrupt: expected at least 65549 bytes \(segment 0\), the file has 112"),
+        (patched(TINY, (PHDR + P_MEMSZ, "<I", 4)), r"segment 0 has more bytes in the file \(13\) than in memory \(4\): the file is corrupt"),
+        (patched(TINY, (PHDR + P_PADDR, "<I", 0xFFFFFFF8)), r"segment 0 \(13 bytes at 0xfffffff8\) runs past the end of the 32-bit address space"),
+        (TINY[:100], r"kernel is truncated or corrupt: expected at least 109 bytes \(segment 0\), the file has 100"),
+        (TINY[:60], r"kernel is truncated or corrupt: expected at least 84 bytes \(the program header table\), the file has 60"),
+        (patched(TINY + TINY[PHDR : PHDR + PHDR_SIZE] * 2048, (E_PHOFF, "<I", len(TINY)), (E_PHNUM, "<H", 2048)),
+         r"kernel: segments 0 and 1 overlap in memory \(\[0x100000, 0x10000d\) and \[0x100000, 0x10000d\)\); the file is corrupt"),
+    ],
+    ids=["phentsize-0", "phnum-over-limit", "phdr-table-past-end", "segment-past-end", "memsz-below-filesz",
+         "segment-past-4-GiB", "truncated-in-segment", "truncated-in-phdrs", "2048-headers-one-segment"],
+)
+def test_corrupt_elf_headers_are_refused_before_anything_is_written(unbuilt, image, message):
+    with pytest.raises(MultibootError, match=message):
+        unbuilt.boot(image)
+    assert unbuilt.memory.read(0x100000, 16) == bytes(16)
+
+
 def make_fifo(folder) -> str:
     os.mkfifo(folder / "fifo")
     return str(folder / "fifo")
@@ -333,8 +374,7 @@ def test_a_kernel_linked_high_enters_at_the_physical_address(machines, kernels):
     segments = [(seg.paddr, seg.data, seg.memsz) for seg in elf.segments]
     relinked = bytearray(write_elf32(segments, elf.entry + high))
     for i, seg in enumerate(elf.segments):  # move every vaddr up, keep paddr: a higher-half layout
-        phdr = 52 + 32 * i
-        struct.pack_into("<I", relinked, phdr + 8, seg.vaddr + high)
+        struct.pack_into("<I", relinked, PHDR + PHDR_SIZE * i + P_VADDR, seg.vaddr + high)
     m = machines(vcpus=1, memory_mib=8)
     image = m.boot(bytes(relinked), cmdline="exit=3")
     assert image.entry == elf.entry

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..vstate.layout import HIGH_RAM_START, LOW_RAM_END, MIB, PAGE_SIZE, Range
-from .elf import ElfError, is_elf, read_elf
+from .elf import ElfError, check_layout, is_elf, read_elf
 
 HEADER_MAGIC = 0x1BADB002
 BOOTLOADER_MAGIC = 0x2BADB002
@@ -92,6 +92,11 @@ def find_header(data: bytes, name: str = "the kernel") -> MultibootHeader:
         if magic == HEADER_MAGIC and (magic + flags + checksum) & 0xFFFFFFFF == 0:
             addresses = _ADDRESSES.unpack_from(data, offset + _HEADER.size) if flags & FLAG_ADDRESSES else None
             return MultibootHeader(offset, flags, addresses)
+    if is_elf(data):
+        try:
+            check_layout(data, name)  # a truncated ELF lost its header with its tail: say that instead
+        except ElfError as err:
+            raise MultibootError(str(err)) from None
     what = "an ELF file" if is_elf(data) else f"not an ELF file (it starts with {bytes(data[:8]).hex(' ')})"
     found = ", but its checksum is wrong" if HEADER_MAGIC.to_bytes(4, "little") in data[:SEARCH_LIMIT] else ""
     raise MultibootError(
