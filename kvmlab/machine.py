@@ -340,7 +340,7 @@ class Machine:
         self.fw_cfg.set_kernel(kernel_range.start, kernel_range.size, image.entry, initrd_range)
         setup_multiboot_entry(vmm.vcpus[0].backend, vmm.vm.memory, image.entry, info, info + multiboot.GDT_OFFSET)
         self.kernel = image
-        self.program = LoadedProgram(Program(name, ""), Mode.PROTECTED, kernel_range.start, image.chunks[0][1])
+        self.program = LoadedProgram(Program(name, ""), Mode.PROTECTED, kernel_range.start, bytes(image.chunks[0][1]))
         return image
 
     def _boot_input(self, source, what: str) -> tuple[bytes, str]:

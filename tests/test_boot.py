@@ -11,6 +11,7 @@ import struct
 import subprocess
 import sys
 import time
+import tracemalloc
 
 import pytest
 
@@ -18,7 +19,7 @@ from kvmlab.devices.fw_cfg import FwCfg
 from kvmlab.errors import ConfigError, MachineStateError, MachineTimeoutError
 from kvmlab.guest.elf import read_elf, write_elf32
 from kvmlab.guest.kernels import smp_demo
-from kvmlab.guest.multiboot import INFO_AREA, MultibootError
+from kvmlab.guest.multiboot import INFO_AREA, MultibootError, plan
 from kvmlab.lab import record_states
 from kvmlab.vstate.protocol import VcpuState
 
@@ -320,6 +321,24 @@ def test_corrupt_elf_headers_are_refused_before_anything_is_written(unbuilt, ima
     with pytest.raises(MultibootError, match=message):
         unbuilt.boot(image)
     assert unbuilt.memory.read(0x100000, 16) == bytes(16)
+
+
+def test_segments_are_not_copied_however_many_headers_name_them():
+    """512 headers naming the same 1 MiB of the file at 512 addresses: planning holds the file
+    once, it does not copy it 512 times (the guest-RAM check that refuses this image comes
+    later, in write(); by then a copy per header would have cost 512 MiB)."""
+    one = write_elf32([(0x100000, mb_header(3) + b"\xf4" + bytes(MIB - 13), MIB)], 0x10000C)
+    phdr = one[PHDR : PHDR + PHDR_SIZE]
+    table = b"".join(patched(phdr, (P_VADDR, "<I", 0x100000 + i * MIB), (P_PADDR, "<I", 0x100000 + i * MIB)) for i in range(512))
+    image = patched(one + table, (E_PHOFF, "<I", len(one)), (E_PHNUM, "<H", 512))
+    tracemalloc.start()
+    try:
+        planned = plan(image, "kernel")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(planned.chunks) == 512 and planned.kernel_range.size == 512 * MIB
+    assert peak < 16 * MIB, f"planning took {peak / MIB:.0f} MiB for a {len(image) / MIB:.0f} MiB file"
 
 
 def make_fifo(folder) -> str:

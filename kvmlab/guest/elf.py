@@ -37,11 +37,12 @@ class ElfError(ConfigError):
 
 @dataclass(frozen=True)
 class Segment:
-    """A ``PT_LOAD``: ``data`` goes to ``paddr``, zeros up to ``memsz``."""
+    """A ``PT_LOAD``: ``data`` goes to ``paddr``, zeros up to ``memsz``. ``data`` is a view of
+    the file, not a copy: however many headers name the same bytes, they are held once."""
 
     paddr: int
     vaddr: int
-    data: bytes
+    data: memoryview
     memsz: int
 
     @property
@@ -73,7 +74,8 @@ def read_elf(data: bytes, name: str = "the file") -> ElfImage:
     loads = _loads(data, layout, name)
     if not loads:
         raise ElfError(f"{name} has no loadable (PT_LOAD) segment")
-    segments = tuple(Segment(load.paddr, load.vaddr, bytes(data[load.offset : load.offset + load.filesz]), load.memsz) for load in loads)
+    view = memoryview(data).toreadonly()
+    segments = tuple(Segment(load.paddr, load.vaddr, view[load.offset : load.offset + load.filesz], load.memsz) for load in loads)
     return ElfImage(layout.bits, layout.machine, layout.entry, segments)
 
 

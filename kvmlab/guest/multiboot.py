@@ -75,7 +75,7 @@ class BootImage:
     name: str
     header: MultibootHeader
     entry: int
-    chunks: list[tuple[int, bytes, int]]  # (address, data, total size: zeros after data)
+    chunks: list[tuple[int, bytes | memoryview, int]]  # (address, data, total size: zeros after data)
     modules: list[tuple[int, bytes, str]] = field(default_factory=list)
     format: str = "ELF32"
 
