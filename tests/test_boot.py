@@ -270,10 +270,12 @@ def test_memory_too_small_for_the_image_says_how_much(machines, kernels):
     [
         (3, INFO_AREA.start + 0x100, INFO_AREA.start + 0x10C, r"overlaps the multiboot information area \[0x6000, 0x8000\); link it elsewhere"),
         (3, 0x40000000, 0x4000000C, r"outside guest RAM .*memory_mib >= 1025"),
+        (3, 0xB8000, 0xB800C, r"segment at \[0xb8000, 0xb800d\) overlaps the legacy VGA/BIOS hole \[0xa0000, 0x100000\), which is never RAM; "
+                              r"link it below 0xa0000 or at 1 MiB or above"),
         (3, 0x100000, 0x200000, r"the entry point 0x200000 is not inside anything the kernel loads \(\[0x100000, 0x10000d\)\)"),
         (1 << 2, 0x100000, 0x10000C, r"requires a video mode \(multiboot flag 2\); kvmlab has no display"),
     ],
-    ids=["over-info-area", "beyond-ram", "entry-outside", "video-mode"],
+    ids=["over-info-area", "beyond-ram", "in-legacy-hole", "entry-outside", "video-mode"],
 )
 def test_bad_images_are_refused_before_anything_is_written(unbuilt, flags, address, entry, message):
     image = write_elf32([(address, mb_header(flags) + b"\xf4", 13)], entry)

@@ -15,7 +15,9 @@ The spec (Multiboot 0.6.96), in short:
   processor runs; the others wait for INIT/SIPI.
 
 The information area is a fixed 8 KiB of low RAM (``INFO_AREA``); a kernel segment or module
-that would overlap it, or fall outside RAM, is refused before anything is written.
+that would overlap it or the legacy hole, or fall outside RAM, is refused before anything is
+written. Kernel and initrd files are read only if they are regular files that fit in guest
+memory (``read_input``).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..vstate.layout import HIGH_RAM_START, LOW_RAM_END, MIB, PAGE_SIZE, Range
+from ..vstate.layout import HIGH_RAM_START, LEGACY_HOLE, LOW_RAM_END, MIB, PAGE_SIZE, Range
 from .elf import ElfError, check_layout, is_elf, read_elf
 
 HEADER_MAGIC = 0x1BADB002
@@ -41,6 +43,7 @@ SUPPORTED_REQUIREMENTS = FLAG_PAGE_ALIGN | FLAG_MEMORY_INFO
 
 INFO_AREA = Range(0x6000, 0x8000)
 GDT_OFFSET = 0x1F00  # the entry GDT, at the end of the information area
+_HOLE = Range(*LEGACY_HOLE)  # no machine has RAM there, whatever its memory_mib
 
 # Multiboot information flags (what the structure holds)
 MBI_MEMORY = 1 << 0
@@ -168,6 +171,11 @@ def write(memory, image: BootImage, cmdline: str, extra_reserved: list[Range] = 
         target = Range(addr, addr + size)
         if target.overlaps(INFO_AREA):
             raise MultibootError(f"{what} at {target} overlaps the multiboot information area {INFO_AREA}; link it elsewhere (e.g. at 1 MiB)")
+        if target.overlaps(_HOLE):
+            raise MultibootError(
+                f"{what} at {target} overlaps the legacy VGA/BIOS hole {_HOLE}, which is never RAM; "
+                f"link it below {_HOLE.start:#x} or at {_HOLE.end // MIB} MiB or above"
+            )
         if not any(r.contains(addr, size) for r in memory.ranges):
             raise MultibootError(
                 f"{what} at {target} ({size} bytes) is outside guest RAM ({ram}): "
