@@ -110,7 +110,7 @@ def open_fds() -> set[str]:
     "args, message",
     [
         (["/dev/zero"], "the kernel '/dev/zero' is a character device"),  # refused before the VM is built
-        (["{demo}", "--memory-mib", "1", "--vcpus", "2"], "demo.elf segment at [0x100000, "),  # refused after: VM, vCPUs, guest RAM exist
+        (["{demo}", "--memory-mib", "1", "--vcpus", "2"], "demo.elf segment at [0x100000, "),  # after: VM, vCPUs, RAM exist
     ],
     ids=["before-the-vm", "after-the-vm"],
 )

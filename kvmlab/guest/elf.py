@@ -75,7 +75,7 @@ def read_elf(data: bytes, name: str = "the file") -> ElfImage:
     if not loads:
         raise ElfError(f"{name} has no loadable (PT_LOAD) segment")
     view = memoryview(data).toreadonly()
-    segments = tuple(Segment(load.paddr, load.vaddr, view[load.offset : load.offset + load.filesz], load.memsz) for load in loads)
+    segments = tuple(Segment(ld.paddr, ld.vaddr, view[ld.offset : ld.offset + ld.filesz], ld.memsz) for ld in loads)
     return ElfImage(layout.bits, layout.machine, layout.entry, segments)
 
 
@@ -131,11 +131,14 @@ def _read_layout(data: bytes, name: str) -> _Layout:
     _check_in_file(data, name, header.size, "the ELF header")
     _, etype, machine, _, entry, phoff, _, _, _, phentsize, phnum, _, _, _ = header.unpack_from(data)
     if phnum and phentsize != phdr.size:  # without a table (an object file) both are 0
-        raise ElfError(f"{name} has program header entries of {phentsize} bytes; an ELF{bits} program header is {phdr.size}: the file is corrupt (rebuild it)")
+        raise ElfError(
+            f"{name} has program header entries of {phentsize} bytes; an ELF{bits} program header is {phdr.size}: "
+            "the file is corrupt (rebuild it)"
+        )
     if phnum > MAX_PHDR_TABLE // phdr.size:
         raise ElfError(
-            f"{name} has {phnum} program headers; kvmlab reads at most {MAX_PHDR_TABLE // phdr.size} (a {MAX_PHDR_TABLE // KIB} KiB table, "
-            "as Linux): the file is corrupt (rebuild it)"
+            f"{name} has {phnum} program headers; kvmlab reads at most {MAX_PHDR_TABLE // phdr.size} "
+            f"(a {MAX_PHDR_TABLE // KIB} KiB table, as Linux): the file is corrupt (rebuild it)"
         )
     _check_in_file(data, name, phoff + phnum * phdr.size, "the program header table")
     return _Layout(bits, etype, machine, entry, phoff, phnum, phdr)
@@ -151,11 +154,14 @@ def _loads(data: bytes, layout: _Layout, name: str) -> list[_Load]:
         _check_in_file(data, name, furthest.offset + furthest.filesz, f"segment {furthest.index}")
     for load in loads:
         if load.filesz > load.memsz:
-            raise ElfError(f"{name}: segment {load.index} has more bytes in the file ({load.filesz}) than in memory ({load.memsz}): the file is corrupt (rebuild it)")
+            raise ElfError(
+                f"{name}: segment {load.index} has more bytes in the file ({load.filesz}) than in memory ({load.memsz}): "
+                "the file is corrupt (rebuild it)"
+            )
         if load.range.end > 1 << layout.bits:
             raise ElfError(
-                f"{name}: segment {load.index} ({load.memsz} bytes at {load.paddr:#x}) runs past the end of the {layout.bits}-bit address space: "
-                "the file is corrupt (rebuild it)"
+                f"{name}: segment {load.index} ({load.memsz} bytes at {load.paddr:#x}) runs past the end of the "
+                f"{layout.bits}-bit address space: the file is corrupt (rebuild it)"
             )
     _check_disjoint(loads, name)
     return loads
@@ -185,7 +191,10 @@ def _check_disjoint(loads: list[_Load], name: str) -> None:
 def _check_in_file(data: bytes, name: str, needed: int, what: str) -> None:
     """Says "truncated" with both sizes: a cut-short copy is the usual cause, not a bad linker."""
     if needed > len(data):
-        raise ElfError(f"{name} is truncated or corrupt: expected at least {needed} bytes ({what}), the file has {len(data)}; copy or rebuild it")
+        raise ElfError(
+            f"{name} is truncated or corrupt: expected at least {needed} bytes ({what}), the file has {len(data)}; "
+            "copy or rebuild it"
+        )
 
 
 def write_elf32(segments: list[tuple[int, bytes, int]], entry: int) -> bytes:

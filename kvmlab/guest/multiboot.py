@@ -255,7 +255,9 @@ def _regular_size(info: os.stat_result, path: Path, what: str, limit: int) -> in
     """``info``'s size, if it is a regular file that fits in ``limit`` bytes."""
     kind = next((name for test, name in _NOT_REGULAR if test(info.st_mode)), None)
     if kind is not None:
-        raise MultibootError(f"the {what} {str(path)!r} is a {kind}, not a regular file: kvmlab loads the {what} from a file (copy it into one)")
+        raise MultibootError(
+            f"the {what} {str(path)!r} is a {kind}, not a regular file: kvmlab loads the {what} from a file (copy it into one)"
+        )
     if info.st_size > limit:
         raise MultibootError(
             f"the {what} {str(path)!r} is {info.st_size:,} bytes, more than the machine's memory ({limit / MIB:g} MiB): "
