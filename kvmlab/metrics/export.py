@@ -5,7 +5,8 @@ extension is a ``ExportError`` that says what to do, not a traceback after a lon
 
 Writing is all or nothing: a full disk part-way is an ``ExportWriteError`` (path, reason,
 what to do) and leaves no partial file under the final name. CSV and Parquet go through
-``atomic_output`` (temporary file, fsync, rename).
+``atomic_output`` (temporary file, fsync, rename); JSON lines are appended by
+``append_json_line`` (one complete line or nothing).
 """
 
 from __future__ import annotations
@@ -97,8 +98,25 @@ def atomic_output(path: Path) -> Iterator[BinaryIO]:
 
 
 def append_json_line(path: Path, record: dict) -> None:
-    with open(path, "a", encoding="utf-8") as out:
-        out.write(json.dumps(record, separators=(",", ":")) + "\n")
+    """Appends ``record`` as one JSON line: the complete line or nothing.
+
+    Why not write-temp-and-rename, as ``atomic_output`` does: a periodic writer appends a
+    line every few seconds for hours, and copying the whole file each time costs time
+    proportional to its length; a rename would also lose ``tail -f`` readers (they follow
+    the old file). So the line is encoded first, written with ``os.write`` on an ``O_APPEND``
+    descriptor and fsynced; if that fails part-way (a full disk gives short writes) the file
+    is cut back to its length before, and a file this call created is removed again."""
+    data = (json.dumps(record, separators=(",", ":")) + "\n").encode()
+    with _reported_as(path):
+        descriptor, created = _open_for_append(path)
+        try:
+            _append_all_or_nothing(descriptor, data)
+        except BaseException:
+            if created:
+                _remove_quietly(path)
+            raise
+        finally:
+            os.close(descriptor)
 
 
 @contextmanager
@@ -110,6 +128,30 @@ def _reported_as(path: Path) -> Iterator[None]:
         raise
     except OSError as err:
         raise ExportWriteError(path, err) from err
+
+
+def _open_for_append(path: Path) -> tuple[int, bool]:
+    """An ``O_APPEND`` descriptor for ``path`` and whether this call created the file
+    (``O_EXCL`` tells for sure, so a failed first write can remove exactly what it made)."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+    try:
+        return os.open(path, flags | os.O_EXCL, NEW_FILE_MODE), True
+    except FileExistsError:
+        return os.open(path, flags), False
+
+
+def _append_all_or_nothing(descriptor: int, data: bytes) -> None:
+    """Writes all of ``data`` at the end and fsyncs, or truncates back to where it was."""
+    start = os.fstat(descriptor).st_size
+    try:
+        rest = memoryview(data)
+        while rest:  # a nearly full disk writes part and says so; the next write raises ENOSPC
+            rest = rest[os.write(descriptor, rest):]
+        os.fsync(descriptor)
+    except BaseException:
+        with suppress(OSError):  # the original failure is the one to report
+            os.ftruncate(descriptor, start)
+        raise
 
 
 def _mode_for(path: Path) -> int:
