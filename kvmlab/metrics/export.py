@@ -84,7 +84,8 @@ def atomic_output(path: Path) -> Iterator[BinaryIO]:
     is then ``os.replace``d onto ``path``. On any failure the temporary file is removed and
     ``path`` is as it was; an ``OSError`` becomes an ``ExportWriteError``."""
     with _reported_as(path):
-        descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f"{TEMPORARY_PREFIX}{path.name}.", suffix=TEMPORARY_SUFFIX)
+        prefix = f"{TEMPORARY_PREFIX}{path.name}."
+        descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=TEMPORARY_SUFFIX)
         try:
             with os.fdopen(descriptor, "wb") as out:
                 os.fchmod(descriptor, _mode_for(path))
