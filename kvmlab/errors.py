@@ -6,6 +6,8 @@ They live in one small module (imported by every layer) so that a notebook can c
 
 from __future__ import annotations
 
+import errno
+
 
 class KvmlabError(Exception):
     """Base class of every error kvmlab raises on purpose."""
@@ -85,3 +87,30 @@ class MachineStateError(KvmlabError, RuntimeError):
 
 class MachineTimeoutError(KvmlabError, TimeoutError):
     """``Machine.wait`` ran out of time; the machine is still running."""
+
+
+class ExportWriteError(KvmlabError, OSError):
+    """Writing an export failed part-way (disk full, quota, I/O error); nothing was left
+    under the final name. An ``OSError`` too, so callers that catch ``OSError`` still work;
+    ``errno``, ``strerror`` and ``filename`` are those of the failure."""
+
+    def __init__(self, path, cause: OSError):
+        reason = cause.strerror or str(cause)
+        super().__init__(cause.errno, reason, str(path))
+        hint = _WRITE_HINTS.get(cause.errno, "check the folder and try again")
+        number = f" (errno {cause.errno})" if cause.errno is not None else ""
+        self.message = f"cannot write metrics to {path}: {reason}{number}; {hint}"
+
+    def __str__(self) -> str:
+        return self.message
+
+
+#: what to do about the usual reasons a write fails part-way (errno -> advice)
+_WRITE_HINTS = {
+    errno.ENOSPC: "free some space or choose another folder",
+    errno.EDQUOT: "free some space (over quota) or choose another folder",
+    errno.EROFS: "the file system is read-only; choose another folder",
+    errno.EACCES: "choose a folder this user may write",
+    errno.EPERM: "choose a folder this user may write",
+    errno.EIO: "the disk reported an I/O error; check it or choose another folder",
+}

@@ -62,3 +62,15 @@ def no_leaked_threads():
         threading.Event().wait(0.05)
         leftovers = [t.name for t in threading.enumerate() if t.name.startswith("kvmlab") and t.is_alive()]
     assert not leftovers, f"threads left running: {leftovers}"
+
+
+@pytest.fixture
+def tiny_disk():
+    """An empty folder on a 64 KiB tmpfs, for full-disk checks; unmounted however the test
+    ends. Mounting needs root: skipped otherwise (CI runs as root, so it runs there)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    from .tinydisk import mounted_tmpfs
+
+    with mounted_tmpfs() as folder:
+        yield folder

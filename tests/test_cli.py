@@ -15,6 +15,8 @@ from kvmlab.cli import main
 from kvmlab.guest.kernels import smp_demo
 from kvmlab.guest.programs import _source
 
+from .tinydisk import CHUNK, fill_up, names_in
+
 pytestmark = pytest.mark.kvm
 
 
@@ -126,6 +128,18 @@ def test_a_failed_boot_leaves_no_fd_or_thread_behind(tmp_path, capsys, args, mes
     gc.collect()
     assert open_fds() == before
     assert [t.name for t in threading.enumerate() if t.name.startswith("kvmlab")] == []
+
+
+def test_run_out_on_a_full_disk_is_one_line_and_exit_1(tmp_path, tiny_disk):
+    program = tmp_path / "counter.asm"
+    program.write_text(".equ ITERATIONS, 50\n.equ READ_EVERY, 4\n" + _source("mmio_counter.asm"))
+    out = tiny_disk / "m.csv"
+    fill_up(tiny_disk, leave=CHUNK)
+    result = kvmlab("run", str(program), "--mode", "long", "--seconds", "5", "--out", str(out))
+    assert result.returncode == 1
+    reason = "No space left on device (errno 28); free some space or choose another folder"
+    assert result.stderr.splitlines() == [f"kvmlab run: error: cannot write metrics to {out}: {reason}"]
+    assert names_in(tiny_disk) == set(), "no metrics file and no temporary file"
 
 
 def test_argument_errors_exit_2_without_traceback():

@@ -3,8 +3,11 @@ sampling, DataFrames, the exit trace and the exports."""
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
+import re
 import threading
 import time
 
@@ -14,9 +17,10 @@ import pytest
 
 from kvmlab import programs
 from kvmlab.devices.mailbox import COUNTERS, MAILBOX_BASE
-from kvmlab.metrics import ExportError, MetricsRegistry
+from kvmlab.metrics import ExportError, ExportWriteError, MetricsRegistry
 
 from .nobody import as_nobody
+from .tinydisk import CHUNK, fill_up, names_in
 
 pytestmark = pytest.mark.kvm
 
@@ -310,3 +314,71 @@ def test_registry_without_kernel_stats_says_so():
     assert registry.kernel_stats_absent == "this engine has no KVM binary stats fd"
     registry.vcpu(1).exit_io_out += 3
     assert registry.totals().loc["all", "exit_io_out"] == 3
+
+
+# --- a full disk: every export is all or nothing ------------------------------------------------------
+
+#: each format's writer; 16 vCPUs make every export bigger than the one page left free
+WRITERS = {".csv": "write_csv", ".parquet": "write_parquet", ".jsonl": "write_json_lines"}
+MANY_VCPUS = 16
+
+
+def many_vcpu_registry(**kwargs) -> MetricsRegistry:
+    """A started registry of fake vCPUs (no VM needed: only the export is under test)."""
+    registry = MetricsRegistry([FakePeripherals(i) for i in range(MANY_VCPUS)], None, **kwargs)
+    registry.start()
+    return registry
+
+
+def full_disk_message(path) -> str:
+    return f"cannot write metrics to {path}: No space left on device (errno 28); free some space or choose another folder"
+
+
+@pytest.mark.parametrize("suffix", WRITERS)
+def test_an_export_to_a_full_disk_leaves_no_file(tiny_disk, suffix):
+    registry = many_vcpu_registry(sample_hz=0)
+    path = tiny_disk / f"metrics{suffix}"
+    fill_up(tiny_disk, leave=CHUNK)  # room for part of the export: it fails part-way
+    with pytest.raises(ExportWriteError) as failure:
+        getattr(registry, WRITERS[suffix])(path)
+    assert str(failure.value) == full_disk_message(path)
+    assert isinstance(failure.value, OSError) and failure.value.errno == errno.ENOSPC and failure.value.filename == str(path)
+    assert names_in(tiny_disk) == set(), "neither the final name nor a temporary file is left"
+
+
+@pytest.mark.parametrize("suffix", WRITERS)
+def test_a_failed_rewrite_keeps_the_older_complete_file(tiny_disk, suffix):
+    registry = many_vcpu_registry(sample_hz=0)
+    path = tiny_disk / f"metrics{suffix}"
+    write = getattr(registry, WRITERS[suffix])
+    write(path)
+    older = path.read_bytes()
+    registry.sample()  # the rewrite (or the next JSON line) has more to say
+    fill_up(tiny_disk, leave=CHUNK)
+    with pytest.raises(ExportWriteError, match=re.escape(full_disk_message(path))):
+        write(path)
+    assert path.read_bytes() == older, "the older file is exactly as it was: no half line, no truncation"
+    assert names_in(tiny_disk) == {path.name}
+
+
+def test_a_periodic_json_writer_on_a_full_disk_reports_once_and_stops(tiny_disk, caplog):
+    registry = many_vcpu_registry(sample_hz=50, history_s=10)
+    path = tiny_disk / "periodic.jsonl"
+    caplog.set_level(logging.WARNING, logger="kvmlab")
+    try:
+        registry.write_json_lines(path, every_s=0.02)
+        fill_up(tiny_disk, leave=CHUNK)  # the writer keeps going meanwhile; a line needs two pages
+        deadline = time.monotonic() + 5
+        while registry.json_lines_error(path) is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        lines, samples = path.read_text().splitlines(), registry.samples
+        time.sleep(0.3)
+        assert registry.samples >= samples + 5, "the sampler goes on sampling"
+        assert path.read_text().splitlines() == lines, "the writer stopped"
+    finally:
+        registry.stop()
+    error = registry.json_lines_error(path)
+    assert isinstance(error, ExportWriteError) and str(error) == full_disk_message(path)
+    assert lines and all(json.loads(line)["vcpus"] for line in lines), "every line written is complete"
+    assert [(r.levelno, r.exc_info) for r in caplog.records] == [(logging.WARNING, None)], "one warning, no traceback"
+    assert caplog.records[0].getMessage() == f"{full_disk_message(path)}; periodic JSON lines to {path} stopped (sampling goes on)"

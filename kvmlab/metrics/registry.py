@@ -16,6 +16,7 @@ for the kernel's statistics, one ``KvmStats`` (or None) per vCPU: it works for a
 
 from __future__ import annotations
 
+import logging
 import operator
 import threading
 import time
@@ -26,6 +27,7 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
+from ..errors import ExportWriteError
 from .catalog import AGG_FIELDS, MetricSpec, exit_metric_specs, kernel_metric_specs
 from .counters import AGGREGATES, COUNTERS, NS_PER_US, VcpuMetrics
 from .export import FORMATS, append_json_line, check_output_path, write_frame
@@ -38,15 +40,27 @@ DEFAULT_HISTORY_S = 3600.0
 ALL = "all"
 _FIRECRACKER_COUNTERS = ("exit_io_in", "exit_io_out", "exit_mmio_read", "exit_mmio_write", "failures")
 
+log = logging.getLogger(__name__)
+
 
 class _JsonLines:
-    """One JSON-lines destination: its last values (for deltas) and its flush period."""
+    """One JSON-lines destination: its last values (for deltas), its flush period and the
+    write failure that stopped it (None while it works)."""
 
     def __init__(self, path: Path, every_s: float | None):
         self.path = path
         self.every_s = every_s
         self.due = time.monotonic() + every_s if every_s else None
         self.baseline: list[dict[str, float]] | None = None
+        self.error: ExportWriteError | None = None
+
+    def stop(self) -> None:
+        self.every_s = self.due = None
+
+    def fail(self, error: ExportWriteError) -> None:
+        """Stops periodic writing and keeps ``error`` for ``json_lines_error``."""
+        self.error = error
+        self.stop()
 
 
 class MetricsRegistry:
@@ -390,7 +404,17 @@ class MetricsRegistry:
         ``vcpu`` section (all vCPUs, Firecracker's field names) and a ``vcpus`` section (each
         vCPU, plus its kernel stats under ``kvm``). Counters are deltas since the previous line
         written to the same path, as Firecracker flushes them. With ``every_s`` it also keeps
-        writing a line that often (from the sampler thread) until ``stop_json_lines(path)``."""
+        writing a line that often (from the sampler thread) until ``stop_json_lines(path)``.
+
+        A line is written whole or not at all. If this line cannot be written the call raises
+        ``ExportWriteError`` and no periodic writing starts. If a *periodic* line cannot be
+        written (a full disk), periodic writing to ``path`` stops: one warning is logged, the
+        error is kept in ``json_lines_error(path)``, and sampling goes on. Stop rather than
+        retry because the usual causes (no space, quota, read-only, I/O error) do not go away
+        by themselves within a tick, and retrying would do failing I/O on the sampler thread
+        and report it again and again. Nothing is lost by stopping: once the cause is fixed,
+        calling this again restarts it, and its first line carries the deltas since the last
+        line that was written."""
         path = check_output_path(path, (".jsonl",))
         with self._json_lock:
             writer = self._json.get(path.resolve())
@@ -398,14 +422,25 @@ class MetricsRegistry:
                 writer = self._json[path.resolve()] = _JsonLines(path, every_s)
             elif every_s is not None:
                 writer.every_s, writer.due = every_s, time.monotonic() + every_s
-            self._flush(writer)
+            try:
+                self._flush(writer)
+            except ExportWriteError as err:
+                writer.fail(err)
+                raise
+            writer.error = None
         return path
 
     def stop_json_lines(self, path) -> None:
         with self._json_lock:
             writer = self._json.get(Path(path).resolve())
             if writer is not None:
-                writer.every_s = writer.due = None
+                writer.stop()
+
+    def json_lines_error(self, path) -> ExportWriteError | None:
+        """Why writing JSON lines to ``path`` stopped (a full disk...), or None if it did not."""
+        with self._json_lock:
+            writer = self._json.get(Path(path).resolve())
+            return writer.error if writer is not None else None
 
     def flush_due(self, force: bool = False) -> None:
         """Writes the periodic JSON lines that are due (all of them with ``force``)."""
@@ -415,8 +450,18 @@ class MetricsRegistry:
         with self._json_lock:
             for writer in self._json.values():
                 if writer.due is not None and (force or now >= writer.due):
-                    self._flush(writer)
-                    writer.due = now + writer.every_s
+                    self._flush_periodic(writer, now)
+
+    def _flush_periodic(self, writer: _JsonLines, now: float) -> None:
+        """One periodic line; a failure stops this writer with one warning (no traceback:
+        the message says all there is) instead of failing every tick of the sampler."""
+        try:
+            self._flush(writer)
+        except ExportWriteError as err:
+            writer.fail(err)
+            log.warning("%s; periodic JSON lines to %s stopped (sampling goes on)", err, writer.path)
+            return
+        writer.due = now + writer.every_s
 
     def _flush(self, writer: _JsonLines) -> None:
         current = [self._json_values(i) for i in range(len(self._metrics))]
