@@ -9,6 +9,9 @@ the seed treats as errors raise ``FaultyKvmExit`` / ``UnhandledKvmExit``.
 The kvm_run page is read through typed memoryviews at fixed indices (offsets from
 ``<linux/kvm.h>``, checked by the ABI test): on this path an index costs ~30 ns where a ctypes
 attribute costs ~150 ns, and the MMIO write path is what the benchmarks measure.
+
+The per-address counts cost one dict ``get`` and one store for an address already counted;
+only a new address calls ``VcpuMetrics.count_new_address``, which keeps the table bounded.
 """
 
 from __future__ import annotations
@@ -173,7 +176,11 @@ def handle_kvm_exit(p: Peripherals, err: int):
             value = u64[U64_MMIO_DATA] & _MASKS[size]
             m.exit_mmio_write += 1
             counts = m.mmio_write_by_addr
-            counts[address] = counts.get(address, 0) + 1
+            seen = counts.get(address)
+            if seen is not None:
+                counts[address] = seen + 1
+            else:
+                m.count_new_address("mmio_write_by_addr", address)
             if entry is None:
                 _unhandled(p, "MMIO write", address, size, kinds.MMIO_WRITE, value)
                 return Emulation.HANDLED
@@ -190,7 +197,11 @@ def handle_kvm_exit(p: Peripherals, err: int):
         else:
             m.exit_mmio_read += 1
             counts = m.mmio_read_by_addr
-            counts[address] = counts.get(address, 0) + 1
+            seen = counts.get(address)
+            if seen is not None:
+                counts[address] = seen + 1
+            else:
+                m.count_new_address("mmio_read_by_addr", address)
             if entry is None:
                 u64[U64_MMIO_DATA] = 0
                 _unhandled(p, "MMIO read", address, size, kinds.MMIO_READ, 0)
@@ -288,7 +299,11 @@ def _handle_io(p: Peripherals, m: VcpuMetrics):
     else:
         m.exit_io_in += 1
         counts = m.io_in_by_port
-    counts[port] = counts.get(port, 0) + 1
+    seen = counts.get(port)
+    if seen is not None:
+        counts[port] = seen + 1
+    else:
+        m.count_new_address("io_out_by_port" if out else "io_in_by_port", port)
     if entry is None:
         if not out:
             u8[offset : offset + size * count] = b"\xff" * (size * count)  # an absent ISA port floats high
