@@ -30,6 +30,7 @@ from ..kvm.constants import InternalErrorSuberror, SystemEvent
 from ..metrics import trace as kinds
 from ..metrics.counters import VcpuMetrics
 from .bus import Bus, BusEntry, GuestRequestedExit
+from .unhandled import Notice, UnhandledWarnings
 
 log = logging.getLogger("kvmlab.vcpu")
 
@@ -129,12 +130,14 @@ class Peripherals:
     """What a vCPU's exit handling needs: its kvm_run views, the buses, its metrics.
 
     ``on_device_error`` is the machine's hook for ``DeviceFailure`` records; ``trace`` is an
-    optional per-exit recorder (None when tracing is off, so the hot path pays one test).
+    optional per-exit recorder (None when tracing is off, so the hot path pays one test);
+    ``unhandled`` is the machine's record of the unhandled accesses it warned about (shared
+    by its vCPUs; a vCPU built alone gets its own).
     """
 
     __slots__ = (
         "index", "run_u8", "run_u16", "run_u32", "run_u64",
-        "mmio_bus", "pio_bus", "metrics", "trace", "on_device_error",
+        "mmio_bus", "pio_bus", "metrics", "trace", "on_device_error", "unhandled",
     )  # fmt: skip
 
     def __init__(
@@ -145,6 +148,7 @@ class Peripherals:
         pio_bus: Bus,
         metrics: VcpuMetrics | None = None,
         on_device_error: Callable[[DeviceFailure], None] | None = None,
+        unhandled: UnhandledWarnings | None = None,
     ):
         self.index = index
         self.run_u8, self.run_u16, self.run_u32, self.run_u64 = run_views
@@ -153,6 +157,7 @@ class Peripherals:
         self.metrics = metrics if metrics is not None else VcpuMetrics(index)
         self.trace = None
         self.on_device_error = on_device_error
+        self.unhandled = unhandled if unhandled is not None else UnhandledWarnings()
 
 
 def handle_kvm_exit(p: Peripherals, err: int):
@@ -361,9 +366,6 @@ def describe_internal_error(p: Peripherals) -> str:
     return f"suberror={suberror} {name}, data=[{', '.join(hex(d) for d in data)}]"
 
 
-_warned_unhandled: set[tuple[str, int]] = set()
-
-
 def _mark(p: Peripherals, kind: int, address: int = 0) -> None:
     """A trace row for an exit that reaches no device."""
     if p.trace is not None:
@@ -371,14 +373,19 @@ def _mark(p: Peripherals, kind: int, address: int = 0) -> None:
 
 
 def _unhandled(p: Peripherals, kind: str, address: int, size: int, trace_kind: int, value: int) -> None:
-    """An access no device claims: counted, warned once per address, reads see zeros/ones."""
+    """An access no device claims: counted, warned once per address and machine (up to
+    ``WARNED_LIMIT`` addresses), reads see zeros/ones."""
     p.metrics.unhandled_accesses += 1
     if p.trace is not None:
         p.trace(trace_kind, address, size, value, perf_counter_ns(), 0)
-    key = (kind, address)
-    if key not in _warned_unhandled:
-        _warned_unhandled.add(key)
+    notice = p.unhandled.note(kind, address)
+    if notice is Notice.FIRST:
         log.warning("vCPU %d: invalid %s @ %#x:%#x (no device there)", p.index, kind, address, size)
+    elif notice is Notice.LIMIT:
+        log.warning(
+            "vCPU %d: %d distinct accesses reached no device; no more warnings about new ones "
+            "(the metrics count every one: unhandled_accesses, address_counts())", p.index, p.unhandled.limit,
+        )  # fmt: skip
 
 
 def _device_failed(p: Peripherals, entry: BusEntry, kind: str, address: int, size: int, value, exc: Exception) -> None:
