@@ -56,6 +56,35 @@ def test_loopback_feeds_thr_to_rbr_and_mirrors_mcr_in_msr(uart):
     assert uart.console.text == "y"
 
 
+LSR_OE = 0x02
+SENT = 1000
+
+
+def _loopback_flood(uart, fcr: int) -> None:
+    """The guest sends SENT bytes to itself in loopback and never reads RBR."""
+    uart.write(IIR_FCR, 1, fcr)
+    uart.write(MCR, 1, 0x10)
+    for i in range(SENT):
+        uart.write(THR, 1, i & 0xFF)
+
+
+def test_loopback_overrun_keeps_a_fifo_full_and_flags_oe_until_lsr_is_read(uart):
+    _loopback_flood(uart, 0x01)  # FIFOs on: the 16550's 16-byte receive FIFO
+    assert uart.read(LSR, 1) == 0x60 | LSR_OE | 0x01
+    assert uart.read(LSR, 1) == 0x60 | 0x01, "reading LSR clears OE"
+    assert uart.rx_dropped == SENT - 16
+    assert [uart.read(THR, 1) for _ in range(16)] == list(range(16)), "the bytes that arrived first are kept"
+    assert uart.read(LSR, 1) == 0x60 and uart.console.text == ""
+
+
+def test_loopback_overrun_without_fifos_keeps_the_last_byte_in_rbr(uart):
+    _loopback_flood(uart, 0x00)  # 16450 mode: RBR holds one byte, the next overwrites it
+    assert uart.read(LSR, 1) == 0x60 | LSR_OE | 0x01
+    assert uart.rx_dropped == SENT - 1
+    assert uart.read(THR, 1) == (SENT - 1) & 0xFF
+    assert uart.read(LSR, 1) == 0x60
+
+
 def test_scratch_register_round_trips(uart):
     uart.write(SCR, 1, 0x5A)
     assert uart.read(SCR, 1) == 0x5A

@@ -308,6 +308,20 @@ def test_parquet_without_pyarrow_says_what_to_install(machines, tmp_path, monkey
         m.metrics.export(tmp_path / "m.parquet")
 
 
+def test_addresses_beyond_the_limit_are_one_readable_row_in_the_export(tmp_path):
+    from kvmlab.metrics import ADDRESS_LIMIT, OTHER_ADDRESSES
+
+    registry = MetricsRegistry([FakePeripherals(0)], None)
+    metrics = registry.vcpu(0)
+    for port in range(ADDRESS_LIMIT + 10):  # what the exit path does for each new port
+        metrics.count_new_address("io_in_by_port", port)
+    assert len(metrics.io_in_by_port) == ADDRESS_LIMIT and metrics.other_addresses["io_in_by_port"] == 10
+    exported = pd.read_csv(registry.export(tmp_path / "addresses.csv", what="addresses"))
+    assert len(exported) == ADDRESS_LIMIT + 1 and exported["count"].sum() == ADDRESS_LIMIT + 10
+    other = exported[exported.device == OTHER_ADDRESSES]
+    assert other[["kind", "count"]].values.tolist() == [["io_in", 10]] and other.address.isna().all()
+
+
 def test_registry_without_kernel_stats_says_so():
     registry = MetricsRegistry([FakePeripherals(0), FakePeripherals(1)], None)
     assert not [n for n in registry.names if n.startswith("kvm.")]

@@ -10,13 +10,21 @@ offset read                   write
 2      IIR: 0x01 no interrupt FCR: FIFO control (bit 0 enables FIFOs, IIR shows 0xC0)
 3      LCR                    LCR: word length, parity, DLAB
 4      MCR                    MCR: bit 4 = loopback (THR feeds RBR, nothing printed)
-5      LSR: THRE|TEMT, DR     (read only)
+5      LSR: THRE|TEMT, DR, OE (read only; reading clears OE)
 6      MSR: CTS|DSR|DCD       (read only; in loopback, mirrors MCR)
 7      SCR scratch            SCR scratch
 ====== ====================== ==============================================================
 
 The transmitter is always empty (output is instant), so LSR always has THRE (0x20) and TEMT
 (0x40); DR (0x01) is set while received bytes wait (``feed`` gives the guest input).
+
+Bytes the guest sends itself in loopback arrive in a receiver as small as the real one: the
+guest must not be able to grow host memory by writing THR without ever reading RBR. As the
+16550 datasheet says, with FIFOs on (FCR bit 0) the receive FIFO holds 16 bytes and a byte
+arriving when it is full is lost; with FIFOs off (16450 mode) RBR holds one byte and the next
+one overwrites it. Either way LSR.OE (0x02, overrun) is set until the guest reads LSR, and
+``rx_dropped`` counts the bytes lost. ``feed`` is the host's side of the line and is not
+limited: the host decides how much it queues (a terminal waiting for the guest to read).
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ from .console import Console
 COM1 = 0x3F8
 
 LSR_DR = 0x01
+LSR_OE = 0x02
 LSR_THRE = 0x20
 LSR_TEMT = 0x40
 LCR_DLAB = 0x80
@@ -37,6 +46,10 @@ MCR_LOOP = 0x10
 IIR_NO_INTERRUPT = 0x01
 IIR_FIFO_ENABLED = 0xC0
 MSR_IDLE = 0xB0  # DCD | DSR | CTS
+FCR_FIFO_ENABLE = 0x01
+FCR_CLEAR_RX = 0x02
+#: The 16550's receive FIFO depth; with FIFOs off the receiver is RBR alone (one byte).
+RX_FIFO_DEPTH = 16
 
 
 class Serial16550(Device):
@@ -51,6 +64,9 @@ class Serial16550(Device):
         self._rx: collections.deque[int] = collections.deque()
         self.dll, self.dlm = 0x01, 0x00  # 115200 baud
         self.ier = self.lcr = self.mcr = self.scr = self.fcr = 0
+        self._overrun = 0  # LSR_OE until the guest reads LSR
+        #: received bytes lost because the receiver was full (loopback only; see the module doc)
+        self.rx_dropped = 0
 
     @property
     def divisor(self) -> int:
@@ -60,6 +76,18 @@ class Serial16550(Device):
         """Queues input bytes for the guest to read from RBR."""
         with self._lock:
             self._rx.extend(data)
+
+    def _receive(self, value: int) -> None:
+        """A byte reaches the receiver from the line (here: THR in loopback); the lock is held.
+        A full receiver loses a byte and flags an overrun, as the datasheet describes."""
+        fifo = self.fcr & FCR_FIFO_ENABLE
+        if len(self._rx) < (RX_FIFO_DEPTH if fifo else 1):
+            self._rx.append(value)
+            return
+        self._overrun = LSR_OE
+        self.rx_dropped += 1
+        if not fifo:  # 16450 mode: the new character overwrites RBR, the old one is lost
+            self._rx[-1] = value
 
     def read(self, offset: int, size: int) -> int:
         with self._lock:
@@ -71,13 +99,15 @@ class Serial16550(Device):
             if offset == 1:
                 return self.dlm if dlab else self.ier
             if offset == 2:
-                return IIR_NO_INTERRUPT | (IIR_FIFO_ENABLED if self.fcr & 1 else 0)
+                return IIR_NO_INTERRUPT | (IIR_FIFO_ENABLED if self.fcr & FCR_FIFO_ENABLE else 0)
             if offset == 3:
                 return self.lcr
             if offset == 4:
                 return self.mcr
             if offset == 5:
-                return LSR_THRE | LSR_TEMT | (LSR_DR if self._rx else 0)
+                lsr = LSR_THRE | LSR_TEMT | self._overrun | (LSR_DR if self._rx else 0)
+                self._overrun = 0  # OE is cleared by reading LSR
+                return lsr
             if offset == 6:
                 if self.mcr & MCR_LOOP:  # DTR->DSR, RTS->CTS, OUT1->RI, OUT2->DCD
                     m = self.mcr
@@ -95,7 +125,7 @@ class Serial16550(Device):
                 if dlab:
                     self.dll = value
                 elif self.mcr & MCR_LOOP:
-                    self._rx.append(value)
+                    self._receive(value)
                 else:
                     self.console.put(value)
             elif offset == 1:
@@ -105,7 +135,7 @@ class Serial16550(Device):
                     self.ier = value & 0x0F
             elif offset == 2:
                 self.fcr = value
-                if value & 0x02:
+                if value & FCR_CLEAR_RX:
                     self._rx.clear()
             elif offset == 3:
                 self.lcr = value

@@ -1,8 +1,19 @@
 """Per-vCPU exit metrics: live counters, kernel statistics, sampled history, traces, exports."""
 
 from ..errors import ExportWriteError
-from .counters import AGGREGATES, COUNTERS, LatencyAgg, VcpuMetrics
+from .counters import ADDRESS_LIMIT, AGGREGATES, COUNTERS, LatencyAgg, VcpuMetrics
 from .export import ExportError
-from .registry import ALL, MetricsRegistry
+from .registry import ALL, OTHER_ADDRESSES, MetricsRegistry
 
-__all__ = ["AGGREGATES", "ALL", "COUNTERS", "ExportError", "ExportWriteError", "LatencyAgg", "MetricsRegistry", "VcpuMetrics"]
+__all__ = [
+    "ADDRESS_LIMIT",
+    "AGGREGATES",
+    "ALL",
+    "COUNTERS",
+    "ExportError",
+    "ExportWriteError",
+    "LatencyAgg",
+    "MetricsRegistry",
+    "OTHER_ADDRESSES",
+    "VcpuMetrics",
+]

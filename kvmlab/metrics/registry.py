@@ -29,7 +29,7 @@ import pandas as pd
 
 from ..errors import ExportWriteError
 from .catalog import AGG_FIELDS, MetricSpec, exit_metric_specs, kernel_metric_specs
-from .counters import AGGREGATES, COUNTERS, NS_PER_US, VcpuMetrics
+from .counters import ADDRESS_LIMIT, AGGREGATES, COUNTERS, NS_PER_US, VcpuMetrics
 from .export import FORMATS, append_json_line, check_output_path, write_frame
 from .ring import RingBuffer
 from .sampler import Sampler
@@ -39,6 +39,15 @@ DEFAULT_SAMPLE_HZ = 10.0
 DEFAULT_HISTORY_S = 3600.0
 ALL = "all"
 _FIRECRACKER_COUNTERS = ("exit_io_in", "exit_io_out", "exit_mmio_read", "exit_mmio_write", "failures")
+#: (kind column, bus, VcpuMetrics table) of each per-address table
+_ADDRESS_TABLES = (
+    ("mmio_read", "mmio", "mmio_read_by_addr"),
+    ("mmio_write", "mmio", "mmio_write_by_addr"),
+    ("io_in", "pio", "io_in_by_port"),
+    ("io_out", "pio", "io_out_by_port"),
+)
+#: the ``device`` of the row holding the exits at addresses a full table did not keep
+OTHER_ADDRESSES = "(other addresses)"
 
 log = logging.getLogger(__name__)
 
@@ -192,20 +201,24 @@ class MetricsRegistry:
         return frame.astype({name: "int64" for name in counts})
 
     def address_counts(self) -> pd.DataFrame:
-        """Exits per address (MMIO) or port (PIO): which device register the guest hammers."""
+        """Exits per address (MMIO) or port (PIO): which device register the guest hammers.
+
+        Each vCPU keeps at most ``ADDRESS_LIMIT`` addresses per kind; the exits at any others
+        are one row with device ``"(other addresses)"`` and no address, so ``count`` still
+        sums to the exits of that kind."""
         records = []
         for index, m in enumerate(self._metrics):
-            for kind, bus, table in (
-                ("mmio_read", "mmio", m.mmio_read_by_addr),
-                ("mmio_write", "mmio", m.mmio_write_by_addr),
-                ("io_in", "pio", m.io_in_by_port),
-                ("io_out", "pio", m.io_out_by_port),
-            ):
-                for address, count in list(table.items()):
+            for kind, bus, name in _ADDRESS_TABLES:
+                for address, count in list(getattr(m, name).items()):
                     device, register = self._describe_address(bus, address) if self._describe_address else ("", "")
                     records.append((str(index), kind, address, device, register, count))
+                other = m.other_addresses[name]
+                if other:
+                    records.append((str(index), kind, pd.NA, OTHER_ADDRESSES, f"beyond {ADDRESS_LIMIT} addresses", other))
         frame = pd.DataFrame(records, columns=["vcpu", "kind", "address", "device", "register", "count"])
         frame["vcpu"] = pd.Categorical(frame["vcpu"], categories=self.vcpu_labels)
+        frame["address"] = frame["address"].astype("Int64")
+        frame["count"] = frame["count"].astype("int64")
         return frame.sort_values(["vcpu", "count"], ascending=[True, False], ignore_index=True)
 
     # --- sampling -------------------------------------------------------------------------------
@@ -494,4 +507,4 @@ class MetricsRegistry:
         return {n: v for n, v in values.items() if self.specs[self._spec_index[n]].cumulative}
 
 
-__all__ = ["ALL", "FORMATS", "MetricsRegistry"]
+__all__ = ["ALL", "FORMATS", "OTHER_ADDRESSES", "MetricsRegistry"]

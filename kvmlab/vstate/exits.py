@@ -9,6 +9,9 @@ the seed treats as errors raise ``FaultyKvmExit`` / ``UnhandledKvmExit``.
 The kvm_run page is read through typed memoryviews at fixed indices (offsets from
 ``<linux/kvm.h>``, checked by the ABI test): on this path an index costs ~30 ns where a ctypes
 attribute costs ~150 ns, and the MMIO write path is what the benchmarks measure.
+
+The per-address counts cost one dict ``get`` and one store for an address already counted;
+only a new address calls ``VcpuMetrics.count_new_address``, which keeps the table bounded.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from ..kvm.constants import InternalErrorSuberror, SystemEvent
 from ..metrics import trace as kinds
 from ..metrics.counters import VcpuMetrics
 from .bus import Bus, BusEntry, GuestRequestedExit
+from .unhandled import Notice, UnhandledWarnings
 
 log = logging.getLogger("kvmlab.vcpu")
 
@@ -126,12 +130,14 @@ class Peripherals:
     """What a vCPU's exit handling needs: its kvm_run views, the buses, its metrics.
 
     ``on_device_error`` is the machine's hook for ``DeviceFailure`` records; ``trace`` is an
-    optional per-exit recorder (None when tracing is off, so the hot path pays one test).
+    optional per-exit recorder (None when tracing is off, so the hot path pays one test);
+    ``unhandled`` is the machine's record of the unhandled accesses it warned about (shared
+    by its vCPUs; a vCPU built alone gets its own).
     """
 
     __slots__ = (
         "index", "run_u8", "run_u16", "run_u32", "run_u64",
-        "mmio_bus", "pio_bus", "metrics", "trace", "on_device_error",
+        "mmio_bus", "pio_bus", "metrics", "trace", "on_device_error", "unhandled",
     )  # fmt: skip
 
     def __init__(
@@ -142,6 +148,7 @@ class Peripherals:
         pio_bus: Bus,
         metrics: VcpuMetrics | None = None,
         on_device_error: Callable[[DeviceFailure], None] | None = None,
+        unhandled: UnhandledWarnings | None = None,
     ):
         self.index = index
         self.run_u8, self.run_u16, self.run_u32, self.run_u64 = run_views
@@ -150,6 +157,7 @@ class Peripherals:
         self.metrics = metrics if metrics is not None else VcpuMetrics(index)
         self.trace = None
         self.on_device_error = on_device_error
+        self.unhandled = unhandled if unhandled is not None else UnhandledWarnings()
 
 
 def handle_kvm_exit(p: Peripherals, err: int):
@@ -173,7 +181,11 @@ def handle_kvm_exit(p: Peripherals, err: int):
             value = u64[U64_MMIO_DATA] & _MASKS[size]
             m.exit_mmio_write += 1
             counts = m.mmio_write_by_addr
-            counts[address] = counts.get(address, 0) + 1
+            seen = counts.get(address)
+            if seen is not None:
+                counts[address] = seen + 1
+            else:
+                m.count_new_address("mmio_write_by_addr", address)
             if entry is None:
                 _unhandled(p, "MMIO write", address, size, kinds.MMIO_WRITE, value)
                 return Emulation.HANDLED
@@ -190,7 +202,11 @@ def handle_kvm_exit(p: Peripherals, err: int):
         else:
             m.exit_mmio_read += 1
             counts = m.mmio_read_by_addr
-            counts[address] = counts.get(address, 0) + 1
+            seen = counts.get(address)
+            if seen is not None:
+                counts[address] = seen + 1
+            else:
+                m.count_new_address("mmio_read_by_addr", address)
             if entry is None:
                 u64[U64_MMIO_DATA] = 0
                 _unhandled(p, "MMIO read", address, size, kinds.MMIO_READ, 0)
@@ -288,7 +304,11 @@ def _handle_io(p: Peripherals, m: VcpuMetrics):
     else:
         m.exit_io_in += 1
         counts = m.io_in_by_port
-    counts[port] = counts.get(port, 0) + 1
+    seen = counts.get(port)
+    if seen is not None:
+        counts[port] = seen + 1
+    else:
+        m.count_new_address("io_out_by_port" if out else "io_in_by_port", port)
     if entry is None:
         if not out:
             u8[offset : offset + size * count] = b"\xff" * (size * count)  # an absent ISA port floats high
@@ -346,9 +366,6 @@ def describe_internal_error(p: Peripherals) -> str:
     return f"suberror={suberror} {name}, data=[{', '.join(hex(d) for d in data)}]"
 
 
-_warned_unhandled: set[tuple[str, int]] = set()
-
-
 def _mark(p: Peripherals, kind: int, address: int = 0) -> None:
     """A trace row for an exit that reaches no device."""
     if p.trace is not None:
@@ -356,14 +373,19 @@ def _mark(p: Peripherals, kind: int, address: int = 0) -> None:
 
 
 def _unhandled(p: Peripherals, kind: str, address: int, size: int, trace_kind: int, value: int) -> None:
-    """An access no device claims: counted, warned once per address, reads see zeros/ones."""
+    """An access no device claims: counted, warned once per address and machine (up to
+    ``WARNED_LIMIT`` addresses), reads see zeros/ones."""
     p.metrics.unhandled_accesses += 1
     if p.trace is not None:
         p.trace(trace_kind, address, size, value, perf_counter_ns(), 0)
-    key = (kind, address)
-    if key not in _warned_unhandled:
-        _warned_unhandled.add(key)
+    notice = p.unhandled.note(kind, address)
+    if notice is Notice.FIRST:
         log.warning("vCPU %d: invalid %s @ %#x:%#x (no device there)", p.index, kind, address, size)
+    elif notice is Notice.LIMIT:
+        log.warning(
+            "vCPU %d: %d distinct accesses reached no device; no more warnings about new ones "
+            "(the metrics count every one: unhandled_accesses, address_counts())", p.index, p.unhandled.limit,
+        )  # fmt: skip
 
 
 def _device_failed(p: Peripherals, entry: BusEntry, kind: str, address: int, size: int, value, exc: Exception) -> None:

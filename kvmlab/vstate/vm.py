@@ -15,6 +15,7 @@ from .cpu_state import CpuConfiguration, VcpuSnapshot
 from .exits import DeviceFailure, Peripherals
 from .layout import IRQCHIP_PAGES, RESERVED, Range
 from .memory import GuestMemory
+from .unhandled import UnhandledWarnings
 from .vcpu import Vcpu
 
 #: Guest physical addresses are at most 52 bits on x86_64.
@@ -87,6 +88,8 @@ class Vm:
         #: every vCPU writes here when it exits (the seed's ``exit_evt``)
         self.exit_evt = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self.vcpus: list[Vcpu] = []
+        #: the unhandled accesses this machine has warned about (its vCPUs share it)
+        self.unhandled = UnhandledWarnings()
 
     def create_vcpus(self, count: int, on_device_error: Callable[[DeviceFailure], None] | None = None) -> list[Vcpu]:
         """Creates all vCPUs before any runs (SMP guests expect every CPU to exist)."""
@@ -97,7 +100,7 @@ class Vm:
             raise ConfigError(f"vcpus={count!r}: need a whole number from 1 to {limit} ({self.backend.name}'s maximum)")
         for index in range(count):
             backend = self.backend.create_vcpu(index, count)
-            peripherals = Peripherals(index, backend.run_views, self.mmio_bus, self.pio_bus, on_device_error=on_device_error)
+            peripherals = Peripherals(index, backend.run_views, self.mmio_bus, self.pio_bus, on_device_error=on_device_error, unhandled=self.unhandled)
             self.vcpus.append(Vcpu(backend, peripherals, self.exit_evt))
         return self.vcpus
 
