@@ -300,8 +300,17 @@ class VcpuHandle:
         self.unsolicited: list[VcpuResponse] = []
         #: late answers to requests that had timed out, with their seq
         self.stale: list[VcpuResponse] = []
-        # Dropping the handle disconnects the vCPU, as dropping the seed's Sender does.
+        # Dropping the handle disconnects the vCPU, as dropping Firecracker's Sender does.
         self._finalizer = weakref.finalize(self, _disconnect, vcpu)
+
+    def release(self) -> None:
+        """Forgets the disconnect finalizer once the thread has ended. It must not outlive
+        the thread: the finalizer registry holds the vCPU strongly, the vCPU reaches its
+        machine (the device-error hook), and the machine holds this handle, so a live
+        finalizer would keep every closed machine, its memory and metrics, for ever."""
+        if not self.finished:
+            raise VcpuError(f"vCPU {self.index}: release() while its thread still runs; send Finish and join first")
+        self._finalizer.detach()
 
     @property
     def vcpu(self) -> Vcpu:
