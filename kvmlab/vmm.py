@@ -125,6 +125,7 @@ class Vmm:
             if self.phase is Phase.CREATED:
                 self.exit = MachineExit(code, f"{reason} (never started)", {v.index: None for v in self.vcpus})
                 self.phase = Phase.STOPPED
+                self._run_on_stop()
                 self._stopped.set()
             if self.phase is not Phase.STARTED:
                 return self.exit
@@ -145,17 +146,22 @@ class Vmm:
                     f"vCPU thread(s) {stuck} did not finish within {JOIN_TIMEOUT} s of Finish "
                     "(a device handler may be blocking); the machine is left running"
                 )
+            for handle in self.handles:
+                handle.release()
             self.exit = MachineExit(code, reason, {v.index: (v.exit_status.code if v.exit_status else None) for v in self.vcpus})
             self.phase = Phase.STOPPED
             # Before waking wait(): whoever wait() returns to sees the final metrics sample.
-            for callback in list(self.on_stop):
-                try:
-                    callback(self.exit)
-                except Exception:
-                    log.exception("on_stop callback %r failed", callback)
+            self._run_on_stop()
             self._stopped.set()
         log.info("machine stopped: %r", self.exit)
         return self.exit
+
+    def _run_on_stop(self) -> None:
+        for callback in list(self.on_stop):
+            try:
+                callback(self.exit)
+            except Exception:
+                log.exception("on_stop callback %r failed", callback)
 
     def close(self) -> None:
         """Stops if needed, ends the supervisor and releases every fd. Safe to call twice."""
