@@ -18,6 +18,7 @@ machine dropped without ``close()`` is closed by its finalizer.
 from __future__ import annotations
 
 import functools
+import math
 import threading
 import weakref
 from typing import Iterable
@@ -56,6 +57,19 @@ from .vstate.layout import IRQCHIP_PAGES, MIB
 from .vstate.memory import GuestMemory, validate_memory_size
 from .vstate.protocol import DumpedCpuConfig, Error, Exited, NotAllowed, Paused, Resumed, SavedState, VcpuEvent, VcpuState, VcpuStatus
 from .vstate.vm import Vm
+
+
+def _is_finite_number(value) -> bool:
+    """An int or float that is neither a bool, NaN nor infinite (NaN slips through every
+    comparison, and infinity only fails later, deep inside a sleep or an allocation)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_timeout(name: str, value, *, zero: bool = False) -> None:
+    """A timeout is a finite number of seconds, positive (or also 0 where ``zero``)."""
+    if not _is_finite_number(value) or value < 0 or (value == 0 and not zero):
+        least = "0 or more" if zero else "more than 0"
+        raise ConfigError(f"{name}={value!r}: need a finite number of seconds, {least}")
 
 
 class _Parts:
@@ -147,18 +161,17 @@ class Machine:
     ):
         if not isinstance(vcpus, int) or isinstance(vcpus, bool) or vcpus < 1:
             raise ConfigError(f"vcpus={vcpus!r}: need a whole number of at least 1")
-        if isinstance(memory_mib, bool) or not isinstance(memory_mib, (int, float)) or memory_mib <= 0:
-            raise ConfigError(f"memory_mib={memory_mib!r}: need a positive number of MiB")
+        if not _is_finite_number(memory_mib) or memory_mib <= 0:
+            raise ConfigError(f"memory_mib={memory_mib!r}: need a positive, finite number of MiB")
         memory_bytes = memory_mib * MIB
         if memory_bytes != int(memory_bytes):
             raise ConfigError(f"memory_mib={memory_mib!r} is not a whole number of bytes, let alone 4 KiB pages")
         validate_memory_size(int(memory_bytes))
-        if not isinstance(timeout, (int, float)) or timeout <= 0:
-            raise ConfigError(f"timeout={timeout!r}: need a positive number of seconds")
+        _check_timeout("timeout", timeout)
         if isinstance(sample_hz, bool) or not isinstance(sample_hz, (int, float)) or not 0 <= sample_hz <= 1000:
             raise ConfigError(f"sample_hz={sample_hz!r}: need 0 (no sampler) to 1000 samples a second")
-        if isinstance(history_s, bool) or not isinstance(history_s, (int, float)) or (sample_hz and history_s * sample_hz < 1):
-            raise ConfigError(f"history_s={history_s!r}: need room for at least one sample at {sample_hz} Hz")
+        if not _is_finite_number(history_s) or history_s <= 0 or (sample_hz and history_s * sample_hz < 1):
+            raise ConfigError(f"history_s={history_s!r}: need a finite number of seconds with room for at least one sample at {sample_hz} Hz")
         if isinstance(trace_capacity, bool) or not isinstance(trace_capacity, int) or trace_capacity < 1:
             raise ConfigError(f"trace_capacity={trace_capacity!r}: need a positive number of rows")
         if irqchip not in (None, True, False):
@@ -274,6 +287,7 @@ class Machine:
 
     def add_device(self, device: BusDevice, base: int, size: int | None = None, *, bus: str = "mmio") -> BusEntry:
         """Maps ``device`` at ``base`` on the ``"mmio"`` or ``"pio"`` bus; overlaps are refused."""
+        self._require_open("add_device()")
         if bus not in ("mmio", "pio"):
             raise ConfigError(f"bus={bus!r}: choose 'mmio' or 'pio'")
         size = size if size is not None else getattr(device, "size", None)
@@ -360,6 +374,8 @@ class Machine:
         self._require_phase(Phase.CREATED, "step()")
         if self.program is None:
             raise MachineStateError("step(): nothing is loaded; call load(program, mode=...) first")
+        if timeout is not None:
+            _check_timeout("timeout", timeout)
         target = self._vmm.vcpus[self._index(vcpu)]
         limit = self.timeout if timeout is None else timeout
         with _KickAfter(limit, target), target.backend.stepping():
@@ -420,6 +436,8 @@ class Machine:
         """Waits until the guest stops by itself; returns the exit code (an int with
         ``vcpu_codes`` and ``reason``). Raises ``MachineTimeoutError`` if it is still running."""
         self._require_open("wait()")
+        if timeout is not None:
+            _check_timeout("wait(timeout)", timeout, zero=True)
         result = self._vmm.wait(timeout)
         if result is None:
             raise MachineTimeoutError(
@@ -429,8 +447,14 @@ class Machine:
         return result
 
     def close(self) -> None:
-        """Stops the machine if needed, joins every thread and releases every fd. Idempotent."""
-        self._finalizer()
+        """Stops the machine if needed, joins every thread and releases every fd. Idempotent.
+
+        If a vCPU thread cannot be stopped (a device handler that blocks), this raises and
+        keeps everything it could not release; a later ``close()`` finishes the job once
+        the handler returns. (The finalizer is only detached after a close that succeeded:
+        calling it would mark it done even when closing raised.)"""
+        self._parts.close()
+        self._finalizer.detach()
 
     def __enter__(self) -> "Machine":
         return self
