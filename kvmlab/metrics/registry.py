@@ -27,7 +27,7 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from ..errors import ExportWriteError
+from ..errors import ConfigError, ExportWriteError, MachineStateError
 from .catalog import AGG_FIELDS, MetricSpec, exit_metric_specs, kernel_metric_specs
 from .counters import ADDRESS_LIMIT, AGGREGATES, COUNTERS, NS_PER_US, VcpuMetrics
 from .export import FORMATS, append_json_line, check_output_path, write_frame
@@ -90,6 +90,9 @@ class MetricsRegistry:
         self.kernel_stats_absent = None if self._kernel else "this engine has no KVM binary stats fd"
         self.specs: list[MetricSpec] = exit_metric_specs()
         self._kernel_picks: tuple[int, ...] = ()
+        self._stopped = False
+        #: KVM's statistics read when the machine stopped (their fds close with the machine)
+        self._final_kernel: list[tuple[int, ...]] | None = None
         if self._kernel:
             descriptors = [d for d in self._kernel[0].descriptors if d.size == 1]
             self.specs += kernel_metric_specs(descriptors)
@@ -168,8 +171,9 @@ class MetricsRegistry:
             count = agg.count
             row += (count, agg.min_ns / NS_PER_US if count else np.nan, agg.max_ns / NS_PER_US, agg.sum_ns / NS_PER_US)
         if self._kernel:
-            values = kernel_values if kernel_values is not None else self._kernel[index].read_raw()
-            row += [values[i] for i in self._kernel_picks]
+            if kernel_values is None:
+                kernel_values = self._final_kernel[index] if self._final_kernel is not None else self._kernel[index].read_raw()
+            row += [kernel_values[i] for i in self._kernel_picks]
         return row
 
     def current(self, vcpu: int | None = None) -> dict[str, float]:
@@ -232,15 +236,34 @@ class MetricsRegistry:
             self.sampler.start()
 
     def stop(self) -> None:
-        """Stops the sampler after one last sample; called when the machine stops."""
+        """Stops the sampler after one last sample; called when the machine stops.
+
+        From then on the values are final: KVM's statistics are read once more and kept, so
+        ``totals()`` and ``current()`` still answer after the machine is closed and its
+        statistics fds are gone (no vCPU runs after a stop, so nothing is lost)."""
         if self.sampler is not None:
             self.sampler.stop()
+        if self._stopped:
+            return
         if self.start_perf_ns is not None:
             self.sample()
             self.flush_due(force=True)
+        if self._kernel:
+            self._final_kernel = [stats.read_raw() for stats in self._kernel]
+        self._stopped = True
+
+    @property
+    def final(self) -> bool:
+        """True once the machine has stopped: the values no longer change."""
+        return self._stopped
 
     def sample(self) -> None:
         """Copies every metric of every vCPU into the ring buffer (one row)."""
+        if self.final:
+            raise MachineStateError(
+                "metrics.sample(): the machine has stopped and its last sample was taken then; "
+                "totals(), to_dataframe() and export() hold the final values"
+            )
         now = time.perf_counter_ns()
         start = self.start_perf_ns if self.start_perf_ns is not None else now
         row = [self._wall_ns(now), (now - start) / 1e9]
@@ -403,7 +426,7 @@ class MetricsRegistry:
             "addresses": self.address_counts,
         }
         if what not in frames:
-            raise KeyError(f"nothing called {what!r} to export; choose one of {', '.join(frames)}")
+            raise ConfigError(f"what={what!r}: nothing of that name to export; choose one of {', '.join(frames)}")
         return write_frame(frames[what](), path)
 
     def write_csv(self, path, **kwargs) -> Path:
