@@ -17,6 +17,8 @@ Only matplotlib, Pillow and the registry: the CLI writes its PNG with it, and
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import io
 import math
 from typing import Sequence
@@ -151,9 +153,13 @@ class RatePlot:
 
     def save(self, path) -> None:
         """Writes the plot as an image file (a live plot is saved as it currently is)."""
+        from .metrics.export import atomic_output
+
         self.update()
-        if self.live:
-            with open(path, "wb") as out:
+        # Through a temporary file and a rename, as every export: a full disk leaves no
+        # half-written image under the final name, and raises an ExportWriteError.
+        with atomic_output(Path(path)) as out:
+            if self.live:
                 out.write(self.png())
-        else:
-            self.figure.savefig(path)
+            else:
+                self.figure.savefig(out, format=Path(path).suffix.lstrip(".") or "png")

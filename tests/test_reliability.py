@@ -163,3 +163,37 @@ def test_soak_pause_resume_on_8_vcpus_keeps_the_metrics_exact_against_kvm(machin
         assert results["mismatches"] == 0
         assert totals.loc[str(vcpu), "exit_mmio_write"] in (results["mmio_writes"], results["mmio_writes"] + 1)
         assert m.metrics.vcpu(vcpu).interrupted >= 1000
+
+
+def test_the_lab_export_on_a_full_disk_says_which_file_and_why(tiny_disk):
+    """export_run writes CSVs and the plot: each all or nothing, the error the export's own."""
+    from kvmlab import ExportWriteError
+    from kvmlab.lab.export import export_run
+
+    from .tinydisk import CHUNK, fill_up, names_in
+
+    with Machine(vcpus=1, memory_mib=1, engine="auto") as m:
+        m.load(programs.mmio_counter(iterations=500), mode="real")
+        m.start()
+        m.wait(10)
+        fill_up(tiny_disk, leave=CHUNK)
+        with pytest.raises(ExportWriteError, match="No space left on device") as caught:
+            export_run(m, tiny_disk)
+    assert str(tiny_disk) in str(caught.value)
+    assert not any(name.startswith(".") for name in names_in(tiny_disk)), "no temporary file is left"
+
+
+def test_a_plot_saved_to_a_full_disk_leaves_no_file(tiny_disk):
+    from kvmlab import ExportWriteError
+    from kvmlab.plotting import RatePlot
+
+    from .tinydisk import fill_up, names_in
+
+    with Machine(vcpus=1, memory_mib=1, engine="auto") as m:
+        m.load(programs.mmio_counter(iterations=500), mode="real")
+        m.start()
+        m.wait(10)
+        fill_up(tiny_disk)
+        with pytest.raises(ExportWriteError, match="exits.png"):
+            RatePlot(m.metrics, window_s=None).save(tiny_disk / "exits.png")
+    assert names_in(tiny_disk) == set()

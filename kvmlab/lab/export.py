@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import ExportWriteError
 from ..metrics.export import ExportError, check_output_path
 
 
@@ -34,6 +35,8 @@ def export_run(machine, folder, stem: str = "kvmlab") -> list[Path]:
             written.append(metrics.export(path, what=what))
         RatePlot(metrics, window_s=None).save(plot)
         written.append(plot)
-    except OSError as err:  # disk full, a file in the way...
+    except ExportWriteError:
+        raise  # already says which file, why, and what to do
+    except OSError as err:  # a file in the way...
         raise ExportError(f"writing {err.filename or folder}: {err.strerror}") from None
     return written
