@@ -17,9 +17,13 @@ import os
 import platform
 import shutil
 import subprocess
+import stat
 import tempfile
+import threading
 from pathlib import Path
 from typing import Callable
+
+from ..errors import EngineUnavailableError
 
 log = logging.getLogger("kvmlab.engines")
 
@@ -35,55 +39,81 @@ class KickState(ctypes.Structure):
 
 _library: ctypes.CDLL | None = None
 _tried = False
+_lock = threading.Lock()
+#: why the C hook is not in use (None while it is, or before the first machine asked)
+fallback_reason: str | None = None
 
 
 def _cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    """``$XDG_CACHE_HOME/kvmlab`` or ``~/.cache/kvmlab``; with no home folder, a folder of
+    this user's own under the system's temporary folder."""
+    base = os.environ.get("XDG_CACHE_HOME")
+    if not base:
+        home = os.path.expanduser("~")
+        base = os.path.join(home, ".cache") if home != "~" else os.path.join(tempfile.gettempdir(), f"kvmlab-cache-{os.geteuid()}")
     return Path(base) / "kvmlab"
 
 
-def _build() -> Path | None:
-    """Compiles ``uc_kick.c`` into the cache (once per source version and machine); None if
-    there is no compiler or it fails. The library is written under a temporary name and
-    renamed, so two processes building at once never load a half-written file."""
-    compiler = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+def _private(path: Path) -> bool:
+    """Owned by this user and writable by nobody else: only then is a library found there
+    loaded (another user able to write it could otherwise put code into this process)."""
+    info = path.lstat()
+    return info.st_uid == os.geteuid() and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not stat.S_ISLNK(info.st_mode)
+
+
+def _build() -> Path:
+    """Compiles ``uc_kick.c`` into the cache once per source version and machine, or finds it
+    there; raises OSError or SubprocessError when it cannot. The library is written under a
+    temporary name and renamed, so two processes building at once never load a half-written
+    file; the folder and the file must be this user's own (``_private``)."""
     source = SOURCE.read_bytes()
     tag = hashlib.sha256(source + platform.machine().encode()).hexdigest()[:16]
-    target = _cache_dir() / f"uc_kick-{tag}.so"
+    folder = _cache_dir()
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if not _private(folder):
+        raise PermissionError(f"{folder} is not this user's own folder")
+    target = folder / f"uc_kick-{tag}.so"
     if target.exists():
+        if not _private(target):
+            raise PermissionError(f"{target} is not this user's own file")
         return target
+    compiler = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
     if compiler is None:
-        return None
+        raise FileNotFoundError("no C compiler (cc or gcc) on PATH")
+    fd, temporary = tempfile.mkstemp(dir=folder, prefix=".uc_kick-", suffix=".so")
+    os.close(fd)
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, temporary = tempfile.mkstemp(dir=target.parent, prefix=".uc_kick-", suffix=".so")
-        os.close(fd)
-        try:
-            subprocess.run([compiler, "-O2", "-shared", "-fPIC", "-o", temporary, str(SOURCE)], check=True, capture_output=True, timeout=60)
-            os.replace(temporary, target)
-        finally:
-            if os.path.exists(temporary):
-                os.unlink(temporary)
-    except (OSError, subprocess.SubprocessError) as err:
-        log.info("emulated engine: cannot build %s (%s); kicks are checked in Python", SOURCE.name, err)
-        return None
+        subprocess.run([compiler, "-O2", "-shared", "-fPIC", "-o", temporary, str(SOURCE)], check=True, capture_output=True, timeout=60)
+        os.chmod(temporary, 0o755)
+        os.replace(temporary, target)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
     return target
 
 
 def c_hook() -> ctypes._CFuncPtr | None:
-    """The C block hook, or None where it cannot be had (then use the Python one)."""
-    global _library, _tried
+    """The C block hook, or None where it cannot be had (then use the Python one; the
+    reason is in ``fallback_reason`` and ``kvmlab info``). Built once per process."""
+    global _library, _tried, fallback_reason
     if os.environ.get(ENV_CHOICE, "c") == "python":
         return None
-    if not _tried:
-        _tried = True
-        path = _build()
-        if path is not None:
+    with _lock:
+        if not _tried:
             try:
-                _library = ctypes.CDLL(str(path))
-            except OSError as err:
-                log.info("emulated engine: cannot load %s (%s); kicks are checked in Python", path, err)
+                _library = ctypes.CDLL(str(_build()))
+            except (OSError, subprocess.SubprocessError) as err:
+                fallback_reason = f"cannot build or load {SOURCE.name}: {err}"
+                log.info("emulated engine: %s; kicks are checked in Python", fallback_reason)
+            _tried = True
     return _library.kvmlab_on_block if _library is not None else None
+
+
+def describe() -> str:
+    """Which kick check the emulated engine uses, for ``kvmlab info``."""
+    if os.environ.get(ENV_CHOICE, "c") == "python":
+        return f"Python ({ENV_CHOICE}=python)"
+    return "C (uc_kick.c)" if c_hook() is not None else f"Python ({fallback_reason})"
 
 
 def _unicorn_library():
@@ -111,5 +141,5 @@ def install(uc, run_page: bytearray, pending_offset: int, hook_block: int, pytho
     status = uclib.uc_hook_add(uc._uch, ctypes.byref(handle), hook_block, ctypes.cast(function, ctypes.c_void_p),
                                ctypes.cast(ctypes.pointer(state), ctypes.c_void_p), ctypes.c_uint64(1), ctypes.c_uint64(0))  # fmt: skip
     if status != 0:
-        raise OSError(f"uc_hook_add failed with Unicorn error {status}")
+        raise EngineUnavailableError(f"the emulated engine could not add its block hook (Unicorn error {status}); set {ENV_CHOICE}=python")
     return state
