@@ -147,6 +147,9 @@ def test_kicks_in_a_polling_loop_keep_the_pingpong_exact(engine, machines):
         m.resume()
     m.pause()
     for i in range(2):
-        # The guest counts a poll just before making it: paused in between, it is one ahead.
+        # The guest counts a poll just before making it: paused in between (KVM can stop a
+        # vCPU between any two instructions), it is one ahead. The emulated engine stops only
+        # at block starts, and the count and the poll are in one block: there it is exact.
         polls = m.results(i)["polls"]
-        assert polls - 1 <= m.metrics.vcpu(i).exit_mmio_read <= polls, "every poll the guest counted, and no more"
+        least = polls if engine == "emulated" else polls - 1
+        assert least <= m.metrics.vcpu(i).exit_mmio_read <= polls, "every poll the guest counted, and no more"

@@ -27,7 +27,7 @@ code the KVM engine uses. What differs is *when* exits are handled:
   GIL; a ``rep`` string instruction is a block per iteration and stops between them, as a
   CPU takes interrupts) and ``Vcpu.running`` checks before every run.
 * A guest spinning on a device (a read that sees what the same read saw just before) gives
-  way for 50 us, as KVM's pause-loop exiting yields a spinning vCPU: otherwise the vCPU it
+  way briefly, as KVM's pause-loop exiting yields a spinning vCPU: otherwise the vCPU it
   waits for could run only at the interpreter's forced switch, every 5 ms.
 * HLT: ``emu_start`` returns by itself only after a HLT (every other return is a stop this
   engine asked for and recorded), so a HLT is known exactly, as a KVM_EXIT_HLT is.
@@ -42,6 +42,7 @@ code the KVM engine uses. What differs is *when* exits are handled:
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import struct
 import threading
@@ -81,8 +82,14 @@ MSRS = (0x10, 0x1B, 0x174, 0x175, 0x176, 0x277, 0xC0000080, 0xC0000081, 0xC00000
 #: leaves whose subleaves matter (ECX selects): deterministic cache, features, topology, XSAVE
 SUBLEAF_LEAVES = {4: 8, 7: 2, 0xB: 3, 0xD: 4}
 _UNTIL = 0xFFFF_FFFF_FFFF_FFFF
-#: How long a vCPU spinning on a device gives way (see ``_read_done``).
+#: A vCPU spinning on a device (see ``_read_done``): after this many identical reads in a row
+#: it gives way for this long (a sleep of 50 us takes about 100 us with the kernel's timer slack).
+SPIN_READS = 4
 SPIN_BACKOFF_S = 50e-6
+#: How often the Python block hook (where uc_kick.c cannot be built) hands the GIL on.
+HANDOFF_NS = 500_000
+
+log = logging.getLogger("kvmlab.engines")
 
 if unicorn is not None:
     _MODES = {16: unicorn.UC_MODE_16, 32: unicorn.UC_MODE_32, 64: unicorn.UC_MODE_64}
@@ -126,7 +133,7 @@ class EmulatedEngine:
         pass
 
     def describe(self) -> dict:
-        return {"unicorn_version": unicorn.__version__, "max_vcpus": MAX_VCPUS}
+        return {"unicorn_version": unicorn.__version__, "max_vcpus": MAX_VCPUS, "kick_check": uc_kick.describe()}
 
 
 class EmulatedVmBackend:
@@ -136,6 +143,9 @@ class EmulatedVmBackend:
 
     def __init__(self):
         self.memory: GuestMemory | None = None
+        #: indices of the vCPUs inside emu_start now (a spinning vCPU gives way only if
+        #: another one runs); a set, as adding and discarding are atomic under the GIL
+        self.running: set[int] = set()
 
     @property
     def regions(self) -> list[MemoryRegion]:
@@ -186,6 +196,8 @@ class EmulatedVcpuBackend:
         #: this run was stopped by the block hook for a pending kick (not by a HLT)
         self._kicked = False
         self._last_read: tuple[int, int, int] | None = None  # the last access, if a read
+        self._same_reads = 0  # how many reads in a row saw what _last_read saw
+        self._handed_off_ns = 0  # when the Python block hook last handed the GIL on
         self._kick_state: uc_kick.KickState | None = None  # the C block hook's, where it runs
 
     # --- the Unicorn instance ------------------------------------------------------------------
@@ -218,15 +230,19 @@ class EmulatedVcpuBackend:
 
     def _on_block(self, uc, address, size, _):
         """At every block start (the Python fallback of ``uc_kick.c``): a pending kick stops
-        here, between two instructions; then the GIL is handed on.
+        here, between two instructions; and every ``HANDOFF_NS`` the GIL is handed on.
 
-        The hand-off lets vCPU threads take turns: without it a vCPU spinning in RAM takes
-        the GIL back at once for its next block and the vCPU it waits for hardly runs
-        (measured: 101 vCPUs taking turns to print, over 30 s without, 4-5 s with)."""
+        The hand-off lets vCPU threads take turns: each block needs the GIL here, and a vCPU
+        spinning in RAM takes it back at once for its next block, so the vCPU it waits for
+        hardly runs (measured: 101 vCPUs taking turns to print, over 30 s without). Handing
+        it on at every block instead costs a thread switch per block when several spin."""
         if self.run_u8[IMMEDIATE_EXIT]:  # the same test as uc_kick.c
             self._kicked = True
             uc.emu_stop()
-        os.sched_yield()
+        now = perf_counter_ns()
+        if now - self._handed_off_ns > HANDOFF_NS:
+            self._handed_off_ns = now
+            os.sched_yield()
 
     def _finish(self, result) -> None:
         """After every exit: end the vCPU at once if the exit says so."""
@@ -236,20 +252,26 @@ class EmulatedVcpuBackend:
             self.uc.emu_stop()  # the vCPU stops for good: the instruction never runs again
 
     def _read_done(self, kind: int, address: int, value: int) -> int:
-        """A read that saw exactly what the previous access (the same read) saw is a guest
-        spinning on a device: it gives way for ``SPIN_BACKOFF_S``, as KVM's pause-loop
-        exiting yields a spinning vCPU to another (``kvm_vcpu_on_spin``).
+        """``SPIN_READS`` reads in a row that saw exactly the same (no write between), while
+        another vCPU of this VM runs, are a guest spinning on a device for that vCPU: it
+        gives way for ``SPIN_BACKOFF_S``, as KVM's pause-loop exiting yields a spinning vCPU
+        to another (``kvm_vcpu_on_spin``).
 
-        Why a sleep: a vCPU polling for another vCPU's answer takes the GIL back at once
-        after each poll, so the vCPU it waits for runs only at the interpreter's forced
-        switch (5 ms). A yield of the CPU (``sched_yield``) helps only when both threads
-        share a core; a sleep always lets the other take the GIL. Measured on the two-vCPU
-        ping-pong, 5,000 rounds: 3.2 polls a round in each of 5 runs, 0.83-0.86 s (without:
-        hundreds of polls a round; with sched_yield: 2 to 20, varying from run to run)."""
+        Why: a vCPU polling for another vCPU's answer takes the GIL back at once after each
+        poll, so the vCPU it waits for runs only at the interpreter's forced switch (5 ms).
+        A yield of the CPU (``sched_yield``) helps only when both threads share a core; a
+        short sleep always lets the other take the GIL. Measured on the two-vCPU ping-pong,
+        5,000 rounds: about 3 polls a round in every run, under 1 s (without: hundreds of
+        polls a round; with sched_yield: 2 to 20, varying from run to run). A single vCPU
+        reading the same value again and again (a stream of zeros from a data port) has
+        nobody to give way to and never sleeps."""
         read = (kind, address, value)
-        if read == self._last_read:
-            time.sleep(SPIN_BACKOFF_S)
-        self._last_read = read
+        if read != self._last_read:
+            self._last_read, self._same_reads = read, 0
+        else:
+            self._same_reads += 1
+            if self._same_reads >= SPIN_READS and len(self.vm.running) > 1:
+                time.sleep(SPIN_BACKOFF_S)
         return value
 
     def _on_mmio_read(self, uc, offset, size, base):
@@ -312,7 +334,11 @@ class EmulatedVcpuBackend:
                 if self._stepping:
                     halted = self._step(uc)
                 else:
-                    uc.emu_start(self.pc(), _UNTIL)
+                    self.vm.running.add(self.index)
+                    try:
+                        uc.emu_start(self.pc(), _UNTIL)
+                    finally:
+                        self.vm.running.discard(self.index)
                     self._kicked = self._kicked or (state is not None and bool(state.kicked))
                     # Unicorn returns by itself only after a HLT; every other return is
                     # one of our own stops, each of which left its mark.
@@ -326,6 +352,11 @@ class EmulatedVcpuBackend:
         if self._stepping and self._exited:  # one exit, handled (free runs handle many)
             return Emulation.HANDLED
         if halted:
+            if self._code_at(self.pc() - 1, 1) != b"\xf4":
+                # Neither our stop nor after a HLT (an instruction this Unicorn halts on that
+                # a CPU would not): look at the events and run on, as after a spurious exit.
+                log.debug("vCPU %d: emulation returned at %#x for no known reason", self.index, self.pc())
+                return Emulation.INTERRUPTED
             self.run_u32[2] = EXIT_HLT
             return handle_kvm_exit(p, 0)
         # A kick: the block hook stopped between two instructions (or stepping saw it).
