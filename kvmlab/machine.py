@@ -66,10 +66,12 @@ def _is_finite_number(value) -> bool:
 
 
 def _check_timeout(name: str, value, *, zero: bool = False) -> None:
-    """A timeout is a finite number of seconds, positive (or also 0 where ``zero``)."""
-    if not _is_finite_number(value) or value < 0 or (value == 0 and not zero):
+    """A timeout is a finite number of seconds, positive (or also 0 where ``zero``), and at
+    most ``threading.TIMEOUT_MAX`` (the longest wait the platform's locks can do; a longer
+    one raises OverflowError deep inside a wait)."""
+    if not _is_finite_number(value) or value < 0 or (value == 0 and not zero) or value > threading.TIMEOUT_MAX:
         least = "0 or more" if zero else "more than 0"
-        raise ConfigError(f"{name}={value!r}: need a finite number of seconds, {least}")
+        raise ConfigError(f"{name}={value!r}: need a finite number of seconds, {least}, at most {threading.TIMEOUT_MAX:.0f}")
 
 
 class _Parts:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gc
 import math
-import os
 import threading
 
 import pytest
@@ -16,6 +15,8 @@ import pytest
 from kvmlab import ConfigError, Machine, MachineStateError, programs
 from kvmlab.vmm import Vmm
 from kvmlab.vstate.vcpu import Vcpu
+
+from .procfs import kvmlab_threads, open_fds
 
 STUCK_PORT = 0x610
 
@@ -28,14 +29,6 @@ def live_objects() -> dict[str, int]:
         if type(obj) in kinds:
             counts[type(obj).__name__] += 1
     return counts
-
-
-def open_fds() -> set[str]:
-    return set(os.listdir("/proc/self/fd"))
-
-
-def kvmlab_threads() -> list[str]:
-    return [t.name for t in threading.enumerate() if t.name.startswith("kvmlab") and t.is_alive()]
 
 
 def test_no_machine_vmm_or_vcpu_outlives_close(engine):
@@ -102,6 +95,7 @@ def test_a_close_that_timed_out_is_finished_by_the_next_one(engine):
         ("timeout", math.nan, "finite"),
         ("timeout", math.inf, "finite"),
         ("timeout", -1, "more than 0"),
+        ("timeout", 1e10, "at most"),
         ("history_s", math.nan, "finite"),
         ("history_s", math.inf, "finite"),
         ("history_s", -5, "finite number of seconds with room"),
@@ -112,7 +106,7 @@ def test_non_finite_arguments_are_config_errors(argument, value, message):
         Machine(engine="auto", **{argument: value})
 
 
-@pytest.mark.parametrize("timeout", [-1, math.nan, math.inf])
+@pytest.mark.parametrize("timeout", [-1, math.nan, math.inf, 1e10])
 def test_wait_and_step_refuse_a_timeout_that_is_not_a_duration(engine, machines, timeout):
     m = machines(engine=engine)
     m.load(programs.busy_loop(), mode="real")
@@ -197,3 +191,14 @@ def test_a_plot_saved_to_a_full_disk_leaves_no_file(tiny_disk):
         with pytest.raises(ExportWriteError, match="exits.png"):
             RatePlot(m.metrics, window_s=None).save(tiny_disk / "exits.png")
     assert names_in(tiny_disk) == set()
+
+
+def test_an_export_write_error_survives_pickling():
+    import errno
+    import pickle
+
+    from kvmlab import ExportWriteError
+
+    error = ExportWriteError("/x/m.csv", OSError(errno.ENOSPC, "No space left on device"))
+    copy = pickle.loads(pickle.dumps(error))
+    assert type(copy) is ExportWriteError and str(copy) == str(error) and copy.errno == errno.ENOSPC
