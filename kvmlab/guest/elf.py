@@ -149,8 +149,9 @@ def _loads(data: bytes, layout: _Layout, name: str) -> list[_Load]:
     bytes than memory, inside the address space, and no two in the same place (so however
     many headers a file has, what they load fits in the address space once)."""
     loads = [load for load in (_unpack(data, layout, i) for i in range(layout.phnum)) if load is not None]
-    if loads:
-        furthest = max(loads, key=lambda load: load.offset + load.filesz)
+    with_data = [load for load in loads if load.filesz]  # a bss-only segment's offset may lie past the end
+    if with_data:
+        furthest = max(with_data, key=lambda load: load.offset + load.filesz)
         _check_in_file(data, name, furthest.offset + furthest.filesz, f"segment {furthest.index}")
     for load in loads:
         if load.filesz > load.memsz:

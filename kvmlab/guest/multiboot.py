@@ -233,8 +233,12 @@ def read_input(path, what: str, limit: int) -> tuple[bytes, str]:
     host's memory or waiting for a writer."""
     path = Path(path)
     try:
-        # O_NONBLOCK: opening a FIFO would otherwise wait for a writer (it changes nothing for files)
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        # Checked before opening too: opening a device can do something (a watchdog arms, a
+        # tape rewinds). Then checked again on what was opened, in case the name changed.
+        _regular_size(os.stat(path), path, what, limit)
+        # O_NONBLOCK: opening a FIFO would otherwise wait for a writer; O_NOCTTY: a terminal
+        # never becomes this process's controlling terminal (neither changes a regular file)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
         try:
             size = _regular_size(os.fstat(fd), path, what, limit)
             with open(fd, "rb", closefd=False) as file:
