@@ -99,10 +99,15 @@ class ExportWriteError(KvmlabError, OSError):
         super().__init__(cause.errno, reason, str(path))
         hint = _WRITE_HINTS.get(cause.errno, "check the folder and try again")
         number = f" (errno {cause.errno})" if cause.errno is not None else ""
-        self.message = f"cannot write metrics to {path}: {reason}{number}; {hint}"
+        self.message = f"cannot write {path}: {reason}{number}; {hint}"
 
     def __str__(self) -> str:
         return self.message
+
+    def __reduce__(self):
+        # OSError's own would call __init__(errno, strerror, filename): rebuild from the cause
+        # instead, so the error survives pickling (multiprocessing, Dask) and copy.
+        return (type(self), (self.filename, OSError(self.errno, self.strerror)))
 
 
 #: what to do about the usual reasons a write fails part-way (errno -> advice)

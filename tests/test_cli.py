@@ -15,6 +15,7 @@ from kvmlab.cli import main
 from kvmlab.guest.kernels import smp_demo
 from kvmlab.guest.programs import _source
 
+from .procfs import open_fds
 from .tinydisk import CHUNK, fill_up, names_in
 
 pytestmark = pytest.mark.kvm
@@ -104,10 +105,6 @@ def test_errors_are_one_line_without_traceback(tmp_path, args, message):
     assert list(tmp_path.iterdir()) == [asm, bad] or sorted(tmp_path.iterdir()) == sorted([asm, bad]), "no work was done"
 
 
-def open_fds() -> set[str]:
-    return set(os.listdir("/proc/self/fd"))
-
-
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -138,7 +135,7 @@ def test_run_out_on_a_full_disk_is_one_line_and_exit_1(tmp_path, tiny_disk):
     result = kvmlab("run", str(program), "--mode", "long", "--seconds", "5", "--out", str(out))
     assert result.returncode == 1
     reason = "No space left on device (errno 28); free some space or choose another folder"
-    assert result.stderr.splitlines() == [f"kvmlab run: error: cannot write metrics to {out}: {reason}"]
+    assert result.stderr.splitlines() == [f"kvmlab run: error: cannot write {out}: {reason}"]
     assert names_in(tiny_disk) == set(), "no metrics file and no temporary file"
 
 

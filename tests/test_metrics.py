@@ -345,7 +345,7 @@ def many_vcpu_registry(**kwargs) -> MetricsRegistry:
 
 
 def full_disk_message(path) -> str:
-    return f"cannot write metrics to {path}: No space left on device (errno 28); free some space or choose another folder"
+    return f"cannot write {path}: No space left on device (errno 28); free some space or choose another folder"
 
 
 @pytest.mark.parametrize("suffix", WRITERS)
