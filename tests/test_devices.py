@@ -95,3 +95,13 @@ def test_debug_exit_write_ends_with_the_full_32_bit_code():
     with pytest.raises(GuestRequestedExit) as stop:
         device.write(0, 4, 0x12345678)
     assert stop.value.code == 0x12345678 and device.last_code == 0x12345678
+
+
+def test_turning_the_fifos_off_or_on_clears_what_they_hold(uart):
+    _loopback_flood(uart, 0x01)
+    uart.read(LSR, 1)
+    uart.write(IIR_FCR, 1, 0x00)  # FIFOs off: the datasheet clears both FIFOs
+    assert uart.read(LSR, 1) & 0x01 == 0, "nothing left to read"
+    uart.write(THR, 1, 0x41)
+    uart.write(IIR_FCR, 1, 0x01)  # and on again
+    assert uart.read(LSR, 1) & 0x01 == 0

@@ -134,8 +134,10 @@ class Serial16550(Device):
                 else:
                     self.ier = value & 0x0F
             elif offset == 2:
+                toggled = (self.fcr ^ value) & FCR_FIFO_ENABLE
                 self.fcr = value
-                if value & FCR_CLEAR_RX:
+                # Turning the FIFOs on or off clears them, as the datasheet says; so does bit 1.
+                if value & FCR_CLEAR_RX or toggled:
                     self._rx.clear()
             elif offset == 3:
                 self.lcr = value
