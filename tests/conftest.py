@@ -12,6 +12,8 @@ import pytest
 
 from kvmlab.kvm import kvm_unavailable_reason
 
+from .procfs import kvmlab_threads
+
 KVM_REASON = kvm_unavailable_reason()
 REQUIRE_KVM = os.environ.get("KVMLAB_REQUIRE_KVM") == "1"
 #: kvm_pvm (nested, paravirtualized KVM) reports some faults differently from hardware KVM.
@@ -55,20 +57,23 @@ def no_leaked_threads():
     """Every test must join what it started: no kvmlab thread may outlive it."""
     yield
     gc.collect()
-    leftovers = [t.name for t in threading.enumerate() if t.name.startswith("kvmlab") and t.is_alive()]
+    leftovers = kvmlab_threads()
     for _ in range(40):
         if not leftovers:
             break
         threading.Event().wait(0.05)
-        leftovers = [t.name for t in threading.enumerate() if t.name.startswith("kvmlab") and t.is_alive()]
+        leftovers = kvmlab_threads()
     assert not leftovers, f"threads left running: {leftovers}"
 
 
 @pytest.fixture
 def tiny_disk():
     """An empty folder on a 64 KiB tmpfs, for full-disk checks; unmounted however the test
-    ends. Mounting needs root: skipped otherwise (CI runs as root, so it runs there)."""
+    ends. Mounting needs root: skipped otherwise, unless KVMLAB_REQUIRE_TINY_DISK=1 (CI sets
+    it, as it runs as root): then a missing right fails instead of hiding the full-disk checks."""
     if os.geteuid() != 0:
+        if os.environ.get("KVMLAB_REQUIRE_TINY_DISK") == "1":
+            pytest.fail("KVMLAB_REQUIRE_TINY_DISK=1 but not root: the full-disk checks cannot mount their tmpfs", pytrace=False)
         pytest.skip("mounting a tmpfs needs root")
     from .tinydisk import mounted_tmpfs
 
