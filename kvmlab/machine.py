@@ -94,11 +94,11 @@ class _Parts:
 
 
 class _KickAfter:
-    """Kicks the calling thread out of the guest if it is still there after ``seconds``."""
+    """Kicks the calling thread out of the guest if it is still there after ``seconds``:
+    the same kick as every other (``Vcpu.kick_thread``), aimed at this thread."""
 
     def __init__(self, seconds: float, vcpu):
-        self._run_u8 = vcpu.run_u8
-        self._backend = vcpu.backend
+        self._vcpu = vcpu
         self._ident = threading.get_ident()
         self._lock = threading.Lock()
         self._armed = True
@@ -108,8 +108,7 @@ class _KickAfter:
     def _kick(self) -> None:
         with self._lock:
             if self._armed:
-                self._run_u8[1] = 1  # immediate_exit
-                self._backend.interrupt(self._ident)
+                self._vcpu.kick_thread(self._ident)
 
     def __enter__(self):
         self._timer.start()

@@ -134,12 +134,10 @@ class Vmm:
                     handle.send_event(VcpuEvent.FINISH)
                 except VcpuError:
                     pass  # already finished
+            # One Finish and one kick each (send_event), then one join each: kicks are reliable.
             deadline = time.monotonic() + JOIN_TIMEOUT
-            while time.monotonic() < deadline and not all(h.finished for h in self.handles):
-                for handle in self.handles:
-                    if not handle.finished:
-                        handle.kick()  # again: an emulator can miss a stop asked just before it starts
-                        handle.join(0.05)
+            for handle in self.handles:
+                handle.join(max(deadline - time.monotonic(), 0))
             stuck = [h.index for h in self.handles if not h.finished]
             if stuck:
                 raise MachineStateError(

@@ -103,6 +103,13 @@ class Error(VcpuResponse):
     error: Any
 
 
+@dataclass(frozen=True, repr=False)
+class ThreadEnded(VcpuResponse):
+    """The vCPU thread's last message, posted as it ends (after Finish, a disconnect or a
+    crash): a controller waiting for an answer learns at once that none will come, without
+    polling the thread (Firecracker's channel reports the same as a disconnection)."""
+
+
 #: How a status reads for the MP states worth mentioning (RUNNABLE is the normal case).
 MP_STATE_NOTES = {"UNINITIALIZED": "wait-for-SIPI", "INIT_RECEIVED": "INIT received", "SIPI_RECEIVED": "SIPI received", "HALTED": "halted"}
 

@@ -55,6 +55,7 @@ from .protocol import (
     Paused,
     Resumed,
     SavedState,
+    ThreadEnded,
     VcpuEvent,
     VcpuResponse,
     VcpuState,
@@ -69,8 +70,6 @@ _MP_STATE_NAMES = {state.value: state.name for state in MpState}  # None (no irq
 #: The handle is gone (the seed's channel disconnection): the vCPU exits with an error.
 DISCONNECTED = None
 
-#: How often a waiting controller checks that the vCPU thread is still there (seconds).
-_FINISH_POLL = 0.01
 
 
 class Vcpu:
@@ -127,6 +126,7 @@ class Vcpu:
             with self.kick_lock:
                 self.kickable = False
                 self.state = VcpuState.FINISHED
+            self.responses.put(ThreadEnded())
 
     # --- states -------------------------------------------------------------------------------
 
@@ -264,13 +264,21 @@ class Vcpu:
             log.error("vCPU %d: failed signaling vcpu exit event: %s", self.index, err)
 
     def kick(self) -> None:
-        """Gets this vCPU's thread out of the guest: ``immediate_exit = 1`` (so a run about to
-        start returns at once), then the engine's interrupt (SIGRTMIN for KVM, a stop request
-        for the emulator). Never signals a thread that has finished."""
+        """Gets this vCPU's thread out of the guest, once: Firecracker's kick. Never signals
+        a thread that has finished."""
         with self.kick_lock:
             if self.kickable and self.thread is not None:
-                self.run_u8[IMMEDIATE_EXIT] = 1
-                self.backend.interrupt(self.thread.ident)
+                self.kick_thread(self.thread.ident)
+
+    def kick_thread(self, thread_ident: int) -> None:
+        """``immediate_exit = 1``, then the engine's interrupt to the thread running this
+        vCPU. The flag is the contract that makes one kick enough: a run about to start
+        returns at once (KVM checks it on entry; ``Vcpu.running`` before every run), and a
+        run under way is stopped by the interrupt (SIGRTMIN makes KVM_RUN return EINTR; the
+        emulated engine's block hook reads the flag itself). The signal's system call
+        orders the flag's store before the interrupt."""
+        self.run_u8[IMMEDIATE_EXIT] = 1
+        self.backend.interrupt(thread_ident)
 
     def status(self) -> VcpuStatus:
         mp_name = _MP_STATE_NAMES.get(self.backend.mp_state)
@@ -339,33 +347,34 @@ class VcpuHandle:
         self._vcpu.kick()
 
     def recv(self, timeout: float) -> VcpuResponse:
-        """The next response, whatever it answers (the seed's ``response_receiver().recv_timeout``)."""
+        """The next response, whatever it answers (Firecracker's ``response_receiver().recv_timeout``)."""
         try:
-            return self._responses.get(timeout=timeout)
+            response = self._responses.get(timeout=timeout)
         except queue.Empty:
             raise VcpuTimeoutError(f"vCPU {self.index} sent no response within {timeout:g} s") from None
+        if type(response) is ThreadEnded:
+            self._responses.put(response)  # it stays the last word for whoever asks next
+            raise VcpuFinishedError(f"vCPU {self.index} has finished: its thread ended and will answer nothing more")
+        return response
 
     def wait_response(self, seq: int, timeout: float, what: str = "event") -> VcpuResponse:
-        """Waits for the answer to event ``seq``; unasked and late answers are set aside."""
+        """Waits for the answer to event ``seq``; unasked and late answers are set aside.
+
+        One wait on the response queue, no polling and no second kick: the kick is reliable
+        (see ``Vcpu.kick_thread``), and a thread that ends without answering says so with
+        its last message (``ThreadEnded``)."""
         deadline = time.monotonic() + timeout
         while True:
-            remaining = deadline - time.monotonic()
             try:
-                # Short slices so a thread that finishes without answering (the machine was
-                # stopped meanwhile) is noticed at once instead of after the whole timeout.
-                response = self._responses.get(timeout=min(max(remaining, 0), _FINISH_POLL))
+                response = self._responses.get(timeout=max(deadline - time.monotonic(), 0))
             except queue.Empty:
-                if self.finished and self._responses.empty():
-                    raise VcpuFinishedError(f"vCPU {self.index} finished before answering {what} (the machine stopped)") from None
-                if remaining <= 0:
-                    raise VcpuTimeoutError(
-                        f"vCPU {self.index} did not answer {what} within {timeout:g} s "
-                        f"(its state is {self.status()}); the request was left queued"
-                    ) from None
-                # Still no answer: kick again. An engine whose interrupt can be lost (an
-                # emulator told to stop just before it starts) then still gets the event.
-                self.kick()
-                continue
+                raise VcpuTimeoutError(
+                    f"vCPU {self.index} did not answer {what} within {timeout:g} s "
+                    f"(its state is {self.status()}); the request was left queued"
+                ) from None
+            if type(response) is ThreadEnded:
+                self._responses.put(response)
+                raise VcpuFinishedError(f"vCPU {self.index} finished before answering {what} (the machine stopped)")
             if response.seq == seq:
                 return response
             (self.unsolicited if response.seq is None else self.stale).append(response)
