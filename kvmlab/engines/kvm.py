@@ -163,10 +163,6 @@ class KvmVcpuBackend:
     def set_sregs(self, sregs) -> None:
         self.fd.set_sregs(sregs)
 
-    def set_single_step(self, enabled: bool) -> None:
-        control = kc.KVM_GUESTDBG_ENABLE | kc.KVM_GUESTDBG_SINGLESTEP if enabled else 0
-        self.fd.set_guest_debug(control)
-
     def kvmclock_ctrl(self) -> None:
         self.fd.kvmclock_ctrl()
 

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import ConfigError, ExportWriteError, MachineStateError
-from .catalog import AGG_FIELDS, MetricSpec, exit_metric_specs, kernel_metric_specs
+from .catalog import MetricSpec, exit_metric_specs, kernel_metric_specs
 from .counters import ADDRESS_LIMIT, AGGREGATES, COUNTERS, NS_PER_US, VcpuMetrics
 from .export import FORMATS, append_json_line, check_output_path, write_frame
 from .ring import RingBuffer
