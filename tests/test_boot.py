@@ -21,7 +21,9 @@ from kvmlab.guest.elf import read_elf, write_elf32
 from kvmlab.guest.kernels import smp_demo
 from kvmlab.guest.multiboot import INFO_AREA, MultibootError, plan
 from kvmlab.lab import record_states
-from kvmlab.vstate.protocol import VcpuState
+from kvmlab.kvm.constants import MpState
+from kvmlab.lab.inspect import mp_state_name
+from kvmlab.vstate.protocol import VcpuState, VcpuStatus
 
 from .kernelkit import build_kernels, symbols
 
@@ -132,12 +134,27 @@ def test_flat_binary_with_header_addresses_loads_and_gets_a_zeroed_bss(machines,
     assert m.console.text == "kludge: loaded from a flat binary, bss zeroed\n"
 
 
-# --- MP states: APs wait for SIPI without spinning, and still answer ----------------------------------
+# --- MP states: APs wait for INIT without spinning, and still answer ----------------------------------
+
+
+@pytest.mark.parametrize(
+    "mp_state, status, inspected",
+    [  # KVM's meanings (Documentation/virt/kvm/api.rst, KVM_GET_MP_STATE)
+        ("UNINITIALIZED", "Running (waiting for INIT)", "UNINITIALIZED (waiting for INIT)"),  # an AP before its INIT
+        ("INIT_RECEIVED", "Running (waiting for SIPI)", "INIT_RECEIVED (waiting for SIPI)"),  # ready for a SIPI
+        ("SIPI_RECEIVED", "Running (SIPI received)", "SIPI_RECEIVED (SIPI received)"),
+        ("HALTED", "Running (halted)", "HALTED"),  # executed HLT, waits for an interrupt
+        ("RUNNABLE", "Running", "RUNNABLE"),
+    ],
+)
+def test_each_mp_state_reads_as_kvm_defines_it(mp_state, status, inspected):
+    assert str(VcpuStatus(1, VcpuState.RUNNING, mp_state=mp_state)) == status  # the control panel, the timeline
+    assert mp_state_name(MpState[mp_state]) == inspected  # the inspector
 
 
 @pytest.mark.kvm
-def test_aps_wait_for_sipi_and_still_answer_pause_resume_and_close(machines, kernels):
-    """spin.s never starts its APs: they sit in KVM_RUN in wait-for-SIPI, which must not burn
+def test_aps_waiting_for_init_still_answer_pause_resume_and_close(machines, kernels):
+    """spin.s never starts its APs: they sit in KVM_RUN waiting for INIT, which must not burn
     a host CPU, and must still answer Pause/Resume/Finish within the kick's time."""
     m = machines(vcpus=3, memory_mib=8, timeout=2.0)
     m.boot(kernels.spin)
@@ -148,7 +165,7 @@ def test_aps_wait_for_sipi_and_still_answer_pause_resume_and_close(machines, ker
     cpu_used = time.process_time() - cpu_before
     states = m.states
     assert [s.mp_state for s in states[1:]] == ["UNINITIALIZED", "UNINITIALIZED"]
-    assert str(states[1]) == "Running (wait-for-SIPI)"
+    assert str(states[1]) == "Running (waiting for INIT)"
     # the BSP spins (one host CPU, as a guest loop must); the waiting APs add next to nothing
     assert cpu_used < 0.5 * 1.5, f"3 vCPUs used {cpu_used:.2f} s of CPU in 0.5 s: the APs spin"
     started = time.monotonic()
@@ -501,14 +518,20 @@ def test_smp_demo_starts_aps_one_by_one_and_the_timeline_shows_it(machines):
     for ap in (1, 2, 3):
         rows = timeline[timeline.vcpu == ap]
         first_running = rows[rows.mp_state == "RUNNABLE"].t.min()
-        assert (rows[rows.t < first_running].mp_state == "UNINITIALIZED").any(), f"AP {ap} was never seen waiting for SIPI"
         came_up.append(first_running)
         assert rows.iloc[-1].state == "Finished"
+        # KVM with the in-kernel LAPIC: UNINITIALIZED until the INIT, INIT_RECEIVED until the
+        # SIPI (sent right after it, so usually too short to see), then RUNNABLE; HALTED at the end
+        seen = [mp for i, mp in enumerate(rows.mp_state) if i == 0 or mp != rows.mp_state.iloc[i - 1]]
+        assert seen in (["UNINITIALIZED", "RUNNABLE", "HALTED"], ["UNINITIALIZED", "INIT_RECEIVED", "RUNNABLE", "HALTED"]), f"AP {ap}: {seen}"
+        waiting = rows[(rows.state == "Running") & (rows.t < first_running)]
+        assert waiting.shown.iloc[0] == "Running (waiting for INIT)", f"AP {ap}: {waiting.shown.tolist()}"
+        assert set(waiting.shown) <= {"Running (waiting for INIT)", "Running (waiting for SIPI)"}, f"AP {ap}: {waiting.shown.tolist()}"
     assert came_up == sorted(came_up), f"APs came up out of order: {came_up}"
 
 
 @pytest.mark.kvm
-def test_control_panel_and_inspector_show_aps_waiting_for_sipi(machines):
+def test_control_panel_and_inspector_show_aps_waiting_for_init(machines):
     from kvmlab.widgets import ControlPanel, CpuInspector
 
     m = machines(vcpus=2, memory_mib=8)
@@ -517,20 +540,20 @@ def test_control_panel_and_inspector_show_aps_waiting_for_sipi(machines):
     try:
         m.start()
         deadline = time.monotonic() + 5
-        while panel.state_text(1) != "Running (wait-for-SIPI)" and time.monotonic() < deadline:
+        while panel.state_text(1) != "Running (waiting for INIT)" and time.monotonic() < deadline:
             time.sleep(0.01)
         panel.session.refresh_now()  # what the refresher does, under its lock
-        assert "Running (wait-for-SIPI)" in panel.state_labels[1].value
+        assert "Running (waiting for INIT)" in panel.state_labels[1].value
         m.pause(1)
         panel.session.refresh_now()  # what the refresher does, under its lock
-        assert panel.state_text(1) == "Paused (wait-for-SIPI)"
+        assert panel.state_text(1) == "Paused (waiting for INIT)"
         inspector.vcpu_picker.value = 1
         inspector.save_button.click()
         assert inspector.session.wait_idle(5)
         inspector.session.refresh_now()
         summary = inspector.summary.value
-        assert "MP state UNINITIALIZED (wait-for-SIPI)" in summary and "RIP 0xfff0" in summary, summary
-        # an AP waiting for SIPI sits at the reset vector, 0xfffffff0: no RAM there, and it says so
+        assert "MP state UNINITIALIZED (waiting for INIT)" in summary and "RIP 0xfff0" in summary, summary
+        # an AP waiting for INIT sits at the reset vector, 0xfffffff0: no RAM there, and it says so
         assert "no code to show at RIP 0xfff0 (linear 0xfffffff0)" in inspector.pages["Code at RIP"].value
     finally:
         panel.close()

@@ -18,6 +18,7 @@ import pytest
 from kvmlab import programs
 from kvmlab.devices.mailbox import COUNTERS, MAILBOX_BASE
 from kvmlab.metrics import ExportError, ExportWriteError, MetricsRegistry
+from kvmlab.metrics.ring import RingBuffer
 
 from .nobody import as_nobody
 from .tinydisk import CHUNK, fill_up, names_in
@@ -328,6 +329,85 @@ def test_registry_without_kernel_stats_says_so():
     assert registry.kernel_stats_absent == "this engine has no KVM binary stats fd"
     registry.vcpu(1).exit_io_out += 3
     assert registry.totals().loc["all", "exit_io_out"] == 3
+
+
+# --- one consistent snapshot of the ring, whatever the sampler does meanwhile ----------------------
+
+
+class RingSampledOnFirstRead(RingBuffer):
+    """A ring that takes a sample right after its first read, as the sampler thread may at any
+    moment: anything that reads the ring twice sees two different histories."""
+
+    def __init__(self, columns: int, capacity: int, on_first_read):
+        super().__init__(columns, capacity)
+        self._on_first_read = on_first_read
+
+    def array(self):
+        rows = super().array()
+        hook, self._on_first_read = self._on_first_read, None
+        if hook is not None:
+            hook()
+        return rows
+
+
+def registry_with_samples(samples: int, capacity: int) -> MetricsRegistry:
+    """A started registry of one fake vCPU holding ``samples`` samples, exit_io_out = the
+    square of each sample's number (so counts and rates tell samples apart); its ring takes
+    one more sample right after the first read."""
+    registry = MetricsRegistry([FakePeripherals(0)], None, sample_hz=0)
+
+    def sample(number: int) -> None:
+        registry.vcpu(0).exit_io_out = number * number
+        registry.sample()
+
+    registry.ring = RingSampledOnFirstRead(registry.ring.columns, capacity, lambda: sample(samples + 1))
+    registry.vcpu(0).exit_io_out = 1
+    registry.start()
+    for number in range(2, samples + 1):
+        time.sleep(0.001)  # distinct elapsed times, so rates exist
+        sample(number)
+    return registry
+
+
+def sampled_pairs(frame: pd.DataFrame) -> set[tuple]:
+    return set(zip(frame["t"], frame["elapsed_s"], frame["vcpu"], frame["metric"], frame["value"]))
+
+
+@pytest.mark.parametrize("rates", [False, True])
+@pytest.mark.parametrize("samples, capacity", [(3, 8), (6, 4)], ids=["ring-not-full", "ring-full"])
+def test_a_sample_taken_during_to_dataframe_does_not_mix_two_histories(samples, capacity, rates):
+    registry = registry_with_samples(samples, capacity)
+    racy = registry.to_dataframe(rates=rates, metrics=["exit_io_out"])  # a sample comes in meanwhile
+    assert registry.samples == min(samples + 1, capacity), "the sample was taken during the call"
+    settled = registry.to_dataframe(rates=rates, metrics=["exit_io_out"])  # nothing comes in now
+    assert len(racy) in (len(settled), len(settled) - 2), "the history before or after the sample (2 rows: 0 and all)"
+    still_kept = set(settled["elapsed_s"])  # a full ring has dropped the oldest sample since
+    shown = {row for row in sampled_pairs(racy) if row[1] in still_kept}
+    assert shown and shown <= sampled_pairs(settled), "each value with the time it was sampled at"
+
+
+def test_a_full_ring_keeps_each_value_with_its_own_timestamp():
+    registry = registry_with_samples(6, 4)  # the ring keeps samples 3 to 6; 7 comes in during the read
+    frame = registry.to_dataframe(metrics=["exit_io_out"], vcpus=["0"])
+    after = registry.ring.array()  # samples 4 to 7: wall ns, elapsed s, then vCPU 0's metrics
+    sampled_at = dict(zip(after[:, 2 + registry.names.index("exit_io_out")], after[:, 0].astype("int64")))
+    assert frame["value"].tolist() in ([9.0, 16.0, 25.0, 36.0], [16.0, 25.0, 36.0, 49.0])
+    shown = {value: t.value for value, t in zip(frame["value"], frame["t"]) if value in sampled_at}
+    assert shown == {value: sampled_at[value] for value in shown}, "each value at the time it was sampled"
+
+
+def test_last_s_keeps_the_samples_of_those_seconds_and_rates_use_the_one_before():
+    registry = MetricsRegistry([FakePeripherals(0)], None, sample_hz=0)
+    registry.ring = RingBuffer(registry.ring.columns, 8)
+    for second in range(5):  # one sample a second, exit_io_out = 10 per second so far
+        row = np.zeros(registry.ring.columns)
+        row[:2] = second * 1_000_000_000, second
+        row[2 + registry.names.index("exit_io_out")] = 10 * second
+        registry.ring.append(row)
+    counts = registry.to_dataframe(metrics=["exit_io_out"], vcpus=["0"], last_s=2)
+    assert counts["elapsed_s"].tolist() == [2, 3, 4] and counts["value"].tolist() == [20, 30, 40]
+    rates = registry.to_dataframe(rates=True, metrics=["exit_io_out"], vcpus=["0"], last_s=2)
+    assert rates["elapsed_s"].tolist() == [2, 3, 4] and rates["value"].tolist() == [10, 10, 10]
 
 
 # --- a full disk: every export is all or nothing ------------------------------------------------------

@@ -124,8 +124,8 @@ class KvmVcpuBackend:
         self._stats: KvmStats | None = None
         #: the MP state as last read on this vCPU's own thread (KVM_GET_MP_STATE would block
         #: on a vCPU sitting in KVM_RUN, so nobody else asks): refreshed when KVM_RUN returns
-        #: EAGAIN (an AP leaving wait-for-SIPI) or EINTR (a kick), and at the first exit after
-        #: any state other than RUNNABLE
+        #: EAGAIN (an AP that received INIT, and maybe its SIPI) or EINTR (a kick), and at the
+        #: first exit after any state other than RUNNABLE
         self.mp_state: int | None = fd.get_mp_state() if vm.irqchip else None
 
     # --- the hot path -------------------------------------------------------------------------
@@ -143,10 +143,10 @@ class KvmVcpuBackend:
                     self.mp_state = self.fd.get_mp_state()
                 return INTERRUPTED
             if err == EAGAIN and self.vm.irqchip:
-                self.mp_state = self.fd.get_mp_state()  # e.g. an AP that received its SIPI
+                self.mp_state = self.fd.get_mp_state()  # an AP out of UNINITIALIZED: INIT_RECEIVED or RUNNABLE
             return handle_kvm_exit(p, err)
         if self.mp_state:  # not None (no irqchip) nor RUNNABLE (0): KVM may have moved it on
-            self.mp_state = self.fd.get_mp_state()  # inside KVM_RUN (an INIT and SIPI taken together)
+            self.mp_state = self.fd.get_mp_state()  # inside KVM_RUN (INIT_RECEIVED -> RUNNABLE at the SIPI)
         return handle_kvm_exit(p, 0)
 
     # --- registers, for guest setup and inspection -----------------------------------------------
@@ -162,10 +162,6 @@ class KvmVcpuBackend:
 
     def set_sregs(self, sregs) -> None:
         self.fd.set_sregs(sregs)
-
-    def set_single_step(self, enabled: bool) -> None:
-        control = kc.KVM_GUESTDBG_ENABLE | kc.KVM_GUESTDBG_SINGLESTEP if enabled else 0
-        self.fd.set_guest_debug(control)
 
     def kvmclock_ctrl(self) -> None:
         self.fd.kvmclock_ctrl()

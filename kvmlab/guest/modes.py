@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from ..errors import ConfigError
 from ..vstate.layout import LOW_RAM_END
 from ..vstate.memory import GuestMemory
+from .multiboot import BOOTLOADER_MAGIC
 
 RESULTS_ADDRESS = 0x0500
 RESULTS_STRIDE = 16
@@ -190,7 +191,7 @@ def setup_vcpu(backend, memory: GuestMemory, entry: EntryPoint, index: int) -> N
 def setup_multiboot_entry(backend, memory: GuestMemory, entry: int, info_address: int, gdt_address: int) -> None:
     """The state Multiboot promises a kernel: 32-bit protected mode, paging off, flat 4 GiB
     segments (CS 0x08, the rest 0x10, from a GDT at ``gdt_address``), interrupts off,
-    EAX = 0x2BADB002, EBX = the information structure. ESP is undefined by the spec: 0."""
+    EAX = BOOTLOADER_MAGIC (0x2BADB002), EBX = the information structure. ESP is undefined by the spec: 0."""
     memory.write(gdt_address, b"".join(d.to_bytes(8, "little") for d in GDT_ENTRIES[:3]))
     sregs = backend.get_sregs()
     _flat(sregs.cs, CODE32_SELECTOR, 0xB)
@@ -202,7 +203,7 @@ def setup_multiboot_entry(backend, memory: GuestMemory, entry: int, info_address
     regs = backend.get_regs()
     for name in ("rcx", "rdx", "rsi", "rdi", "rsp", "rbp", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15"):
         setattr(regs, name, 0)
-    regs.rax, regs.rbx = 0x2BADB002, info_address
+    regs.rax, regs.rbx = BOOTLOADER_MAGIC, info_address
     regs.rip, regs.rflags = entry, RFLAGS_RESERVED
     backend.set_regs(regs)
 

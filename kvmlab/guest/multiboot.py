@@ -33,7 +33,7 @@ from ..vstate.layout import HIGH_RAM_START, LEGACY_HOLE, LOW_RAM_END, MIB, PAGE_
 from .elf import ElfError, check_layout, is_elf, read_elf
 
 HEADER_MAGIC = 0x1BADB002
-BOOTLOADER_MAGIC = 0x2BADB002
+BOOTLOADER_MAGIC = 0x2BADB002  # in EAX at the kernel's entry: "a Multiboot loader started you"
 SEARCH_LIMIT = 8192
 FLAG_PAGE_ALIGN = 1 << 0
 FLAG_MEMORY_INFO = 1 << 1

@@ -24,8 +24,6 @@ KVM_STATS_TYPE_SHIFT = 0
 KVM_STATS_TYPE_MASK = 0xF
 KVM_STATS_UNIT_SHIFT = 4
 KVM_STATS_UNIT_MASK = 0xF << 4
-KVM_STATS_BASE_SHIFT = 8
-KVM_STATS_BASE_MASK = 0xF << 8
 
 
 class StatType(enum.IntEnum):
@@ -53,10 +51,6 @@ class StatDescriptor:
     size: int
     offset: int
     bucket_size: int
-
-    @property
-    def is_histogram(self) -> bool:
-        return self.type in (StatType.LINEAR_HIST, StatType.LOG_HIST)
 
 
 class KvmStats:
@@ -96,10 +90,6 @@ class KvmStats:
     @property
     def names(self) -> list[str]:
         return [d.name for d in self.descriptors]
-
-    @property
-    def scalar_names(self) -> list[str]:
-        return [name for name, _ in self._scalars]
 
     def read_raw(self) -> tuple[int, ...]:
         return self._data.unpack(os.pread(self.fd, self._data_len, self._data_offset))

@@ -107,9 +107,6 @@ class Kvm:
     def get_msr_index_list(self) -> list[int]:
         return self._msr_list(c.KVM_GET_MSR_INDEX_LIST, "KVM_GET_MSR_INDEX_LIST")
 
-    def get_msr_feature_index_list(self) -> list[int]:
-        return self._msr_list(c.KVM_GET_MSR_FEATURE_INDEX_LIST, "KVM_GET_MSR_FEATURE_INDEX_LIST")
-
     def _msr_list(self, request: int, name: str) -> list[int]:
         # The kernel answers E2BIG with the count it needs; ask twice rather than guess a size.
         probe = s.msr_list_with(0)

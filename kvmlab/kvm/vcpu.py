@@ -122,9 +122,6 @@ class VcpuFd:
         """Needs an in-kernel irqchip; without one KVM answers ENXIO."""
         return self._get(c.KVM_GET_LAPIC, s.kvm_lapic_state, "KVM_GET_LAPIC")
 
-    def set_lapic(self, lapic: s.kvm_lapic_state) -> None:
-        ioctl(self.fd, c.KVM_SET_LAPIC, ctypes.byref(lapic), name="KVM_SET_LAPIC")
-
     def get_xsave(self) -> bytes:
         """The legacy 4 KiB XSAVE area."""
         return bytes(self._get(c.KVM_GET_XSAVE, s.kvm_xsave, "KVM_GET_XSAVE"))
@@ -143,10 +140,6 @@ class VcpuFd:
 
     def get_mp_state(self) -> int:
         return self._get(c.KVM_GET_MP_STATE, s.kvm_mp_state, "KVM_GET_MP_STATE").mp_state
-
-    def set_mp_state(self, mp_state: int) -> None:
-        state = s.kvm_mp_state(mp_state=mp_state)
-        ioctl(self.fd, c.KVM_SET_MP_STATE, ctypes.byref(state), name="KVM_SET_MP_STATE")
 
     def get_debugregs(self) -> s.kvm_debugregs:
         return self._get(c.KVM_GET_DEBUGREGS, s.kvm_debugregs, "KVM_GET_DEBUGREGS")

@@ -46,10 +46,6 @@ class VmFd:
         """Three pages KVM needs on Intel to run real mode; must lie outside RAM and devices."""
         ioctl(self.fd, c.KVM_SET_TSS_ADDR, address, name="KVM_SET_TSS_ADDR")
 
-    def set_identity_map_addr(self, address: int) -> None:
-        value = ctypes.c_uint64(address)
-        ioctl(self.fd, c.KVM_SET_IDENTITY_MAP_ADDR, ctypes.byref(value), name="KVM_SET_IDENTITY_MAP_ADDR")
-
     def create_irqchip(self) -> None:
         """In-kernel PIC, IOAPIC and a LAPIC per vCPU; only before the first vCPU is created."""
         ioctl(self.fd, c.KVM_CREATE_IRQCHIP, 0, name="KVM_CREATE_IRQCHIP")
@@ -57,7 +53,3 @@ class VmFd:
     def create_pit2(self, flags: int = 0) -> None:
         config = s.kvm_pit_config(flags=flags)
         ioctl(self.fd, c.KVM_CREATE_PIT2, ctypes.byref(config), name="KVM_CREATE_PIT2")
-
-    def register_coalesced_mmio(self, address: int, size: int, pio: bool = False) -> None:
-        zone = s.kvm_coalesced_mmio_zone(addr=address, size=size, pio=int(pio))
-        ioctl(self.fd, c.KVM_REGISTER_COALESCED_MMIO, ctypes.byref(zone), name="KVM_REGISTER_COALESCED_MMIO")

@@ -42,10 +42,6 @@ class ActionQueue:
     def pending(self) -> int:
         return self._pending
 
-    @property
-    def working(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
     def submit(self, label: str, action: Callable[[], Any]) -> None:
         with self._state:
             self._pending += 1

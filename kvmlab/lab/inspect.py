@@ -195,7 +195,7 @@ def diff(before: VcpuSnapshot, after: VcpuSnapshot) -> pd.DataFrame:
 
 
 def mp_state_name(value: int) -> str:
-    """``UNINITIALIZED (wait-for-SIPI)``: KVM's name, and what it means where it is not obvious."""
+    """``UNINITIALIZED (waiting for INIT)``: KVM's name, and what it means where it is not obvious."""
     try:
         name = MpState(value).name
     except ValueError:

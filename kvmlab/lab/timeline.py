@@ -1,7 +1,7 @@
 """When did each vCPU change state? A poller that writes down every change it sees.
 
-A control panel shows states *now*; a boot is about their order: an AP in wait-for-SIPI, then
-INIT received, then running. ``record_states`` polls ``machine.states`` (cheap: no ioctl, each
+A control panel shows states *now*; a boot is about their order: an AP waiting for INIT, then
+(for as long as the guest waits between the two) for SIPI, then running. ``record_states`` polls ``machine.states`` (cheap: no ioctl, each
 vCPU thread keeps its own status) and returns one row per change, until the machine stops or
 the timeout passes. A change shorter than ``interval`` can be missed: it is a sampler, not a
 trace (``Machine(trace=True)`` records every exit).

@@ -29,7 +29,6 @@ COUNTER_HELP = {
     "unhandled_accesses": "MMIO/port accesses no device claims",
     "device_errors": "device handlers that raised",
 }
-AGG_FIELDS = ("count", "min_us", "max_us", "sum_us")
 
 
 @dataclass(frozen=True)

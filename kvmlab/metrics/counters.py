@@ -99,9 +99,6 @@ class LatencyAgg:
         self.window_min_ns, self.window_max_ns = NO_MIN, 0
         return (low / NS_PER_US if low != NO_MIN else 0.0), high / NS_PER_US
 
-    def as_us(self) -> dict[str, float]:
-        return {"count": self.count, "min_us": self.min_us, "max_us": self.max_us, "sum_us": self.sum_us}
-
     def __repr__(self) -> str:
         return f"LatencyAgg(count={self.count}, min_us={self.min_us:.2f}, max_us={self.max_us:.2f}, sum_us={self.sum_us:.1f})"
 

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import ConfigError, ExportWriteError, MachineStateError
-from .catalog import AGG_FIELDS, MetricSpec, exit_metric_specs, kernel_metric_specs
+from .catalog import MetricSpec, exit_metric_specs, kernel_metric_specs
 from .counters import ADDRESS_LIMIT, AGGREGATES, COUNTERS, NS_PER_US, VcpuMetrics
 from .export import FORMATS, append_json_line, check_output_path, write_frame
 from .ring import RingBuffer
@@ -279,10 +279,11 @@ class MetricsRegistry:
     def samples(self) -> int:
         return len(self.ring)
 
-    def _history(self, last_s: float | None = None, extra: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(wall ns, elapsed s, values[sample, vcpu, metric]) from the ring, cut to the last
-        ``last_s`` seconds (plus ``extra`` earlier samples, for rates) *before* any work."""
-        data = self.ring.array()
+    def _history(self, data: np.ndarray, last_s: float | None = None, extra: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(wall ns, elapsed s, values[sample, vcpu, metric]) from ``data``, one snapshot of
+        the ring (``ring.array()``), cut to the last ``last_s`` seconds (plus ``extra`` earlier
+        samples, for rates) *before* any work. Every column comes from that one snapshot:
+        the sampler thread appends at any moment, and two reads would be two histories."""
         if last_s is not None and len(data):
             first = int(np.searchsorted(data[:, 1], data[-1, 1] - last_s))
             data = data[max(first - extra, 0) :]
@@ -293,21 +294,26 @@ class MetricsRegistry:
         """Numpy form of the history for plots: ``(elapsed_s, values[sample, vcpu, metric])``,
         per-second rates of cumulative metrics by default. ``with_all`` adds the 'all' row
         as the last vCPU."""
+        _, elapsed, values = self._window(self.ring.array(), metrics, rates=rates, last_s=last_s, with_all=with_all)
+        return elapsed, values
+
+    def _window(self, data: np.ndarray, metrics: Sequence[str], *, rates: bool, last_s: float | None, with_all: bool):
+        """``window()`` of one ring snapshot ``data``, with the wall-clock ns of each row too."""
         columns = [self._column(n) for n in metrics]
         if rates and not all(self.specs[j].cumulative for j in columns):
             raise ValueError(f"rates exist only for cumulative metrics, not {[n for n, j in zip(metrics, columns) if not self.specs[j].cumulative]}")
-        wall, elapsed, values = self._history(last_s, extra=1 if rates else 0)
+        wall, elapsed, values = self._history(data, last_s, extra=1 if rates else 0)
         if with_all:
             values = np.concatenate([values, self._combine(values)[:, None, :]], axis=1)
         values = values[:, :, columns]
         if not rates:
-            return elapsed, values
+            return wall, elapsed, values
         if len(values) < 2:
-            return elapsed[:0], values[:0]
+            return wall[:0], elapsed[:0], values[:0]
         dt = np.diff(elapsed)
         with np.errstate(divide="ignore", invalid="ignore"):
             per_second = np.diff(values, axis=0) / np.where(dt > 0, dt, np.nan)[:, None, None]
-        return elapsed[1:], per_second
+        return wall[1:], elapsed[1:], per_second
 
     def _column(self, name: str) -> int:
         index = self._spec_index.get(name)
@@ -331,14 +337,8 @@ class MetricsRegistry:
         labels = self.vcpu_labels + [ALL]
         chosen = self._vcpu_selection(vcpus)
         rows = chosen + ([len(self._metrics)] if vcpus is None or ALL in ([vcpus] if isinstance(vcpus, (str, int)) else vcpus) else [])
-        wall, _, _ = self._history(last_s, extra=1 if rates else 0)
-        elapsed, block = self.window(names, rates=rates, last_s=last_s, with_all=True)
+        wall, elapsed, block = self._window(self.ring.array(), names, rates=rates, last_s=last_s, with_all=True)
         block = block[:, rows]
-        if rates:
-            wall = wall[1:]
-        if last_s is not None and len(elapsed):
-            keep = elapsed >= elapsed[-1] - last_s
-            block, wall, elapsed = block[keep], wall[keep], elapsed[keep]
         samples, nv, nm = block.shape
         return pd.DataFrame(
             {

@@ -41,7 +41,9 @@ class RingBuffer:
                 self.overwritten += 1
 
     def array(self) -> np.ndarray:
-        """The rows oldest first (a copy)."""
+        """The rows oldest first: one copy, taken under the lock, so it is one consistent
+        history. Read it once per answer and cut every column from that copy: the sampler
+        appends between any two reads (and, once full, shifts every row by one)."""
         with self._lock:
             if self._size < len(self._data):
                 return self._data[: self._size].copy()

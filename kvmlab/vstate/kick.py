@@ -38,9 +38,5 @@ def install_kick_handler() -> None:
     signal.signal(KICK_SIGNAL, _on_kick)
 
 
-def kick_handler_installed() -> bool:
-    return signal.getsignal(KICK_SIGNAL) is _on_kick
-
-
 def signal_thread(thread_ident: int) -> None:
     signal.pthread_kill(thread_ident, KICK_SIGNAL)

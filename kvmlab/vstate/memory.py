@@ -130,5 +130,3 @@ class GuestMemory:
     def write_u64(self, address: int, value: int) -> None:
         self.write_int(address, 8, value)
 
-    def read_struct(self, address: int, fmt: struct.Struct) -> tuple:
-        return fmt.unpack(self.read(address, fmt.size))

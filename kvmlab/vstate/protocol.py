@@ -110,8 +110,18 @@ class ThreadEnded(VcpuResponse):
     polling the thread (Firecracker's channel reports the same as a disconnection)."""
 
 
-#: How a status reads for the MP states worth mentioning (RUNNABLE is the normal case).
-MP_STATE_NOTES = {"UNINITIALIZED": "wait-for-SIPI", "INIT_RECEIVED": "INIT received", "SIPI_RECEIVED": "SIPI received", "HALTED": "halted"}
+#: How a status reads for the MP states worth mentioning (RUNNABLE is the normal case), in
+#: KVM's own terms (Documentation/virt/kvm/api.rst, KVM_GET_MP_STATE): an AP that has not yet
+#: received an INIT is UNINITIALIZED; INIT_RECEIVED is the one ready for (waiting for) a SIPI;
+#: SIPI_RECEIVED has just received one; HALTED executed HLT and waits for an interrupt. With the
+#: in-kernel LAPIC an AP goes UNINITIALIZED -> INIT_RECEIVED -> RUNNABLE (KVM handles the SIPI
+#: inside KVM_RUN), and INIT_RECEIVED lasts as long as the guest waits between INIT and SIPI.
+MP_STATE_NOTES = {
+    "UNINITIALIZED": "waiting for INIT",
+    "INIT_RECEIVED": "waiting for SIPI",
+    "SIPI_RECEIVED": "SIPI received",
+    "HALTED": "halted",
+}
 
 
 @dataclass(frozen=True)
@@ -122,7 +132,7 @@ class VcpuStatus:
     state: VcpuState
     exit_code: int | None = None
     reason: str | None = None
-    #: KVM's MP state name (``RUNNABLE``, ``UNINITIALIZED`` = waiting for SIPI, ``HALTED``...)
+    #: KVM's MP state name (``RUNNABLE``, ``UNINITIALIZED`` = waiting for INIT, ``HALTED``...)
     #: when the machine has an in-kernel irqchip, else None
     mp_state: str | None = None
 

@@ -104,9 +104,6 @@ class Vm:
             self.vcpus.append(Vcpu(backend, peripherals, self.exit_evt))
         return self.vcpus
 
-    def ram_overlapping(self, rng: Range) -> bool:
-        return self.memory.is_ram(rng.start, rng.size)
-
     def close(self) -> None:
         """Releases vCPUs, the VM and memory, in that order. Threads must be joined first."""
         for vcpu in self.vcpus:

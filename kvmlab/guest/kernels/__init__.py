@@ -2,8 +2,8 @@
 they boot on Binder too).
 
 ``smp_demo()`` returns an ELF32 image for ``Machine.boot``: a bootstrap processor that starts
-each application processor in turn with INIT/SIPI, paced so that you can watch them leave
-wait-for-SIPI. Save it with ``Path("smp_demo.elf").write_bytes(smp_demo())`` to boot it with
+each application processor in turn with INIT/SIPI, paced so that you can watch them stop
+waiting for INIT one by one. Save it with ``Path("smp_demo.elf").write_bytes(smp_demo())`` to boot it with
 ``kvmlab boot``.
 """
 

@@ -1,11 +1,12 @@
 ; smp_demo.asm: a Multiboot kernel that starts its application processors one at a time.
 ;
 ; What it shows: how a multi-processor guest boots. Only the bootstrap processor (BSP, vCPU 0)
-; runs at first; every other vCPU waits for SIPI in KVM (MP state UNINITIALIZED). The BSP
+; runs at first; every other vCPU waits for INIT in KVM (MP state UNINITIALIZED). The BSP
 ; reads the number of CPUs from fw_cfg and, for each AP in turn, sends INIT and then a Startup
 ; IPI through its local APIC's interrupt command register (ICR, LAPIC + 0x300/0x310). KVM's
-; in-kernel LAPIC delivers them: that AP leaves wait-for-SIPI and starts in real mode at the
-; trampoline page, which takes it to this file's entry in 32-bit protected mode.
+; in-kernel LAPIC delivers them: the INIT makes that AP INIT_RECEIVED (waiting for SIPI), the SIPI
+; right after it makes it RUNNABLE, in real mode at the trampoline page, which takes it to this
+; file's entry in 32-bit protected mode. (Sent back to back, KVM usually takes both at once.)
 ;
 ; Before waking each AP the BSP works (STEP_EXITS MMIO writes to its mailbox counter), so a
 ; watcher sees the APs come up one by one. Each AP announces itself over serial (under a

@@ -139,15 +139,9 @@ def from_source(source: str, name: str = "<source>", **params: int) -> Program:
     return Program(name, source, params={k.upper(): _count(k, v) for k, v in params.items()})
 
 
-def catalog() -> list[Program]:
-    """One of each bundled program with its default parameters."""
-    return [hello(), mmio_counter(), mailbox_pingpong(), busy_loop(), triple_fault(), exit_code(), exit_cost()]
-
-
 __all__ = [
     "Program",
     "busy_loop",
-    "catalog",
     "exit_code",
     "exit_cost",
     "from_source",
