@@ -25,6 +25,7 @@ from typing import Iterable
 
 from .devices import COM1, DEBUG_EXIT_PORT, MAILBOX_BASE, Console, DebugExit, Mailbox, Serial16550
 from .devices.fw_cfg import FW_CFG_PORT, FwCfg
+from .devices.pci_host import PCI_CONFIG_PORT, PciHost
 from .devices import mailbox as mailbox_regs
 from .engines import note as engine_note
 from .engines import open_engine
@@ -135,8 +136,9 @@ class Machine:
     where it does not; ``"kvm"`` or ``"emulated"`` force one. ``m.engine`` says which runs and
     ``m.engine_note`` what that means.
 
-    Devices: a 16550 serial port at 0x3f8 (``console``), the debug-exit port at 0xf4 and the
-    ``mailbox`` MMIO device at 0xa0000. ``irqchip=True`` adds KVM's in-kernel interrupt
+    Devices: a 16550 serial port at 0x3f8 (``console``), the debug-exit port at 0xf4, fw_cfg
+    at 0x510, a PCI host bridge with an empty bus at 0xcf8 (``pci_host``) and the ``mailbox``
+    MMIO device at 0xa0000. ``irqchip=True`` adds KVM's in-kernel interrupt
     controllers (then HLT no longer exits to user space; the small programs want it off).
 
     Metrics (``metrics``): sampled ``sample_hz`` times a second (0: no sampler thread, only a
@@ -205,6 +207,7 @@ class Machine:
         self.debug_exit = DebugExit()
         self.mailbox = Mailbox()
         self.fw_cfg = FwCfg(int(memory_bytes), vcpus)
+        self.pci_host = PciHost()
         self.program: LoadedProgram | None = None
         self.kernel: BootImage | None = None
 
@@ -231,6 +234,7 @@ class Machine:
         vm.pio_bus.insert(self.serial, COM1, self.serial.size)
         vm.pio_bus.insert(self.debug_exit, DEBUG_EXIT_PORT, self.debug_exit.size)
         vm.pio_bus.insert(self.fw_cfg, FW_CFG_PORT, self.fw_cfg.size)
+        vm.pio_bus.insert(self.pci_host, PCI_CONFIG_PORT, self.pci_host.size)
         vm.mmio_bus.insert(self.mailbox, MAILBOX_BASE, self.mailbox.size)
         parts.metrics = MetricsRegistry(
             [vcpu.peripherals for vcpu in vm.vcpus],

@@ -29,7 +29,7 @@ from ..errors import FaultyKvmExit, UnhandledKvmExit
 from ..kvm.constants import InternalErrorSuberror, SystemEvent
 from ..metrics import trace as kinds
 from ..metrics.counters import VcpuMetrics
-from .bus import Bus, BusEntry, GuestRequestedExit
+from .bus import ALL_ONES, Bus, BusEntry, GuestRequestedExit
 from .unhandled import Notice, UnhandledWarnings
 
 log = logging.getLogger("kvmlab.vcpu")
@@ -64,8 +64,6 @@ U32_FAIL_CPU = 40 // 4
 
 IO_IN = 0
 IO_OUT = 1
-
-_MASKS = tuple((1 << (8 * n)) - 1 for n in range(9))
 
 
 class Emulation(enum.Enum):
@@ -178,7 +176,7 @@ def handle_kvm_exit(p: Peripherals, err: int):
         bus = p.mmio_bus
         entry = bus.lookup.get(address) or bus.resolve(address)
         if p.run_u8[U8_MMIO_IS_WRITE]:
-            value = u64[U64_MMIO_DATA] & _MASKS[size]
+            value = u64[U64_MMIO_DATA] & ALL_ONES[size]
             m.exit_mmio_write += 1
             counts = m.mmio_write_by_addr
             seen = counts.get(address)
@@ -213,7 +211,7 @@ def handle_kvm_exit(p: Peripherals, err: int):
                 return Emulation.HANDLED
             start = perf_counter_ns()
             try:
-                value = entry.read(address - entry.base, size) & _MASKS[size]
+                value = entry.read(address - entry.base, size) & ALL_ONES[size]
             except Exception as exc:
                 _device_failed(p, entry, "MMIO read", address, size, None, exc)
                 value = 0
@@ -312,7 +310,7 @@ def _handle_io(p: Peripherals, m: VcpuMetrics):
     if entry is None:
         if not out:
             u8[offset : offset + size * count] = b"\xff" * (size * count)  # an absent ISA port floats high
-        _unhandled(p, "port out" if out else "port in", port, size, kinds.IO_OUT if out else kinds.IO_IN, 0 if out else _MASKS[size])
+        _unhandled(p, "port out" if out else "port in", port, size, kinds.IO_OUT if out else kinds.IO_IN, 0 if out else ALL_ONES[size])
         return Emulation.HANDLED
     value = 0
     register = port - entry.base
@@ -339,7 +337,7 @@ def _handle_io(p: Peripherals, m: VcpuMetrics):
     else:
         for at in range(offset, offset + size * count, size):
             try:
-                value = entry.read(register, size) & _MASKS[size]
+                value = entry.read(register, size) & ALL_ONES[size]
             except Exception as exc:
                 _device_failed(p, entry, "port in", port, size, None, exc)
                 value = 0
