@@ -4,6 +4,7 @@ The public names notebooks use: ``Machine``, ``programs``, the error classes.
 """
 
 from .errors import (
+    AbsentHardwareError,
     AssemblyError,
     ConfigError,
     DeviceOverlapError,
@@ -28,6 +29,7 @@ from .vmm import MachineExit
 __version__ = "0.1.0"
 
 __all__ = [
+    "AbsentHardwareError",
     "AssemblyError",
     "ConfigError",
     "DeviceOverlapError",

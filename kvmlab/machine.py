@@ -144,6 +144,9 @@ class Machine:
     Metrics (``metrics``): sampled ``sample_hz`` times a second (0: no sampler thread, only a
     sample at start and stop) for the last ``history_s`` seconds; ``trace=True`` records one
     row per exit, up to ``trace_capacity`` rows per vCPU.
+
+    ``strict=True``: an access that reaches no device stops the vCPU with an
+    ``AbsentHardwareError`` naming it, instead of reading all ones / dropping the write as a PC.
     """
 
     def __init__(
@@ -160,6 +163,7 @@ class Machine:
         trace: bool = False,
         trace_capacity: int = DEFAULT_TRACE_CAPACITY,
         kvm_path: str | None = None,
+        strict: bool = False,
     ):
         if not isinstance(vcpus, int) or isinstance(vcpus, bool) or vcpus < 1:
             raise ConfigError(f"vcpus={vcpus!r}: need a whole number of at least 1")
@@ -178,6 +182,8 @@ class Machine:
             raise ConfigError(f"trace_capacity={trace_capacity!r}: need a positive number of rows")
         if irqchip not in (None, True, False):
             raise ConfigError(f"irqchip={irqchip!r}: True, False, or None (off for programs, on for boot())")
+        if not isinstance(strict, bool):
+            raise ConfigError(f"strict={strict!r}: True or False")
         cpuid_mask = validate_mask(cpuid_mask)
         install_kick_handler()
         self.timeout = float(timeout)
@@ -199,7 +205,7 @@ class Machine:
         self._finalizer = weakref.finalize(self, parts.close)
         self._config = dict(
             vcpus=vcpus, memory=int(memory_bytes), irqchip=irqchip, cpuid_mask=cpuid_mask,
-            sample_hz=sample_hz, history_s=history_s, trace=trace, trace_capacity=trace_capacity,
+            sample_hz=sample_hz, history_s=history_s, trace=trace, trace_capacity=trace_capacity, strict=strict,
         )  # fmt: skip
         # The devices exist from the start; they join the buses when the VM is built.
         self.console = Console()
@@ -223,7 +229,7 @@ class Machine:
         config = self._config
         backend = parts.engine.create_vm(irqchip=irqchip, cpuid_mask=config["cpuid_mask"])
         try:
-            vm = Vm(backend, config["memory"])
+            vm = Vm(backend, config["memory"], strict=config["strict"])
         except BaseException:
             backend.close()
             raise

@@ -6,6 +6,11 @@ emulated engine from its hooks after filling a ``kvm_run``-shaped page. The resu
 with a code; ``machine_wide`` when the whole machine must stop) or a ``DebugExitInfo``; exits
 the seed treats as errors raise ``FaultyKvmExit`` / ``UnhandledKvmExit``.
 
+An access that reaches no device is answered as a PC answers it (a read is all ones, a write
+is dropped), counted by direction (``absent_io_read``, ...) and logged at info level, once
+per address: probing for hardware is what firmware and kernels do, not a fault. A strict
+machine raises ``AbsentHardwareError`` instead, which stops the vCPU.
+
 The kvm_run page is read through typed memoryviews at fixed indices (offsets from
 ``<linux/kvm.h>``, checked by the ABI test): on this path an index costs ~30 ns where a ctypes
 attribute costs ~150 ns, and the MMIO write path is what the benchmarks measure.
@@ -25,7 +30,7 @@ from dataclasses import dataclass
 from time import perf_counter_ns
 from typing import Callable
 
-from ..errors import FaultyKvmExit, UnhandledKvmExit
+from ..errors import AbsentHardwareError, FaultyKvmExit, UnhandledKvmExit
 from ..kvm.constants import InternalErrorSuberror, SystemEvent
 from ..metrics import trace as kinds
 from ..metrics.counters import VcpuMetrics
@@ -129,8 +134,8 @@ class Peripherals:
 
     ``on_device_error`` is the machine's hook for ``DeviceFailure`` records; ``trace`` is an
     optional per-exit recorder (None when tracing is off, so the hot path pays one test);
-    ``unhandled`` is the machine's record of the unhandled accesses it warned about (shared
-    by its vCPUs; a vCPU built alone gets its own).
+    ``unhandled`` is the machine's policy for accesses that reach no device and its record
+    of those it logged (shared by its vCPUs; a vCPU built alone gets its own).
     """
 
     __slots__ = (
@@ -185,7 +190,8 @@ def handle_kvm_exit(p: Peripherals, err: int):
             else:
                 m.count_new_address("mmio_write_by_addr", address)
             if entry is None:
-                _unhandled(p, "MMIO write", address, size, kinds.MMIO_WRITE, value)
+                m.absent_mmio_write += 1
+                _absent(p, "MMIO write", address, size, kinds.MMIO_WRITE, value)
                 return Emulation.HANDLED
             start = perf_counter_ns()
             try:
@@ -206,8 +212,9 @@ def handle_kvm_exit(p: Peripherals, err: int):
             else:
                 m.count_new_address("mmio_read_by_addr", address)
             if entry is None:
-                u64[U64_MMIO_DATA] = 0
-                _unhandled(p, "MMIO read", address, size, kinds.MMIO_READ, 0)
+                m.absent_mmio_read += 1
+                u64[U64_MMIO_DATA] = value = ALL_ONES[size]  # open bus, as a PC reads where nothing decodes
+                _absent(p, "MMIO read", address, size, kinds.MMIO_READ, value)
                 return Emulation.HANDLED
             start = perf_counter_ns()
             try:
@@ -308,9 +315,13 @@ def _handle_io(p: Peripherals, m: VcpuMetrics):
     else:
         m.count_new_address("io_out_by_port" if out else "io_in_by_port", port)
     if entry is None:
-        if not out:
+        if out:
+            m.absent_io_write += 1
+            _absent(p, "port out", port, size, kinds.IO_OUT, 0)
+        else:
+            m.absent_io_read += 1
             u8[offset : offset + size * count] = b"\xff" * (size * count)  # an absent ISA port floats high
-        _unhandled(p, "port out" if out else "port in", port, size, kinds.IO_OUT if out else kinds.IO_IN, 0 if out else ALL_ONES[size])
+            _absent(p, "port in", port, size, kinds.IO_IN, ALL_ONES[size])
         return Emulation.HANDLED
     value = 0
     register = port - entry.base
@@ -370,19 +381,27 @@ def _mark(p: Peripherals, kind: int, address: int = 0) -> None:
         p.trace(kind, address, 0, 0, perf_counter_ns(), 0)
 
 
-def _unhandled(p: Peripherals, kind: str, address: int, size: int, trace_kind: int, value: int) -> None:
-    """An access no device claims: counted, warned once per address and machine (up to
-    ``WARNED_LIMIT`` addresses), reads see zeros/ones."""
+def _absent(p: Peripherals, kind: str, address: int, size: int, trace_kind: int, value: int) -> None:
+    """An access no device claims, after the caller counted it by direction (``absent_*``)
+    and gave a read all ones: counted in ``unhandled_accesses`` and traced, then one *info*
+    line per address and machine (up to ``WARNED_LIMIT``; shown by ``--verbose``, never on
+    stderr by itself), or, on a strict machine, an ``AbsentHardwareError`` that stops the vCPU."""
     p.metrics.unhandled_accesses += 1
     if p.trace is not None:
         p.trace(trace_kind, address, size, value, perf_counter_ns(), 0)
     notice = p.unhandled.note(kind, address)
+    if notice is Notice.REPEAT:
+        return
+    if notice is Notice.STRICT:
+        raise AbsentHardwareError(p.index, kind, address, size)
     if notice is Notice.FIRST:
-        log.warning("vCPU %d: invalid %s @ %#x:%#x (no device there)", p.index, kind, address, size)
-    elif notice is Notice.LIMIT:
-        log.warning(
-            "vCPU %d: %d distinct accesses reached no device; no more warnings about new ones "
-            "(the metrics count every one: unhandled_accesses, address_counts())", p.index, p.unhandled.limit,
+        if log.isEnabledFor(logging.INFO):
+            access = AbsentHardwareError.describe(kind, address, size)
+            log.info("vCPU %d: %s reached no device; %s, as on a PC", p.index, access, AbsentHardwareError.outcome(kind))
+    else:
+        log.info(
+            "vCPU %d: %d distinct accesses reached no device; no more lines about new ones "
+            "(the metrics count every one: absent_*, address_counts())", p.index, p.unhandled.limit,
         )  # fmt: skip
 
 
