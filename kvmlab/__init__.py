@@ -4,7 +4,6 @@ The public names notebooks use: ``Machine``, ``programs``, the error classes.
 """
 
 from .errors import (
-    AbsentHardwareError,
     AssemblyError,
     ConfigError,
     DeviceOverlapError,
@@ -29,7 +28,6 @@ from .vmm import MachineExit
 __version__ = "0.1.0"
 
 __all__ = [
-    "AbsentHardwareError",
     "AssemblyError",
     "ConfigError",
     "DeviceOverlapError",

@@ -61,38 +61,6 @@ class UnhandledKvmExit(VcpuError):
         return f"Unexpected kvm exit received: {self.args[0]}"
 
 
-class AbsentHardwareError(VcpuError):
-    """A guest access reached no device on a ``Machine(strict=True)``: the vCPU stops here
-    instead of reading all ones or dropping the write, so a test finds the first access to
-    hardware kvmlab lacks. ``kind`` is "port in", "port out", "MMIO read" or "MMIO write"."""
-
-    #: the kinds that read (a PC answers them with all ones; the others are dropped writes)
-    READS = ("port in", "MMIO read")
-
-    def __init__(self, vcpu: int, kind: str, address: int, size: int):
-        super().__init__(vcpu, kind, address, size)
-        self.vcpu = vcpu
-        self.kind = kind
-        self.address = address
-        self.size = size
-
-    @classmethod
-    def describe(cls, kind: str, address: int, size: int) -> str:
-        """The access in words, as the error and the ``--verbose`` log line say it."""
-        port = kind.startswith("port")
-        direction = f" ({'read' if kind in cls.READS else 'write'})" if port else ""
-        return f"{kind}{direction} of {size} byte{'s' if size != 1 else ''} at {'port ' if port else ''}{address:#x}"
-
-    @classmethod
-    def outcome(cls, kind: str) -> str:
-        """What a PC, and kvmlab without strict, makes of it."""
-        return "it reads all ones" if kind in cls.READS else "the write is dropped"
-
-    def __str__(self) -> str:
-        return (f"vCPU {self.vcpu}: {self.describe(self.kind, self.address, self.size)} reached no device, and the "
-                f"machine is strict (Machine(strict=True)); without strict {self.outcome(self.kind)}, as on a PC")  # fmt: skip
-
-
 class VcpuResponseError(VcpuError):
     """Saving state or dumping the CPU configuration failed on the vCPU thread."""
 

@@ -145,8 +145,8 @@ class Machine:
     sample at start and stop) for the last ``history_s`` seconds; ``trace=True`` records one
     row per exit, up to ``trace_capacity`` rows per vCPU.
 
-    ``strict=True``: an access that reaches no device stops the vCPU with an
-    ``AbsentHardwareError`` naming it, instead of reading all ones / dropping the write as a PC.
+    ``strict=True``: an access that reaches no device stops the machine with an error (exit
+    code 1, the reason naming the access) instead of reading all ones / dropping it, as a PC.
     """
 
     def __init__(

@@ -9,7 +9,7 @@ the seed treats as errors raise ``FaultyKvmExit`` / ``UnhandledKvmExit``.
 An access that reaches no device is answered as a PC answers it (a read is all ones, a write
 is dropped), counted by direction (``absent_io_read``, ...) and logged at info level, once
 per address: probing for hardware is what firmware and kernels do, not a fault. A strict
-machine raises ``AbsentHardwareError`` instead, which stops the vCPU.
+machine stops the vCPU instead, with an error exit naming the access.
 
 The kvm_run page is read through typed memoryviews at fixed indices (offsets from
 ``<linux/kvm.h>``, checked by the ABI test): on this path an index costs ~30 ns where a ctypes
@@ -30,12 +30,12 @@ from dataclasses import dataclass
 from time import perf_counter_ns
 from typing import Callable
 
-from ..errors import AbsentHardwareError, FaultyKvmExit, UnhandledKvmExit
+from ..errors import FaultyKvmExit, UnhandledKvmExit
 from ..kvm.constants import InternalErrorSuberror, SystemEvent
 from ..metrics import trace as kinds
 from ..metrics.counters import VcpuMetrics
 from .bus import ALL_ONES, Bus, BusEntry, GuestRequestedExit
-from .unhandled import Notice, UnhandledWarnings
+from .unhandled import Notice, UnhandledWarnings, describe, outcome, strict_reason
 
 log = logging.getLogger("kvmlab.vcpu")
 
@@ -191,8 +191,7 @@ def handle_kvm_exit(p: Peripherals, err: int):
                 m.count_new_address("mmio_write_by_addr", address)
             if entry is None:
                 m.absent_mmio_write += 1
-                _absent(p, "MMIO write", address, size, kinds.MMIO_WRITE, value)
-                return Emulation.HANDLED
+                return _absent(p, "MMIO write", address, size, kinds.MMIO_WRITE, value)
             start = perf_counter_ns()
             try:
                 entry.write(address - entry.base, size, value)
@@ -214,8 +213,7 @@ def handle_kvm_exit(p: Peripherals, err: int):
             if entry is None:
                 m.absent_mmio_read += 1
                 u64[U64_MMIO_DATA] = value = ALL_ONES[size]  # open bus, as a PC reads where nothing decodes
-                _absent(p, "MMIO read", address, size, kinds.MMIO_READ, value)
-                return Emulation.HANDLED
+                return _absent(p, "MMIO read", address, size, kinds.MMIO_READ, value)
             start = perf_counter_ns()
             try:
                 value = entry.read(address - entry.base, size) & ALL_ONES[size]
@@ -317,12 +315,10 @@ def _handle_io(p: Peripherals, m: VcpuMetrics):
     if entry is None:
         if out:
             m.absent_io_write += 1
-            _absent(p, "port out", port, size, kinds.IO_OUT, 0)
-        else:
-            m.absent_io_read += 1
-            u8[offset : offset + size * count] = b"\xff" * (size * count)  # an absent ISA port floats high
-            _absent(p, "port in", port, size, kinds.IO_IN, ALL_ONES[size])
-        return Emulation.HANDLED
+            return _absent(p, "port out", port, size, kinds.IO_OUT, 0)
+        m.absent_io_read += 1
+        u8[offset : offset + size * count] = b"\xff" * (size * count)  # an absent ISA port floats high
+        return _absent(p, "port in", port, size, kinds.IO_IN, ALL_ONES[size])
     value = 0
     register = port - entry.base
     start = perf_counter_ns()
@@ -381,28 +377,28 @@ def _mark(p: Peripherals, kind: int, address: int = 0) -> None:
         p.trace(kind, address, 0, 0, perf_counter_ns(), 0)
 
 
-def _absent(p: Peripherals, kind: str, address: int, size: int, trace_kind: int, value: int) -> None:
+def _absent(p: Peripherals, kind: str, address: int, size: int, trace_kind: int, value: int) -> Emulation | Stopped:
     """An access no device claims, after the caller counted it by direction (``absent_*``)
     and gave a read all ones: counted in ``unhandled_accesses`` and traced, then one *info*
     line per address and machine (up to ``WARNED_LIMIT``; shown by ``--verbose``, never on
-    stderr by itself), or, on a strict machine, an ``AbsentHardwareError`` that stops the vCPU."""
+    stderr by itself) and HANDLED, or, on a strict machine, a stop with an error naming it."""
     p.metrics.unhandled_accesses += 1
     if p.trace is not None:
         p.trace(trace_kind, address, size, value, perf_counter_ns(), 0)
     notice = p.unhandled.note(kind, address)
     if notice is Notice.REPEAT:
-        return
+        return Emulation.HANDLED
     if notice is Notice.STRICT:
-        raise AbsentHardwareError(p.index, kind, address, size)
+        return Stopped(ExitCode.GENERIC_ERROR, strict_reason(kind, address, size), machine_wide=True)
     if notice is Notice.FIRST:
         if log.isEnabledFor(logging.INFO):
-            access = AbsentHardwareError.describe(kind, address, size)
-            log.info("vCPU %d: %s reached no device; %s, as on a PC", p.index, access, AbsentHardwareError.outcome(kind))
+            log.info("vCPU %d: %s reached no device; %s, as on a PC", p.index, describe(kind, address, size), outcome(kind))
     else:
         log.info(
             "vCPU %d: %d distinct accesses reached no device; no more lines about new ones "
             "(the metrics count every one: absent_*, address_counts())", p.index, p.unhandled.limit,
         )  # fmt: skip
+    return Emulation.HANDLED
 
 
 def _device_failed(p: Peripherals, entry: BusEntry, kind: str, address: int, size: int, value, exc: Exception) -> None:

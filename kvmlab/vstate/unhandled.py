@@ -5,7 +5,10 @@ Absent hardware is normal: firmware and kernels probe for devices and expect a P
 (all ones, writes dropped), so by default each distinct access is one *info* line, which
 ``kvmlab boot --verbose`` shows and nothing else prints (a warning would reach stderr, and
 QEMU-style test runners count any stderr line without "warning" as a VMM failure). A
-``strict`` machine stops the vCPU instead: ``Notice.STRICT``, and exit handling raises.
+``strict`` machine stops the vCPU instead (``Notice.STRICT``), with ``strict_reason`` as its
+exit reason: a stop, not an exception, because the emulated engine handles exits inside
+Unicorn's hooks, and an exception raised through a hook that must return the value read
+is reported by ctypes on stderr ("Exception ignored on converting result").
 
 A guest chooses the addresses it touches, so what remembers them must be bounded and must die
 with the machine: a module-level set grew with every address a sweeping guest touched and
@@ -20,6 +23,10 @@ from __future__ import annotations
 
 import enum
 import threading
+
+#: The kinds of access exit handling reports ("port in", "port out", "MMIO read", "MMIO
+#: write") that read: a PC answers them with all ones; the others are writes, dropped.
+READS = ("port in", "MMIO read")
 
 #: Distinct (kind, address) pairs a machine logs. Each is one log line: a few hundred already
 #: show a guest probing or sweeping, and beyond that the log is only noise.
@@ -67,3 +74,21 @@ class UnhandledWarnings:
                 return Notice.FIRST
             self.quiet = True
             return Notice.LIMIT
+
+
+def describe(kind: str, address: int, size: int) -> str:
+    """An access in words, as the log line and a strict stop say it."""
+    port = kind.startswith("port")
+    direction = f" ({'read' if kind in READS else 'write'})" if port else ""
+    return f"{kind}{direction} of {size} byte{'s' if size != 1 else ''} at {'port ' if port else ''}{address:#x}"
+
+
+def outcome(kind: str) -> str:
+    """What a PC, and kvmlab without strict, makes of an access that reaches no device."""
+    return "it reads all ones" if kind in READS else "the write is dropped"
+
+
+def strict_reason(kind: str, address: int, size: int) -> str:
+    """Why a strict machine's vCPU stopped (its exit reason; the machine adds "vCPU n: ")."""
+    return (f"{describe(kind, address, size)} reached no device, and the machine is strict "
+            f"(Machine(strict=True)); without strict {outcome(kind)}, as on a PC")  # fmt: skip
