@@ -10,10 +10,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import os
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 from . import __version__
 from .errors import ConfigError, KvmlabError
@@ -75,6 +78,36 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 # --- shared pieces -----------------------------------------------------------------------------------
+
+
+class _LevelFormatter(logging.Formatter):
+    """``kvmlab boot: info: ...``: the CLI's own error style, so a warning says "warning"."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        record.level = record.levelname.lower()
+        return super().format(record)
+
+
+@contextlib.contextmanager
+def verbose_log(command: str, verbose: bool) -> Iterator[None]:
+    """With ``--verbose``, kvmlab's info log on stderr while the command runs: each distinct
+    access to absent hardware (once per address, up to the machine's cap), vCPU exits. Without
+    it nothing is set up, and info lines go nowhere: a guest probing for hardware a PC may
+    lack is not a VMM failure, and test runners written for QEMU judge stderr."""
+    if not verbose:
+        yield
+        return
+    logger = logging.getLogger("kvmlab")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_LevelFormatter(f"kvmlab {command}: %(level)s: %(message)s"))
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 class Progress:
@@ -327,6 +360,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 # --- main ----------------------------------------------------------------------------------------
 
 
+VERBOSE_HELP = "log on stderr what kvmlab sees: each distinct access to absent hardware, vCPU exits"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kvmlab", description="Run real KVM vCPUs and see what a VMM does.")
     parser.add_argument("--version", action="version", version=f"kvmlab {__version__}")
@@ -343,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--plot", metavar="EXITS.png", help="per-vCPU MMIO exit rates over time")
     run.add_argument("--trace", action="store_true", help="also record one row per exit (written as NAME.trace.EXT)")
     run.add_argument("--engine", choices=["auto", "kvm", "emulated"], default="auto")
+    run.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     run.set_defaults(func=_cmd_run)
 
     demo = sub.add_parser("demo", help="two vCPUs running the bundled programs, headless: a table, a PNG, a DataFrame")
@@ -359,6 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     boot.add_argument("--initrd", metavar="FILE", help="a module for the kernel (multiboot modules)")
     boot.add_argument("--timeout", type=positive_float, default=60.0, help=f"stop after this long (exit status {TIMEOUT_STATUS})")
     boot.add_argument("--engine", choices=["auto", "kvm", "emulated"], default="auto")
+    boot.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     boot.set_defaults(func=_cmd_boot)
 
     bench = sub.add_parser("bench", help="exit throughput against a C loop, 2-vCPU scaling, kick latency")
@@ -373,7 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        with verbose_log(args.command, getattr(args, "verbose", False)):
+            return args.func(args)
     except (KvmlabError, KvmUnavailableError, ConfigError) as err:
         one_line = ": ".join(part.strip() for part in str(err).splitlines() if part.strip())
         print(f"kvmlab {args.command}: error: {one_line}", file=sys.stderr)

@@ -25,6 +25,7 @@ from typing import Iterable
 
 from .devices import COM1, DEBUG_EXIT_PORT, MAILBOX_BASE, Console, DebugExit, Mailbox, Serial16550
 from .devices.fw_cfg import FW_CFG_PORT, FwCfg
+from .devices.pci_host import PCI_CONFIG_PORT, PciHost
 from .devices import mailbox as mailbox_regs
 from .engines import note as engine_note
 from .engines import open_engine
@@ -136,13 +137,17 @@ class Machine:
     where it does not; ``"kvm"`` or ``"emulated"`` force one. ``m.engine`` says which runs and
     ``m.engine_note`` what that means.
 
-    Devices: a 16550 serial port at 0x3f8 (``console``), the debug-exit port at 0xf4 and the
-    ``mailbox`` MMIO device at 0xa0000. ``irqchip=True`` adds KVM's in-kernel interrupt
+    Devices: a 16550 serial port at 0x3f8 (``console``), the debug-exit port at 0xf4, fw_cfg
+    at 0x510, a PCI host bridge with an empty bus at 0xcf8 (``pci_host``) and the ``mailbox``
+    MMIO device at 0xa0000. ``irqchip=True`` adds KVM's in-kernel interrupt
     controllers (then HLT no longer exits to user space; the small programs want it off).
 
     Metrics (``metrics``): sampled ``sample_hz`` times a second (0: no sampler thread, only a
     sample at start and stop) for the last ``history_s`` seconds; ``trace=True`` records one
     row per exit, up to ``trace_capacity`` rows per vCPU.
+
+    ``strict=True``: an access that reaches no device stops the machine with an error (exit
+    code 1, the reason naming the access) instead of reading all ones / dropping it, as a PC.
     """
 
     def __init__(
@@ -159,6 +164,7 @@ class Machine:
         trace: bool = False,
         trace_capacity: int = DEFAULT_TRACE_CAPACITY,
         kvm_path: str | None = None,
+        strict: bool = False,
     ):
         if not isinstance(vcpus, int) or isinstance(vcpus, bool) or vcpus < 1:
             raise ConfigError(f"vcpus={vcpus!r}: need a whole number of at least 1")
@@ -177,6 +183,8 @@ class Machine:
             raise ConfigError(f"trace_capacity={trace_capacity!r}: need a positive number of rows")
         if irqchip not in (None, True, False):
             raise ConfigError(f"irqchip={irqchip!r}: True, False, or None (off for programs, on for boot())")
+        if not isinstance(strict, bool):
+            raise ConfigError(f"strict={strict!r}: True or False")
         cpuid_mask = validate_mask(cpuid_mask)
         install_kick_handler()
         self.timeout = float(timeout)
@@ -198,7 +206,7 @@ class Machine:
         self._finalizer = weakref.finalize(self, parts.close)
         self._config = dict(
             vcpus=vcpus, memory=int(memory_bytes), irqchip=irqchip, cpuid_mask=cpuid_mask,
-            sample_hz=sample_hz, history_s=history_s, trace=trace, trace_capacity=trace_capacity,
+            sample_hz=sample_hz, history_s=history_s, trace=trace, trace_capacity=trace_capacity, strict=strict,
         )  # fmt: skip
         # The devices exist from the start; they join the buses when the VM is built.
         self.console = Console()
@@ -206,6 +214,7 @@ class Machine:
         self.debug_exit = DebugExit()
         self.mailbox = Mailbox()
         self.fw_cfg = FwCfg(int(memory_bytes), vcpus)
+        self.pci_host = PciHost()
         self.program: LoadedProgram | None = None
         self.kernel: BootImage | None = None
 
@@ -221,7 +230,7 @@ class Machine:
         config = self._config
         backend = parts.engine.create_vm(irqchip=irqchip, cpuid_mask=config["cpuid_mask"])
         try:
-            vm = Vm(backend, config["memory"])
+            vm = Vm(backend, config["memory"], strict=config["strict"])
         except BaseException:
             backend.close()
             raise
@@ -232,6 +241,7 @@ class Machine:
         vm.pio_bus.insert(self.serial, COM1, self.serial.size)
         vm.pio_bus.insert(self.debug_exit, DEBUG_EXIT_PORT, self.debug_exit.size)
         vm.pio_bus.insert(self.fw_cfg, FW_CFG_PORT, self.fw_cfg.size)
+        vm.pio_bus.insert(self.pci_host, PCI_CONFIG_PORT, self.pci_host.size)
         vm.mmio_bus.insert(self.mailbox, MAILBOX_BASE, self.mailbox.size)
         parts.metrics = MetricsRegistry(
             [vcpu.peripherals for vcpu in vm.vcpus],

@@ -12,6 +12,11 @@ Each keeps at most ``ADDRESS_LIMIT`` addresses; exits at any further address are
 
 from __future__ import annotations
 
+#: Accesses that reached no device, by direction: what a guest probing hardware kvmlab lacks
+#: touched (reads saw all ones, writes were dropped, as on a PC). ``unhandled_accesses`` is
+#: their sum, kept under its old name.
+ABSENT_COUNTERS = ("absent_io_read", "absent_io_write", "absent_mmio_read", "absent_mmio_write")
+
 #: Counter names in display order; each is an int slot of ``VcpuMetrics``.
 COUNTERS = (
     "exit_mmio_read",
@@ -24,6 +29,7 @@ COUNTERS = (
     "interrupted",
     "failures",
     "unhandled_accesses",
+    *ABSENT_COUNTERS,
     "device_errors",
 )
 

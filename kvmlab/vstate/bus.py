@@ -18,6 +18,11 @@ from ..errors import ConfigError, DeviceOverlapError
 from .layout import Range
 
 
+#: All ones in 0 to 8 bytes: the mask of an access of that size, and what a read returns that
+#: no device drives (on a PC the undriven data lines float high: "open bus").
+ALL_ONES = tuple((1 << (8 * n)) - 1 for n in range(9))
+
+
 @runtime_checkable
 class BusDevice(Protocol):
     """What the buses call. Both run on the vCPU thread that took the exit."""

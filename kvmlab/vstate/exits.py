@@ -6,6 +6,11 @@ emulated engine from its hooks after filling a ``kvm_run``-shaped page. The resu
 with a code; ``machine_wide`` when the whole machine must stop) or a ``DebugExitInfo``; exits
 the seed treats as errors raise ``FaultyKvmExit`` / ``UnhandledKvmExit``.
 
+An access that reaches no device is answered as a PC answers it (a read is all ones, a write
+is dropped), counted by direction (``absent_io_read``, ...) and logged at info level, once
+per address: probing for hardware is what firmware and kernels do, not a fault. A strict
+machine stops the vCPU instead, with an error exit naming the access.
+
 The kvm_run page is read through typed memoryviews at fixed indices (offsets from
 ``<linux/kvm.h>``, checked by the ABI test): on this path an index costs ~30 ns where a ctypes
 attribute costs ~150 ns, and the MMIO write path is what the benchmarks measure.
@@ -29,8 +34,8 @@ from ..errors import FaultyKvmExit, UnhandledKvmExit
 from ..kvm.constants import InternalErrorSuberror, SystemEvent
 from ..metrics import trace as kinds
 from ..metrics.counters import VcpuMetrics
-from .bus import Bus, BusEntry, GuestRequestedExit
-from .unhandled import Notice, UnhandledWarnings
+from .bus import ALL_ONES, Bus, BusEntry, GuestRequestedExit
+from .unhandled import Notice, UnhandledWarnings, describe, outcome, strict_reason
 
 log = logging.getLogger("kvmlab.vcpu")
 
@@ -64,8 +69,6 @@ U32_FAIL_CPU = 40 // 4
 
 IO_IN = 0
 IO_OUT = 1
-
-_MASKS = tuple((1 << (8 * n)) - 1 for n in range(9))
 
 
 class Emulation(enum.Enum):
@@ -131,8 +134,8 @@ class Peripherals:
 
     ``on_device_error`` is the machine's hook for ``DeviceFailure`` records; ``trace`` is an
     optional per-exit recorder (None when tracing is off, so the hot path pays one test);
-    ``unhandled`` is the machine's record of the unhandled accesses it warned about (shared
-    by its vCPUs; a vCPU built alone gets its own).
+    ``unhandled`` is the machine's policy for accesses that reach no device and its record
+    of those it logged (shared by its vCPUs; a vCPU built alone gets its own).
     """
 
     __slots__ = (
@@ -178,7 +181,7 @@ def handle_kvm_exit(p: Peripherals, err: int):
         bus = p.mmio_bus
         entry = bus.lookup.get(address) or bus.resolve(address)
         if p.run_u8[U8_MMIO_IS_WRITE]:
-            value = u64[U64_MMIO_DATA] & _MASKS[size]
+            value = u64[U64_MMIO_DATA] & ALL_ONES[size]
             m.exit_mmio_write += 1
             counts = m.mmio_write_by_addr
             seen = counts.get(address)
@@ -187,8 +190,8 @@ def handle_kvm_exit(p: Peripherals, err: int):
             else:
                 m.count_new_address("mmio_write_by_addr", address)
             if entry is None:
-                _unhandled(p, "MMIO write", address, size, kinds.MMIO_WRITE, value)
-                return Emulation.HANDLED
+                m.absent_mmio_write += 1
+                return _absent(p, "MMIO write", address, size, kinds.MMIO_WRITE, value)
             start = perf_counter_ns()
             try:
                 entry.write(address - entry.base, size, value)
@@ -208,12 +211,12 @@ def handle_kvm_exit(p: Peripherals, err: int):
             else:
                 m.count_new_address("mmio_read_by_addr", address)
             if entry is None:
-                u64[U64_MMIO_DATA] = 0
-                _unhandled(p, "MMIO read", address, size, kinds.MMIO_READ, 0)
-                return Emulation.HANDLED
+                m.absent_mmio_read += 1
+                u64[U64_MMIO_DATA] = value = ALL_ONES[size]  # open bus, as a PC reads where nothing decodes
+                return _absent(p, "MMIO read", address, size, kinds.MMIO_READ, value)
             start = perf_counter_ns()
             try:
-                value = entry.read(address - entry.base, size) & _MASKS[size]
+                value = entry.read(address - entry.base, size) & ALL_ONES[size]
             except Exception as exc:
                 _device_failed(p, entry, "MMIO read", address, size, None, exc)
                 value = 0
@@ -310,10 +313,12 @@ def _handle_io(p: Peripherals, m: VcpuMetrics):
     else:
         m.count_new_address("io_out_by_port" if out else "io_in_by_port", port)
     if entry is None:
-        if not out:
-            u8[offset : offset + size * count] = b"\xff" * (size * count)  # an absent ISA port floats high
-        _unhandled(p, "port out" if out else "port in", port, size, kinds.IO_OUT if out else kinds.IO_IN, 0 if out else _MASKS[size])
-        return Emulation.HANDLED
+        if out:
+            m.absent_io_write += 1
+            return _absent(p, "port out", port, size, kinds.IO_OUT, 0)
+        m.absent_io_read += 1
+        u8[offset : offset + size * count] = b"\xff" * (size * count)  # an absent ISA port floats high
+        return _absent(p, "port in", port, size, kinds.IO_IN, ALL_ONES[size])
     value = 0
     register = port - entry.base
     start = perf_counter_ns()
@@ -339,7 +344,7 @@ def _handle_io(p: Peripherals, m: VcpuMetrics):
     else:
         for at in range(offset, offset + size * count, size):
             try:
-                value = entry.read(register, size) & _MASKS[size]
+                value = entry.read(register, size) & ALL_ONES[size]
             except Exception as exc:
                 _device_failed(p, entry, "port in", port, size, None, exc)
                 value = 0
@@ -372,20 +377,28 @@ def _mark(p: Peripherals, kind: int, address: int = 0) -> None:
         p.trace(kind, address, 0, 0, perf_counter_ns(), 0)
 
 
-def _unhandled(p: Peripherals, kind: str, address: int, size: int, trace_kind: int, value: int) -> None:
-    """An access no device claims: counted, warned once per address and machine (up to
-    ``WARNED_LIMIT`` addresses), reads see zeros/ones."""
+def _absent(p: Peripherals, kind: str, address: int, size: int, trace_kind: int, value: int) -> Emulation | Stopped:
+    """An access no device claims, after the caller counted it by direction (``absent_*``)
+    and gave a read all ones: counted in ``unhandled_accesses`` and traced, then one *info*
+    line per address and machine (up to ``WARNED_LIMIT``; shown by ``--verbose``, never on
+    stderr by itself) and HANDLED, or, on a strict machine, a stop with an error naming it."""
     p.metrics.unhandled_accesses += 1
     if p.trace is not None:
         p.trace(trace_kind, address, size, value, perf_counter_ns(), 0)
     notice = p.unhandled.note(kind, address)
+    if notice is Notice.REPEAT:
+        return Emulation.HANDLED
+    if notice is Notice.STRICT:
+        return Stopped(ExitCode.GENERIC_ERROR, strict_reason(kind, address, size), machine_wide=True)
     if notice is Notice.FIRST:
-        log.warning("vCPU %d: invalid %s @ %#x:%#x (no device there)", p.index, kind, address, size)
-    elif notice is Notice.LIMIT:
-        log.warning(
-            "vCPU %d: %d distinct accesses reached no device; no more warnings about new ones "
-            "(the metrics count every one: unhandled_accesses, address_counts())", p.index, p.unhandled.limit,
+        if log.isEnabledFor(logging.INFO):
+            log.info("vCPU %d: %s reached no device; %s, as on a PC", p.index, describe(kind, address, size), outcome(kind))
+    else:
+        log.info(
+            "vCPU %d: %d distinct accesses reached no device; no more lines about new ones "
+            "(the metrics count every one: absent_*, address_counts())", p.index, p.unhandled.limit,
         )  # fmt: skip
+    return Emulation.HANDLED
 
 
 def _device_failed(p: Peripherals, entry: BusEntry, kind: str, address: int, size: int, value, exc: Exception) -> None:

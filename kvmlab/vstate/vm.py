@@ -72,7 +72,8 @@ class Engine(Protocol):
 class Vm:
     """Memory + MMIO bus + port-I/O bus + vCPUs, and the exit eventfd they share."""
 
-    def __init__(self, backend: VmBackend, memory_size: int):
+    def __init__(self, backend: VmBackend, memory_size: int, *, strict: bool = False):
+        """``strict``: an access that reaches no device stops the vCPU (``UnhandledWarnings``)."""
         self.backend = backend
         self.memory = GuestMemory(memory_size)
         try:
@@ -88,8 +89,8 @@ class Vm:
         #: every vCPU writes here when it exits (the seed's ``exit_evt``)
         self.exit_evt = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self.vcpus: list[Vcpu] = []
-        #: the unhandled accesses this machine has warned about (its vCPUs share it)
-        self.unhandled = UnhandledWarnings()
+        #: what to do about accesses that reach no device, and which were logged (its vCPUs share it)
+        self.unhandled = UnhandledWarnings(strict=strict)
 
     def create_vcpus(self, count: int, on_device_error: Callable[[DeviceFailure], None] | None = None) -> list[Vcpu]:
         """Creates all vCPUs before any runs (SMP guests expect every CPU to exist)."""

@@ -1,10 +1,12 @@
 """``ControlPanel``: a row per vCPU (state, Pause, Resume, Save state, Dump CPU config) and a
-row for all (Start, Pause all, Resume all, Stop). Clicks only queue work on the session."""
+row for all (Start, Pause all, Resume all, Stop), and a line counting accesses to absent
+hardware. Clicks only queue work on the session."""
 
 from __future__ import annotations
 
 import ipywidgets as widgets
 
+from ..lab.absent import absent_summary
 from .base import View, button, escape
 
 PER_VCPU = (
@@ -60,7 +62,9 @@ class ControlPanel(View):
         self.phase_label = widgets.HTML()
         self.messages = widgets.HTML()
         self.messages.add_class("kvmlab-messages")
-        self.children = [self.phase_label, *rows, all_row, self.messages]
+        self.absent = widgets.HTML()
+        self.absent.add_class("kvmlab-absent")
+        self.children = [self.phase_label, *rows, all_row, self.absent, self.messages]
         self._seen_messages = -1
         self.refresh()
         self._attach()
@@ -85,6 +89,10 @@ class ControlPanel(View):
             allowed = session.machine_actions()
             for action, b in self.all_buttons.items():
                 b.disabled = action not in allowed or bool(session.pending.get(None))
+        absent = absent_summary(session.registry)
+        shown = f"<span style='color:#666'>{escape(absent)}</span>" if absent else ""
+        if self.absent.value != shown:  # only a change goes to the browser
+            self.absent.value = shown
         if session.message_version != self._seen_messages:
             self._seen_messages = session.message_version
             recent = list(session.messages)[-self._messages_shown :]
