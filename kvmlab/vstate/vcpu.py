@@ -187,11 +187,14 @@ class Vcpu:
         """The Paused state: block until the next event."""
         event, seq = self.events.get()
         if event is VcpuEvent.RESUME:
-            if self.run_u8[IMMEDIATE_EXIT] == 1:
-                # The seed warns here; but every send_event kicks, so the Resume that woke a
-                # paused vCPU always finds immediate_exit set. Routine: debug level.
-                log.debug("vCPU %d: Resume with immediate_exit enabled; disabled before proceeding", self.index)
-                self.run_u8[IMMEDIATE_EXIT] = 0
+            # Firecracker warns here; but every send_event kicks, so the Resume that woke a
+            # paused vCPU always finds immediate_exit set: clear it. Then look at the queue:
+            # an event sent since (a Finish from a machine stopping) set the flag *before*
+            # this cleared it, and its one kick must not be lost. (Clearing first, then
+            # looking, is the order that cannot miss one: send_event queues, then kicks.)
+            self.run_u8[IMMEDIATE_EXIT] = 0
+            if not self.events.empty():
+                self.run_u8[IMMEDIATE_EXIT] = 1
             self.state = VcpuState.RUNNING
             self.responses.put(Resumed(seq=seq))
             return self.running
