@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Kick latency: how long pausing every vCPU takes when none of them ever exits by itself.
 
-    .venv/bin/python benchmarks/kick_latency.py [--vcpus 4] [--cycles 200]
+    .venv/bin/python benchmarks/kick_latency.py [--vcpus 4] [--cycles 200] [--engine kvm|emulated]
 
 4 vCPUs run busy_loop.asm (no exits at all), so each Pause needs the kick: immediate_exit = 1
 and SIGRTMIN to the vCPU thread, KVM_RUN returns EINTR, the thread reads its event and
@@ -22,9 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from kvmlab import Machine, bench, programs  # noqa: E402
 
 
-def paused_round_trip(vcpus: int, cycles: int) -> list[float]:
+def paused_round_trip(vcpus: int, cycles: int, engine: str = "kvm") -> list[float]:
     latencies = []
-    with Machine(vcpus=vcpus, memory_mib=1) as m:
+    with Machine(vcpus=vcpus, memory_mib=1, engine=engine) as m:
         m.load(programs.busy_loop(), mode="protected")
         m.start()
         m.pause()
@@ -39,12 +39,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument("--vcpus", type=int, default=4)
     parser.add_argument("--cycles", type=int, default=200)
+    parser.add_argument("--engine", choices=["kvm", "emulated"], default="kvm")
     args = parser.parse_args()
-    kicked = bench.kick_latency(args.vcpus, args.cycles)
-    queued = paused_round_trip(args.vcpus, args.cycles)
+    kicked = bench.kick_latency(args.vcpus, args.cycles, engine=args.engine)
+    queued = paused_round_trip(args.vcpus, args.cycles, args.engine)
     p50, p99 = bench.percentile(kicked, 0.5), bench.percentile(kicked, 0.99)
     q50, q99 = bench.percentile(queued, 0.5), bench.percentile(queued, 0.99)
-    print(f"{args.vcpus} vCPUs, {args.cycles} cycles")
+    print(f"{args.vcpus} vCPUs, {args.cycles} cycles, engine {args.engine}")
     print(f"  pause-all of running vCPUs (kick needed):  p50 {p50 * 1e3:6.3f} ms   p99 {p99 * 1e3:6.3f} ms   max {max(kicked) * 1e3:6.3f} ms")
     print(f"  pause-all of paused vCPUs (no kick):       p50 {q50 * 1e3:6.3f} ms   p99 {q99 * 1e3:6.3f} ms")
     print(f"  kick cost (p50 ratio): {p50 / q50:.2f}x the queue round trip")

@@ -47,15 +47,15 @@ class KickUnavailableError(KvmlabError, RuntimeError):
 
 
 class VcpuError(KvmlabError):
-    """Base of errors about a vCPU (mirrors the seed's ``VcpuError``)."""
+    """Base of errors about a vCPU (mirrors Firecracker's ``VcpuError``)."""
 
 
 class FaultyKvmExit(VcpuError):
-    """KVM reported an exit that means the vCPU cannot go on (the seed's ``FaultyKvmExit``)."""
+    """KVM reported an exit that means the vCPU cannot go on (Firecracker's ``FaultyKvmExit``)."""
 
 
 class UnhandledKvmExit(VcpuError):
-    """An exit reason this VMM does not handle (the seed's ``UnhandledKvmExit``)."""
+    """An exit reason this VMM does not handle (Firecracker's ``UnhandledKvmExit``)."""
 
     def __str__(self) -> str:
         return f"Unexpected kvm exit received: {self.args[0]}"

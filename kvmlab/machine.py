@@ -408,7 +408,7 @@ class Machine:
         return self._vmm.vcpus[index].backend.get_regs().to_dict()
 
     def handle(self, vcpu: int) -> VcpuHandle:
-        """The low-level ``VcpuHandle`` of a started vCPU (send_event/recv, as the seed's tests do)."""
+        """The low-level ``VcpuHandle`` of a started vCPU (send_event/recv, as Firecracker's tests do)."""
         self._vmm.require_started("handle()")
         return self._vmm.handles[self._index(vcpu)]
 

@@ -1,6 +1,6 @@
 """``RatePlot``: per-vCPU exit rates over time, on one reused matplotlib figure.
 
-One ``Figure`` on the Agg canvas, no pyplot (DESIGN.md): no global figure registry to leak
+One ``Figure`` on the Agg canvas, no pyplot (matplotlib's "embedding" usage): no global figure registry to leak
 into, no GUI backend, the same PNG in a terminal, JupyterLab, Voila or VS Code. ``update()``
 moves the existing lines with ``set_data`` instead of drawing a new figure per frame.
 

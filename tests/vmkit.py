@@ -1,4 +1,4 @@
-"""Test helpers that build a VM the way the seed's tests do: below ``Machine``, so the state
+"""Test helpers that build a VM the way Firecracker's tests do: below ``Machine``, so the state
 machine and ``VcpuHandle`` can be driven event by event."""
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ from kvmlab.guest.loader import load_program
 from kvmlab.vstate.kick import install_kick_handler
 from kvmlab.vstate.vm import Vm
 
-RECV_TIMEOUT = 5.0  # the seed's RECV_TIMEOUT_SEC
+RECV_TIMEOUT = 5.0  # Firecracker's RECV_TIMEOUT_SEC
 
 LAYOUT = {"MAILBOX": MAILBOX_BASE, "MB_ID": 0, "MB_PING": 4, "MB_PONG": 8, "MB_COUNTERS": 0x100, "SERIAL": 0x3F8, "DEBUG_EXIT": 0xF4}
 
 
 def make_vm(vcpus: int = 1, memory: int = 2 << 20, *, irqchip: bool = False) -> Vm:
-    """A VM with its vCPUs and the mailbox device, nothing loaded (the seed's ``setup_vcpu``)."""
+    """A VM with its vCPUs and the mailbox device, nothing loaded (Firecracker's ``setup_vcpu``)."""
     engine = KvmEngine()
     try:
         vm = Vm(engine.create_vm(irqchip=irqchip), memory)
@@ -31,7 +31,7 @@ def make_vm(vcpus: int = 1, memory: int = 2 << 20, *, irqchip: bool = False) -> 
 
 @contextlib.contextmanager
 def running_vcpus(program, mode: str = "real", vcpus: int = 1, **vm_args):
-    """The seed's ``vcpu_configured_for_boot``: a loaded VM whose vCPU threads have started
+    """Firecracker's ``vcpu_configured_for_boot``: a loaded VM whose vCPU threads have started
     (Paused). Yields ``(vm, handles)``; on exit sends Finish to every vCPU, joins, closes."""
     install_kick_handler()
     vm = make_vm(vcpus, **vm_args)

@@ -3,7 +3,8 @@
 Why ctypes and not ``fcntl.ioctl``: a ctypes foreign call releases the GIL for the whole
 ``KVM_RUN`` (so several vCPU threads run at once) and returns -1/EINTR when a kick signal
 interrupts it. From Python 3.14 ``fcntl.ioctl`` retries on EINTR, which off the main thread
-spins instead of delivering the kick (DESIGN.md, measured).
+spins instead of delivering the kick (PEP 475 retries interrupted system calls; on 3.11
+both return EINTR, measured).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """``ActionQueue``: where a click's work runs, so the notebook kernel never waits for a vCPU.
 
-Clicks arrive on the kernel's main thread (DESIGN.md); a handler that called ``machine.pause``
+Clicks arrive on the kernel's main thread (ipykernel handles comm messages from the browser
+there); a handler that called ``machine.pause``
 there would block the kernel until the vCPU answered. Instead handlers ``submit`` a callable
 and return; a worker thread runs the callables in order and reports each outcome.
 

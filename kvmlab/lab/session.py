@@ -121,7 +121,7 @@ class LabSession:
         return allowed
 
     def vcpu_actions(self, index: int) -> set[str]:
-        """What one vCPU's row may do now: the seed's NotAllowed rules, minus no-ops
+        """What one vCPU's row may do now: Firecracker's NotAllowed rules, minus no-ops
         (Pause only while running, Resume / Save state / Dump only while paused)."""
         m = self.machine
         if m is None or m.closed or m.phase != "started" or self.pending.get(index) or self.pending.get(None):

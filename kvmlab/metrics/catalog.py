@@ -25,7 +25,7 @@ COUNTER_HELP = {
     "exit_shutdown": "SHUTDOWN exits (triple fault)",
     "exit_debug": "KVM_EXIT_DEBUG (single-step, breakpoints)",
     "interrupted": "KVM_RUN ended by a kick (EINTR), or skipped because one was pending",
-    "failures": "exits that ended the vCPU with an error (the seed's failures counter)",
+    "failures": "exits that ended the vCPU with an error (Firecracker's failures counter)",
     "unhandled_accesses": "MMIO/port accesses no device claims (the sum of the absent_* counters)",
     "absent_io_read": "port reads no device claims (they read all ones, as on a PC)",
     "absent_io_write": "port writes no device claims (dropped, as on a PC)",

@@ -1,10 +1,10 @@
-"""Exit handling: what a vCPU does with each ``KVM_EXIT_*`` (the seed's ``handle_kvm_exit``).
+"""Exit handling: what a vCPU does with each ``KVM_EXIT_*`` (Firecracker's ``handle_kvm_exit``).
 
 Both engines hand exits here in KVM's own format: the KVM engine after ``KVM_RUN`` returns, the
 emulated engine from its hooks after filling a ``kvm_run``-shaped page. The result is one of
 ``Emulation.HANDLED`` / ``INTERRUPTED`` / ``DIRTY_RING_FULL``, a ``Stopped`` (the vCPU exits
 with a code; ``machine_wide`` when the whole machine must stop) or a ``DebugExitInfo``; exits
-the seed treats as errors raise ``FaultyKvmExit`` / ``UnhandledKvmExit``.
+Firecracker treats as errors raise ``FaultyKvmExit`` / ``UnhandledKvmExit``.
 
 An access that reaches no device is answered as a PC answers it (a read is all ones, a write
 is dropped), counted by direction (``absent_io_read``, ...) and logged at info level, once
@@ -72,7 +72,7 @@ IO_OUT = 1
 
 
 class Emulation(enum.Enum):
-    """What running the vCPU once amounted to (the seed's ``VcpuEmulation``)."""
+    """What running the vCPU once amounted to (Firecracker's ``VcpuEmulation``)."""
 
     HANDLED = "handled"
     INTERRUPTED = "interrupted"
@@ -91,7 +91,7 @@ class Stopped:
 
 @dataclass(frozen=True)
 class DebugExitInfo:
-    """A KVM_EXIT_DEBUG (breakpoint or single-step), as the seed's ``DebugExitInfo``."""
+    """A KVM_EXIT_DEBUG (breakpoint or single-step), as Firecracker's ``DebugExitInfo``."""
 
     exception: int
     pc: int
@@ -167,7 +167,7 @@ def handle_kvm_exit(p: Peripherals, err: int):
     """Handles the exit waiting in ``p``'s kvm_run page (``err == 0``) or a failed KVM_RUN (errno).
 
     Returns ``Emulation.HANDLED`` / ``DIRTY_RING_FULL``, a ``Stopped`` or a ``DebugExitInfo``;
-    raises ``FaultyKvmExit`` / ``UnhandledKvmExit`` for the exits the seed treats as errors.
+    raises ``FaultyKvmExit`` / ``UnhandledKvmExit`` for the exits Firecracker treats as errors.
     """
     m = p.metrics
     if err:
@@ -274,7 +274,7 @@ def handle_kvm_exit(p: Peripherals, err: int):
 
 
 def _handle_errno(m: VcpuMetrics, err: int):
-    """The seed's ``Err(errno)`` arm: EAGAIN retries, the rest end the vCPU."""
+    """Firecracker's ``Err(errno)`` arm: EAGAIN retries, the rest end the vCPU."""
     if err == errno.EAGAIN:
         return Emulation.HANDLED
     if err == errno.ENOSYS:
@@ -289,7 +289,7 @@ def _handle_errno(m: VcpuMetrics, err: int):
 
 
 def _handle_io(p: Peripherals, m: VcpuMetrics):
-    """x86 port I/O (the seed's ``run_arch_emulation``); ``count`` > 1 for string I/O.
+    """x86 port I/O (Firecracker's ``run_arch_emulation``); ``count`` > 1 for string I/O.
 
     Written for speed like the MMIO path (serial output is port I/O): one access of one byte
     reads its data straight from the page."""

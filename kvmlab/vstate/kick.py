@@ -1,4 +1,4 @@
-"""The kick: how a controller gets a vCPU thread out of ``KVM_RUN`` (the seed's
+"""The kick: how a controller gets a vCPU thread out of ``KVM_RUN`` (Firecracker's
 ``register_kick_signal_handler`` + ``VcpuHandle::send_event``).
 
 1. The controller sets ``kvm_run.immediate_exit = 1``. A KVM_RUN entered after this returns
@@ -17,7 +17,7 @@ import threading
 
 from ..errors import KickUnavailableError
 
-KICK_SIGNAL = signal.SIGRTMIN + 0  # the seed's sigrtmin() + VCPU_RTSIG_OFFSET
+KICK_SIGNAL = signal.SIGRTMIN + 0  # Firecracker's sigrtmin() + VCPU_RTSIG_OFFSET
 
 
 def _on_kick(signum, frame) -> None:

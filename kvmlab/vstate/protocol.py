@@ -1,7 +1,7 @@
-"""The messages between a controller and a vCPU thread: the seed's ``VcpuEvent`` and
+"""The messages between a controller and a vCPU thread: Firecracker's ``VcpuEvent`` and
 ``VcpuResponse``, plus the vCPU's observable state.
 
-One addition to the seed: every event carries a sequence number and every response names the
+One addition to Firecracker's protocol: every event carries a sequence number and every response names the
 event it answers (``seq``), or None when the vCPU sent it unasked (the ``Exited`` it sends when
 it stops by itself). A controller can then tell an answer from a late answer to an earlier,
 timed-out request, so no response is ever taken for the wrong question.
@@ -37,7 +37,7 @@ class VcpuState(enum.Enum):
     FINISHED = "Finished"
 
 
-#: Which events each state accepts, for views that enable buttons (the seed's NotAllowed rules:
+#: Which events each state accepts, for views that enable buttons (Firecracker's NotAllowed rules:
 #: SaveState and DumpCpuConfig are refused while running; an exited vCPU only takes Finish).
 ALLOWED_EVENTS: dict[VcpuState, frozenset[VcpuEvent]] = {
     VcpuState.CREATED: frozenset(),

@@ -1,6 +1,9 @@
 """The vCPU thread: Firecracker's vCPU state machine in Python, and ``VcpuHandle``.
 
-States and transitions (a vCPU thread starts ``Paused``, as the seed's ``Vcpu::run``)::
+"Firecracker's" below means its vCPU module, ``src/vmm/src/vstate/vcpu.rs`` in the
+firecracker-microvm/firecracker repository: the design this file follows, name for name.
+
+States and transitions (a vCPU thread starts ``Paused``, as Firecracker's ``Vcpu::run``)::
 
               Resume                    Pause
     Paused ────────────▶ Running ──────────────▶ Paused
@@ -11,7 +14,7 @@ States and transitions (a vCPU thread starts ``Paused``, as the seed's ``Vcpu::r
       │ Finish             ▼
       └────────▶ (end) ◀── Exited: answers Exited(code) to anything but Finish
 
-Teardown, as the seed's table (``Vcpu::exit``), so that no path waits on itself::
+Teardown, as Firecracker's table (``Vcpu::exit``), so that no path waits on itself::
 
     +---+---------------------------+--------------------------+--------------------------+
     |   | Vmm (supervisor/Machine)  | action                   | vCPU thread              |
@@ -28,7 +31,7 @@ Teardown, as the seed's table (``Vcpu::exit``), so that no path waits on itself:
 
 A vCPU-initiated teardown starts at step 1; a controller-initiated one (``Machine.stop`` /
 ``close``) at step 4. A vCPU whose ``VcpuHandle`` is garbage-collected gets a "disconnected"
-message, the analogue of the seed's ``TryRecvError::Disconnected``, and exits.
+message, the analogue of Firecracker's ``TryRecvError::Disconnected``, and exits.
 """
 
 from __future__ import annotations
@@ -67,7 +70,7 @@ log = logging.getLogger("kvmlab.vcpu")
 IMMEDIATE_EXIT = 1  # byte offset of kvm_run.immediate_exit
 _MP_STATE_NAMES = {state.value: state.name for state in MpState}  # None (no irqchip) maps to None
 
-#: The handle is gone (the seed's channel disconnection): the vCPU exits with an error.
+#: The handle is gone (Firecracker's channel disconnection): the vCPU exits with an error.
 DISCONNECTED = None
 
 
@@ -132,7 +135,7 @@ class Vcpu:
 
     def running(self):
         """The Running state: run the guest until something needs the state machine."""
-        # The inner loop is the seed's optimisation: no event check while exits are handled.
+        # The inner loop is Firecracker's optimisation: no event check while exits are handled.
         # It is run_emulation() inlined (same steps, one call level less per exit: ~5% here).
         enter = self.backend.run_emulation
         peripherals = self.peripherals
@@ -162,7 +165,7 @@ class Vcpu:
             return self.running
         if not self.events.empty():
             # More is queued, and its kick may have landed while this thread was out of
-            # KVM_RUN: re-arm immediate_exit so the next event is read at once (the seed reads
+            # KVM_RUN: re-arm immediate_exit so the next event is read at once (Firecracker reads
             # one event per interruption and could leave a second one waiting on a busy loop).
             self.run_u8[IMMEDIATE_EXIT] = 1
         if event is VcpuEvent.PAUSE:
@@ -234,10 +237,10 @@ class Vcpu:
     # --- running the guest ----------------------------------------------------------------------
 
     def run_emulation(self):
-        """Runs the guest until the next exit and handles it (the seed's ``run_emulation``)."""
+        """Runs the guest until the next exit and handles it (Firecracker's ``run_emulation``)."""
         u8 = self.run_u8
         if u8[IMMEDIATE_EXIT]:
-            # A kick landed while this thread was outside KVM_RUN. The seed warns; here it is
+            # A kick landed while this thread was outside KVM_RUN. Firecracker warns; here it is
             # routine (exit handling in Python is long enough to catch kicks), so debug level.
             log.debug("vCPU %d: run requested with immediate_exit set; skipped", self.index)
             u8[IMMEDIATE_EXIT] = 0
@@ -292,7 +295,7 @@ class Vcpu:
 
 
 class VcpuHandle:
-    """The controller's side of one vCPU thread (the seed's ``VcpuHandle``).
+    """The controller's side of one vCPU thread (Firecracker's ``VcpuHandle``).
 
     ``send_event`` queues an event and kicks; ``request`` also waits, with a timeout, for the
     response to *that* event. Requests on one handle are serialized by a lock, so two

@@ -86,7 +86,7 @@ class Vm:
             forbidden += tuple((rng, "KVM's in-kernel IOAPIC/LAPIC") for rng in IRQCHIP_PAGES)
         self.mmio_bus = Bus("mmio", MAX_PHYS_ADDR, forbidden)
         self.pio_bus = Bus("pio", PIO_SPACE)
-        #: every vCPU writes here when it exits (the seed's ``exit_evt``)
+        #: every vCPU writes here when it exits (Firecracker's ``exit_evt``)
         self.exit_evt = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self.vcpus: list[Vcpu] = []
         #: what to do about accesses that reach no device, and which were logged (its vCPUs share it)

@@ -1,4 +1,4 @@
-"""The seed's vCPU tests (firecracker-vcpu.rs, ``mod tests``), ported to kvmlab on real KVM,
+"""Firecracker's vCPU tests (``src/vmm/src/vstate/vcpu.rs``, ``mod tests``), ported to kvmlab on real KVM,
 each followed by a multi-vCPU version."""
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ DEVICE_BASE = 0xD000_0000  # an MMIO window outside RAM for the dummy device
 
 
 class DummyDevice:
-    """The seed's DummyDevice, plus a record of what it saw."""
+    """Firecracker's DummyDevice, plus a record of what it saw."""
 
     def __init__(self):
         self.reads: list[tuple[int, int]] = []
@@ -116,7 +116,7 @@ def test_handle_kvm_exit(vcpu):
     failures = p.metrics.failures
     with pytest.raises(FaultyKvmExit, match="Bad address"):
         handle_kvm_exit(p, errno.EFAULT)
-    assert p.metrics.failures == failures, "the seed does not count EFAULT as a failure"
+    assert p.metrics.failures == failures, "Firecracker does not count EFAULT as a failure"
 
     dummy = DummyDevice()
     vcpu.peripherals.mmio_bus.insert(dummy, DEVICE_BASE, 0x10)
@@ -169,7 +169,7 @@ def test_port_io_exits_reach_the_pio_bus(vcpu):
 
 
 def test_set_mmio_bus(vcpu):
-    # The seed checks the bus can be attached; here every vCPU shares the VM's buses.
+    # Firecracker's test checks the bus can be attached; here every vCPU shares the VM's buses.
     assert vcpu.peripherals.mmio_bus is not None
     dummy = DummyDevice()
     entry = vcpu.peripherals.mmio_bus.insert(dummy, DEVICE_BASE, 0x10)
@@ -219,7 +219,7 @@ def test_vcpu_rtsig_offset():
 
 
 def queue_event_expect_response(handle, event: VcpuEvent, response_type: type[VcpuResponse]) -> VcpuResponse:
-    """The seed's helper: send an event, expect a particular response within the timeout."""
+    """Firecracker's helper: send an event, expect a particular response within the timeout."""
     response = handle.request(event, RECV_TIMEOUT)
     assert isinstance(response, response_type), f"{event} -> {response!r}, expected {response_type.__name__}"
     return response
