@@ -52,7 +52,7 @@ def build_kernels(directory: Path) -> Kernels:
 
     def elf(source: str, bits: int, out: str) -> Path:
         obj = directory / f"{out}.o"
-        _run("as", f"--{bits}", "-o", str(obj), str(SOURCES / source))
+        _run("as", f"--{bits}", "-I", str(SOURCES), "-o", str(obj), str(SOURCES / source))
         target = directory / out
         emulation = "elf_i386" if bits == 32 else "elf_x86_64"
         _run("ld", "-m", emulation, "-n", *quiet, "-T", str(LINKER_SCRIPT), "-o", str(target), str(obj))

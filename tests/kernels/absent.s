@@ -136,48 +136,7 @@ halt:
     hlt
     jmp halt
 
-putc:                                   # al, to COM1 (kvmlab's transmitter is always empty)
-    push edx
-    mov dx, COM1
-    out dx, al
-    pop edx
-    ret
-
-puts:                                   # esi: NUL-terminated
-    push eax
-puts_loop:
-    lodsb
-    test al, al
-    jz puts_done
-    call putc
-    jmp puts_loop
-puts_done:
-    pop eax
-    ret
-
-put_hex:                                # eax, as 0x and 8 digits
-    push ecx
-    push edx
-    mov edx, eax
-    mov al, '0'
-    call putc
-    mov al, 'x'
-    call putc
-    mov ecx, 8
-hex_digit:
-    rol edx, 4
-    mov al, dl
-    and al, 0xf
-    add al, '0'
-    cmp al, '9'
-    jbe hex_out
-    add al, 'a' - '9' - 1
-hex_out:
-    call putc
-    loop hex_digit
-    pop edx
-    pop ecx
-    ret
+.include "console.s"
 
 .section .data
 msg_passed: .asciz "absent hardware: every check saw what a PC shows\n"

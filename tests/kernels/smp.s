@@ -238,33 +238,7 @@ serial_init:
 serial_ok:
     ret
 
-putc:                                   # al
-    push edx
-    push eax
-    mov dx, COM1 + 5
-putc_wait:
-    in al, dx
-    test al, 0x20                       # THRE
-    jz putc_wait
-    pop eax
-    mov dx, COM1
-    out dx, al
-    pop edx
-    ret
-
-puts:                                   # esi: NUL-terminated
-    push eax
-    push esi
-puts_loop:
-    lodsb
-    test al, al
-    jz puts_done
-    call putc
-    jmp puts_loop
-puts_done:
-    pop esi
-    pop eax
-    ret
+.include "console.s"
 
 puts_line:                              # esi: up to NUL or newline
     push eax
@@ -308,32 +282,6 @@ dec_loop:
     mov esi, edi
     call puts
     pop edi
-    pop edx
-    pop ecx
-    pop eax
-    ret
-
-put_hex:                                # eax, as 0x followed by 8 digits
-    push eax
-    push ecx
-    push edx
-    mov edx, eax
-    mov al, '0'
-    call putc
-    mov al, 'x'
-    call putc
-    mov ecx, 8
-hex_loop:
-    rol edx, 4
-    mov eax, edx
-    and eax, 0xF
-    add al, '0'
-    cmp al, '9'
-    jbe hex_digit
-    add al, 'a' - '0' - 10
-hex_digit:
-    call putc
-    loop hex_loop
     pop edx
     pop ecx
     pop eax
