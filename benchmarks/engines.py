@@ -6,8 +6,8 @@
 Guest: real-mode mmio_counter (an MMIO write per iteration, a read every 8th), to its HLT, on
 1 and 2 vCPUs, engines interleaved round by round; prints medians of exits/s and the median
 of the per-round ratios emulated/KVM. Then pause-all latency of 4 vCPUs in a loop without exits
-on each engine (on the emulator, a guest making no accesses is stopped from the outside after
-1 ms of quiet, see kvmlab/engines/emulated.py).
+on each engine (on the emulator the kick is a flag its block hook reads at the next block
+start, see kvmlab/engines/emulated.py).
 """
 
 from __future__ import annotations
