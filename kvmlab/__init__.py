@@ -10,9 +10,14 @@ from .errors import (
     EngineUnavailableError,
     ExportWriteError,
     GuestMemoryError,
+    KvmIoctlError,
     KvmlabError,
+    KvmUnavailableError,
     MachineStateError,
     MachineTimeoutError,
+    NotFoundError,
+    UnknownMetricError,
+    UnknownVcpuError,
     VcpuError,
     VcpuExitedError,
     VcpuFinishedError,
@@ -21,7 +26,6 @@ from .errors import (
 )
 from .environment import summary as engine_summary
 from .guest import programs
-from .kvm import KvmUnavailableError
 from .machine import Machine
 from .vmm import MachineExit
 
@@ -34,12 +38,16 @@ __all__ = [
     "EngineUnavailableError",
     "ExportWriteError",
     "GuestMemoryError",
+    "KvmIoctlError",
     "KvmUnavailableError",
     "KvmlabError",
     "Machine",
     "MachineExit",
     "MachineStateError",
     "MachineTimeoutError",
+    "NotFoundError",
+    "UnknownMetricError",
+    "UnknownVcpuError",
     "VcpuError",
     "VcpuExitedError",
     "VcpuFinishedError",

@@ -7,6 +7,7 @@ They live in one small module (imported by every layer) so that a notebook can c
 from __future__ import annotations
 
 import errno
+import os
 
 
 class KvmlabError(Exception):
@@ -79,6 +80,62 @@ class VcpuNotAllowedError(VcpuError):
 
 class VcpuExitedError(VcpuError):
     """The vCPU has exited (halted, shut down or failed) and can no longer do what was asked."""
+
+
+class NotFoundError(KvmlabError, KeyError):
+    """A name or index that is not there (a metric, a vCPU, a CPUID leaf, a lab action).
+    A ``KeyError`` too, for callers that look things up; its text is the message itself,
+    not KeyError's quoted repr."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if len(self.args) == 1 else super().__str__()
+
+
+class UnknownMetricError(NotFoundError):
+    """No metric of that name in this registry; the message lists the valid ones."""
+
+
+class UnknownVcpuError(NotFoundError):
+    """No vCPU of that index in this machine; the message lists the valid ones."""
+
+
+class UnknownCpuidLeafError(NotFoundError):
+    """The CPUID leaf / subleaf is not in a vCPU's saved CPUID."""
+
+
+class UnknownActionError(NotFoundError):
+    """No lab action of that name; the message lists the valid ones."""
+
+
+class KvmUnavailableError(KvmlabError, RuntimeError):
+    """``/dev/kvm`` cannot be used here; the message says why and what to do."""
+
+
+class KvmIoctlError(KvmlabError, OSError):
+    """An ioctl on a KVM file descriptor failed; carries ``errno`` and the ioctl's name.
+    An ``OSError`` too, so callers that test ``err.errno`` (EINTR, EAGAIN, ...) still work."""
+
+    def __init__(self, err: int, ioctl_name: str, what: str = ""):
+        detail = f" ({what})" if what else ""
+        super().__init__(err, f"{ioctl_name} failed: {os.strerror(err)} [{errno.errorcode.get(err, err)}]{detail}")
+        self.ioctl_name = ioctl_name
+        self.what = what
+
+    def __reduce__(self):
+        # OSError's own would call __init__(errno, strerror): rebuild from our own arguments.
+        return (type(self), (self.errno, self.ioctl_name, self.what))
+
+
+class GuestRequestedExit(KvmlabError):
+    """Raised by a device write to end the whole machine with ``code`` (the debug-exit port).
+
+    It is control flow, not a failure: exit handling turns it into a machine-wide stop.
+    """
+
+    def __init__(self, code: int, reason: str):
+        super().__init__(code, reason)
+        self.code = code
+        self.reason = reason
 
 
 class MachineStateError(KvmlabError, RuntimeError):

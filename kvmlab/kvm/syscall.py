@@ -10,8 +10,8 @@ both return EINTR, measured).
 from __future__ import annotations
 
 import ctypes
-import errno
-import os
+
+from ..errors import KvmIoctlError  # noqa: F401  (re-exported: kvmlab.kvm.KvmIoctlError)
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -28,15 +28,6 @@ kvm_run_ioctl = ctypes.CDLL(None, use_errno=True).ioctl
 kvm_run_ioctl.restype = ctypes.c_int
 
 get_errno = ctypes.get_errno
-
-
-class KvmIoctlError(OSError):
-    """An ioctl on a KVM file descriptor failed; carries errno and the ioctl's name."""
-
-    def __init__(self, err: int, ioctl_name: str, what: str = ""):
-        detail = f" ({what})" if what else ""
-        super().__init__(err, f"{ioctl_name} failed: {os.strerror(err)} [{errno.errorcode.get(err, err)}]{detail}")
-        self.ioctl_name = ioctl_name
 
 
 def ioctl(fd: int, request: int, arg=None, *, name: str) -> int:

@@ -6,6 +6,7 @@ import ctypes
 import errno
 import os
 
+from ..errors import KvmUnavailableError  # noqa: F401  (re-exported: kvmlab.kvm.KvmUnavailableError)
 from . import constants as c
 from . import structs as s
 from .syscall import KvmIoctlError, ioctl
@@ -17,10 +18,6 @@ def kvm_path() -> str:
     """Where kvmlab opens KVM: ``$KVMLAB_KVM_PATH``, else /dev/kvm (the variable lets a test
     or a demo hide KVM to see what a machine without it does)."""
     return os.environ.get("KVMLAB_KVM_PATH") or DEFAULT_KVM_PATH
-
-
-class KvmUnavailableError(RuntimeError):
-    """``/dev/kvm`` cannot be used here; the message says why and what to do."""
 
 
 def kvm_unavailable_reason(path: str | None = None) -> str | None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import bisect
 from typing import Protocol, runtime_checkable
 
-from ..errors import ConfigError, DeviceOverlapError
+from ..errors import ConfigError, DeviceOverlapError, GuestRequestedExit  # noqa: F401  (re-exported)
 from .layout import Range
 
 
@@ -30,18 +30,6 @@ class BusDevice(Protocol):
     def read(self, offset: int, size: int) -> int: ...
 
     def write(self, offset: int, size: int, value: int) -> None: ...
-
-
-class GuestRequestedExit(Exception):
-    """Raised by a device write to end the whole machine with ``code`` (the debug-exit port).
-
-    It is control flow, not a failure: exit handling turns it into a machine-wide stop.
-    """
-
-    def __init__(self, code: int, reason: str):
-        super().__init__(code, reason)
-        self.code = code
-        self.reason = reason
 
 
 class BusEntry:
