@@ -28,6 +28,8 @@ import PIL.Image
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from .errors import ConfigError
+
 DEFAULT_METRICS = ("exit_mmio_read", "exit_mmio_write")
 TITLES = {
     "exit_mmio_read": "MMIO reads / s",
@@ -62,7 +64,7 @@ class RatePlot:
     ):
         for name in metrics:
             if not registry.spec(name).cumulative:  # raises KeyError listing the names
-                raise ValueError(f"{name!r} is not a count that grows, so it has no rate; pick a counter")
+                raise ConfigError(f"{name!r} is not a count that grows, so it has no rate; pick a counter")
         self.registry = registry
         self.metrics = list(metrics)
         self.window_s = window_s

@@ -22,7 +22,7 @@ import weakref
 from dataclasses import dataclass
 from typing import Callable
 
-from ..errors import KvmlabError, VcpuExitedError, VcpuNotAllowedError
+from ..errors import MachineStateError, UnknownActionError, VcpuExitedError, VcpuNotAllowedError
 from ..vstate.protocol import VcpuState
 from .actions import ActionQueue, Outcome
 
@@ -140,9 +140,9 @@ class LabSession:
         "dump_cpu_config") for one vCPU or all; returns at once. The outcome becomes a message
         (and, for save_state / dump_cpu_config, an entry the inspector shows)."""
         if action not in ACTIONS:
-            raise KeyError(f"no lab action {action!r}; valid actions: {', '.join(ACTIONS)}")
+            raise UnknownActionError(f"no lab action {action!r}; valid actions: {', '.join(ACTIONS)}")
         if self.machine is None:
-            raise KvmlabError("this view has metrics but no machine to control")
+            raise MachineStateError("this view has metrics but no machine to control")
         if self.machine.closed:
             self.post("warning", "the machine is closed; create a new Machine to run again")
             return

@@ -27,7 +27,7 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from ..errors import ConfigError, ExportWriteError, MachineStateError
+from ..errors import ConfigError, ExportWriteError, MachineStateError, UnknownMetricError, UnknownVcpuError
 from .catalog import MetricSpec, exit_metric_specs, kernel_metric_specs
 from .counters import ADDRESS_LIMIT, AGGREGATES, COUNTERS, NS_PER_US, VcpuMetrics
 from .export import FORMATS, append_json_line, check_output_path, write_frame
@@ -128,7 +128,7 @@ class MetricsRegistry:
     def vcpu(self, index: int) -> VcpuMetrics:
         """The live counters of one vCPU (``.exit_mmio_write``, ``.exit_mmio_write_agg``, ...)."""
         if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(self._metrics):
-            raise KeyError(f"vCPU {index!r} is not in this machine; valid vCPUs: {', '.join(self.vcpu_labels)}")
+            raise UnknownVcpuError(f"vCPU {index!r} is not in this machine; valid vCPUs: {', '.join(self.vcpu_labels)}")
         return self._metrics[index]
 
     __getitem__ = vcpu
@@ -143,7 +143,7 @@ class MetricsRegistry:
         try:
             return self.specs[self._spec_index[name]]
         except KeyError:
-            raise KeyError(f"no metric {name!r}; valid metrics: {', '.join(self.names)}") from None
+            raise UnknownMetricError(f"no metric {name!r}; valid metrics: {', '.join(self.names)}") from None
 
     def _vcpu_selection(self, vcpus) -> list[int]:
         if vcpus is None:
@@ -301,7 +301,7 @@ class MetricsRegistry:
         """``window()`` of one ring snapshot ``data``, with the wall-clock ns of each row too."""
         columns = [self._column(n) for n in metrics]
         if rates and not all(self.specs[j].cumulative for j in columns):
-            raise ValueError(f"rates exist only for cumulative metrics, not {[n for n, j in zip(metrics, columns) if not self.specs[j].cumulative]}")
+            raise ConfigError(f"rates exist only for cumulative metrics, not {[n for n, j in zip(metrics, columns) if not self.specs[j].cumulative]}")
         wall, elapsed, values = self._history(data, last_s, extra=1 if rates else 0)
         if with_all:
             values = np.concatenate([values, self._combine(values)[:, None, :]], axis=1)

@@ -10,11 +10,13 @@ import threading
 
 import numpy as np
 
+from ..errors import ConfigError
+
 
 class RingBuffer:
     def __init__(self, columns: int, capacity: int, initial: int = 1024):
         if capacity < 1:
-            raise ValueError(f"ring capacity {capacity!r}: need at least one row")
+            raise ConfigError(f"ring capacity {capacity!r}: need at least one row")
         self.columns = columns
         self.capacity = capacity
         self._data = np.zeros((min(initial, capacity), columns))

@@ -13,13 +13,15 @@ import threading
 import time
 from typing import Callable
 
+from ..errors import ConfigError
+
 log = logging.getLogger("kvmlab.metrics")
 
 
 class Sampler:
     def __init__(self, tick: Callable[[], None], hz: float, name: str = "kvmlab sampler"):
         if not isinstance(hz, (int, float)) or not 0 < hz <= 1000:
-            raise ValueError(f"sample rate {hz!r} Hz: need a number in (0, 1000]")
+            raise ConfigError(f"sample rate {hz!r} Hz: need a number in (0, 1000]")
         self.hz = float(hz)
         self._tick = tick
         self._name = name

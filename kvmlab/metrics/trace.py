@@ -10,6 +10,8 @@ from __future__ import annotations
 import collections
 from time import perf_counter_ns
 
+from ..errors import ConfigError
+
 # What kind of exit a row is (small ints on the hot path; names in the DataFrame).
 MMIO_READ, MMIO_WRITE, IO_IN, IO_OUT, HLT, SHUTDOWN, INTERRUPTED, DEBUG, SYSTEM_EVENT, ERROR = range(10)
 KIND_NAMES = ("mmio_read", "mmio_write", "io_in", "io_out", "hlt", "shutdown", "interrupted", "debug", "system_event", "error")
@@ -24,7 +26,7 @@ class TraceBuffer:
 
     def __init__(self, vcpu: int, capacity: int = DEFAULT_CAPACITY):
         if not isinstance(capacity, int) or capacity < 1:
-            raise ValueError(f"trace capacity {capacity!r}: need a positive number of rows")
+            raise ConfigError(f"trace capacity {capacity!r}: need a positive number of rows")
         self.vcpu = vcpu
         self.capacity = capacity
         self.rows: collections.deque = collections.deque(maxlen=capacity)

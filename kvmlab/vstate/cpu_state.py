@@ -7,6 +7,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from ..errors import UnknownCpuidLeafError
+
 
 @dataclass(frozen=True)
 class CpuidEntry:
@@ -35,7 +37,7 @@ class CpuConfiguration:
         for entry in self.cpuid:
             if entry.function == function and entry.index == index:
                 return entry
-        raise KeyError(f"CPUID leaf {function:#x}.{index} is not set on vCPU {self.vcpu}")
+        raise UnknownCpuidLeafError(f"CPUID leaf {function:#x}.{index} is not set on vCPU {self.vcpu}")
 
     def vendor(self) -> str:
         leaf = self.cpuid_leaf(0)

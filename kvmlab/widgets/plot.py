@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipywidgets as widgets
 
+from ..errors import ConfigError
 from ..plotting import DEFAULT_METRICS, TITLES, RatePlot
 from .base import View, escape
 
@@ -24,7 +25,7 @@ class ExitPlot(View):
         choose = tuple(choose)
         for name in choose:
             if not self.registry.spec(name).cumulative:  # KeyError listing the valid names
-                raise ValueError(f"{name!r} is not a count that grows, so it has no rate; pick one of the counters")
+                raise ConfigError(f"{name!r} is not a count that grows, so it has no rate; pick one of the counters")
         choices = [spec.name for spec in self.registry.specs if spec.cumulative]
         self.metric_picker = widgets.SelectMultiple(options=choices, value=tuple(choose), rows=4, description="metrics")
         self.window = widgets.IntSlider(value=window_s, min=5, max=600, step=5, description="last s")
