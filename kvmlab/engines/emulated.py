@@ -49,7 +49,7 @@ import threading
 import time
 from time import perf_counter_ns
 
-from ..errors import ConfigError, EngineUnavailableError, FaultyKvmExit, GuestMemoryError
+from ..errors import ConfigError, EngineUnavailableError, FaultyKvmExit, GuestMemoryError, MachineStateError
 from ..guest.asm import disassemble
 from ..guest.paging import translate
 from ..kvm import structs as ks
@@ -218,7 +218,7 @@ class EmulatedVcpuBackend:
 
     def _uc(self):
         if self.uc is None:
-            raise ConfigError(f"vCPU {self.index} has no CPU mode yet: load a program first")
+            raise MachineStateError(f"vCPU {self.index} has no CPU mode yet: load a program first")
         return self.uc
 
     # --- the hot path: exits as callbacks --------------------------------------------------------

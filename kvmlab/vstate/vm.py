@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from typing import Callable, Protocol
 
-from ..errors import ConfigError
+from ..errors import ConfigError, MachineStateError
 from .bus import Bus
 from .cpu_state import CpuConfiguration, VcpuSnapshot
 from .exits import DeviceFailure, Peripherals
@@ -95,7 +95,7 @@ class Vm:
     def create_vcpus(self, count: int, on_device_error: Callable[[DeviceFailure], None] | None = None) -> list[Vcpu]:
         """Creates all vCPUs before any runs (SMP guests expect every CPU to exist)."""
         if self.vcpus:
-            raise ConfigError("this VM already has its vCPUs")
+            raise MachineStateError("this VM already has its vCPUs")
         limit = self.backend.max_vcpus
         if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= limit:
             raise ConfigError(f"vcpus={count!r}: need a whole number from 1 to {limit} ({self.backend.name}'s maximum)")
