@@ -135,7 +135,9 @@ def test_kicks_never_duplicate_or_lose_an_access(engine, machines, mode):
         assert (metrics.exit_mmio_write, metrics.exit_mmio_read) == (40000, 20000)
         assert m.results(i) == {"mmio_writes": 40000, "mmio_reads": 20000, "mismatches": 0}
         assert m.mailbox.counter(i) == 40000
-        assert metrics.interrupted >= kicks // 2
+        # A vCPU that reached its HLT early took no more kicks (the others may run on, and
+        # how far each gets between kicks depends on the load): a floor, not a share.
+        assert metrics.interrupted >= 10, "the kicks really interrupted this vCPU's runs"
 
 
 def test_kicks_in_a_polling_loop_keep_the_pingpong_exact(engine, machines):
