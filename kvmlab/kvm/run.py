@@ -158,6 +158,13 @@ DEBUG_DR6_U64 = RUN.DEBUG_DR6_U64
 DEBUG_DR7_U64 = RUN.DEBUG_DR7_U64
 assert all(globals()[name] == getattr(RUN, name) for name in C_PATHS)
 
+#: Where KVM puts port I/O data: KVM_PIO_PAGE_OFFSET (1, x86; a kernel-internal constant, not
+#: in the uapi headers) pages into the vCPU mapping. ``io.data_offset`` says so on every exit;
+#: the emulated engine writes it there too. ``tests/test_kvm_bindings.py`` checks it on KVM.
+PIO_DATA_OFFSET = 1 * 4096
+#: The mapping is three pages: kvm_run, the PIO data page, the coalesced MMIO ring.
+RUN_MAPPING_SIZE = 3 * 4096
+
 #: internal.data / system_event.data hold at most this many u64s.
 EXIT_DATA_WORDS = s.kvm_run_internal.data.size // ctypes.sizeof(s.u64)
 
