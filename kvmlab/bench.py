@@ -120,6 +120,7 @@ def bare_ctypes_run(iterations: int, vcpus: int = 1) -> float:
 
     from .kvm import Kvm, VcpuFd, VmFd
     from .kvm.constants import KVM_RUN
+    from .kvm import run as kr
     from .kvm.syscall import kvm_run_ioctl
 
     code = guest_bytes(iterations)
@@ -151,19 +152,22 @@ def bare_ctypes_run(iterations: int, vcpus: int = 1) -> float:
     def loop(index: int) -> None:
         cpu = cpus[index]
         u8, u32, u64, fd = cpu.run_u8, cpu.run_u32, cpu.run_u64, cpu.fd
+        reason_at, addr_at, len_at, write_at, data_at = (
+            kr.EXIT_REASON_U32, kr.MMIO_PHYS_ADDR_U64, kr.MMIO_LEN_U32, kr.MMIO_IS_WRITE_U8, kr.MMIO_DATA_U8)  # fmt: skip
+        exit_mmio, exit_hlt = kr.EXIT_MMIO, kr.EXIT_HLT
         exits = 0
         while True:
             if kvm_run_ioctl(fd, KVM_RUN, 0) < 0:
                 continue
             exits += 1
-            reason = u32[2]
-            if reason == 6:
-                offset, length = u64[4] - 0xA0000, u32[12]
-                if u8[52]:
-                    registers[offset : offset + length] = u8[40 : 40 + length]
+            reason = u32[reason_at]
+            if reason == exit_mmio:
+                offset, length = u64[addr_at] - 0xA0000, u32[len_at]
+                if u8[write_at]:
+                    registers[offset : offset + length] = u8[data_at : data_at + length]
                 else:
-                    u8[40 : 40 + length] = registers[offset : offset + length]
-            elif reason == 5:
+                    u8[data_at : data_at + length] = registers[offset : offset + length]
+            elif reason == exit_hlt:
                 counts[index] = exits
                 return
 

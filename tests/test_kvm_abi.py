@@ -14,6 +14,7 @@ import subprocess
 import pytest
 
 from kvmlab.kvm import constants as kc
+from kvmlab.kvm import run as kr
 from kvmlab.kvm import structs as ks
 
 # Python field names that differ from the C member path. kvm_run's exit union is anonymous in C.
@@ -79,9 +80,11 @@ def _c_program() -> tuple[str, dict[str, int]]:
     for name in ("KVM_API_VERSION", "KVM_EXIT_IO_IN", "KVM_EXIT_IO_OUT", "KVM_GUESTDBG_ENABLE", "KVM_GUESTDBG_SINGLESTEP",
                  "KVM_GUESTDBG_USE_SW_BP", "KVM_GUESTDBG_USE_HW_BP", "KVM_GUESTDBG_INJECT_DB", "KVM_GUESTDBG_INJECT_BP"):  # fmt: skip
         emit(f"const:{name}", name, getattr(kc, name))
-    emit("offset:kvm_run.immediate_exit(hot path)", "offsetof(struct kvm_run, immediate_exit)", kc.RUN_IMMEDIATE_EXIT)
-    emit("offset:kvm_run.exit_reason(hot path)", "offsetof(struct kvm_run, exit_reason)", kc.RUN_EXIT_REASON)
-    emit("offset:kvm_run.mmio(hot path)", "offsetof(struct kvm_run, mmio)", kc.RUN_EXIT_UNION)
+    for name, c_path in kr.C_PATHS.items():  # every index of the kvm_run views, as offsetof() sees it
+        item = kr.KvmRunLayout.item_size(name)
+        emit(f"run:{name}", f"offsetof(struct kvm_run, {c_path})", getattr(kr.RUN, name) * item)
+        emit(f"run:{name}(module int)", f"offsetof(struct kvm_run, {c_path})", getattr(kr, name) * item)
+        emit(f"run:{name}(item size)", f"sizeof(((struct kvm_run *)0)->{c_path})", item)
     lines.append("return 0; }")
     return "\n".join(lines), expected
 
@@ -117,23 +120,31 @@ def test_nothing_was_left_unchecked(header_values):
     assert sum(label.startswith("ioctl:") for label in actual) == len(kc.IOCTL_NUMBERS) >= 30  # the sweep found them all
 
 
-def test_hot_path_indices_agree_with_offsets():
-    from kvmlab.vstate import exits as ex
+def test_the_run_page_helpers_agree_with_the_ctypes_struct():
+    """What ``encode_*`` writes through the views is what the ctypes ``kvm_run`` reads, and
+    ``decode_*`` reads it back."""
+    page = bytearray(2 * 4096)
+    views = memoryview(page)
+    u8, u16, u32, u64 = views.cast("B"), views.cast("H"), views.cast("I"), views.cast("Q")
+    run = ks.kvm_run.from_buffer(page)
 
-    run = ks.kvm_run
-    union = run.exit.offset
-    assert ex.U32_EXIT_REASON * 4 == run.exit_reason.offset
-    assert ex.U64_MMIO_PHYS_ADDR * 8 == union + ks.kvm_run_mmio.phys_addr.offset
-    assert ex.U64_MMIO_DATA * 8 == union + ks.kvm_run_mmio.data.offset
-    assert ex.U32_MMIO_LEN * 4 == union + ks.kvm_run_mmio.len.offset
-    assert ex.U8_MMIO_IS_WRITE == union + ks.kvm_run_mmio.is_write.offset
-    assert ex.U8_IO_DIRECTION == union + ks.kvm_run_io.direction.offset
-    assert ex.U8_IO_SIZE == union + ks.kvm_run_io.size.offset
-    assert ex.U16_IO_PORT * 2 == union + ks.kvm_run_io.port.offset
-    assert ex.U32_IO_COUNT * 4 == union + ks.kvm_run_io.count.offset
-    assert ex.U64_IO_DATA_OFFSET * 8 == union + ks.kvm_run_io.data_offset.offset
-    assert ex.U32_EX_WORD0 * 4 == union + ks.kvm_run_internal.suberror.offset == union + ks.kvm_run_system_event.type.offset
-    assert ex.U32_EX_WORD1 * 4 == union + ks.kvm_run_internal.ndata.offset
-    assert ex.U64_EX_DATA * 8 == union + ks.kvm_run_internal.data.offset == union + ks.kvm_run_debug.arch.offset + 8
-    assert ex.U64_FAIL_REASON * 8 == union + ks.kvm_run_fail_entry.hardware_entry_failure_reason.offset
-    assert ex.U32_FAIL_CPU * 4 == union + ks.kvm_run_fail_entry.cpu.offset
+    kr.encode_mmio(u8, u32, u64, 0xD000_0010, 4, 1, 0x1234_5678)
+    assert (run.exit_reason, run.exit.mmio.phys_addr, run.exit.mmio.len, run.exit.mmio.is_write) == (
+        kc.ExitReason.MMIO, 0xD000_0010, 4, 1)  # fmt: skip
+    assert bytes(run.exit.mmio.data)[:4] == (0x1234_5678).to_bytes(4, "little")
+    assert kr.decode_mmio(u8, u32, u64) == {"phys_addr": 0xD000_0010, "len": 4, "is_write": 1, "data": 0x1234_5678}
+
+    kr.encode_io(u8, u16, u32, u64, kc.IoDirection.OUT, 0x3F8, 1, 2, 4096)
+    u8[4096:4098] = b"Hi"
+    io = run.exit.io
+    assert (run.exit_reason, io.direction, io.size, io.port, io.count, io.data_offset) == (
+        kc.ExitReason.IO, kc.KVM_EXIT_IO_OUT, 1, 0x3F8, 2, 4096)  # fmt: skip
+    assert kr.decode_io(u8, u16, u32, u64)["data"] == b"Hi"
+
+    kr.encode_reason(u32, kr.EXIT_HLT)
+    assert run.exit_reason == kc.ExitReason.HLT
+    u8[kr.IMMEDIATE_EXIT_U8] = 1
+    assert run.immediate_exit == 1
+    del run, io
+    for view in (u8, u16, u32, u64, views):
+        view.release()

@@ -10,6 +10,7 @@ import pytest
 from kvmlab.guest import assemble
 from kvmlab.kvm import Cap, ExitReason, Kvm, KvmIoctlError, KvmStats, MpState, VcpuFd, VmFd
 from kvmlab.kvm import constants as kc
+from kvmlab.kvm import run as kr
 from kvmlab.kvm import structs as ks
 from kvmlab.kvm.stats import StatType
 
@@ -123,6 +124,7 @@ def test_kvm_run_exits_and_binary_stats(vm_and_vcpu):
     io = vcpu.run_struct.exit.io
     assert (io.direction, io.size, io.port, io.count) == (kc.KVM_EXIT_IO_OUT, 1, 0x3F8, 1)
     assert bytes(vcpu.io_data(io.data_offset, 1)) == b"A"
+    assert io.data_offset == kr.PIO_DATA_OFFSET  # where the emulated engine puts it too
 
     assert vcpu.run() == 0 and vcpu.exit_reason == ExitReason.MMIO
     mmio = vcpu.run_struct.exit.mmio

@@ -14,6 +14,7 @@ from ..errors import ConfigError
 from ..kvm import Cap, Kvm, KvmStats, VcpuFd, VmFd
 from ..metrics import trace as trace_kinds
 from ..kvm import constants as kc
+from ..kvm.run import IMMEDIATE_EXIT_U8
 from ..kvm.syscall import get_errno, kvm_run_ioctl
 from ..vstate.cpu_state import CpuConfiguration, CpuidEntry, VcpuSnapshot
 from ..vstate.exits import Emulation, Peripherals, handle_kvm_exit
@@ -135,7 +136,7 @@ class KvmVcpuBackend:
         if kvm_run_ioctl(self._raw_fd, KVM_RUN, 0) < 0:
             err = get_errno()
             if err == EINTR:
-                self.run_views[0][kc.RUN_IMMEDIATE_EXIT] = 0
+                self.run_views[0][IMMEDIATE_EXIT_U8] = 0
                 p.metrics.interrupted += 1
                 if p.trace is not None:
                     p.trace(trace_kinds.INTERRUPTED, 0, 0, 0, perf_counter_ns(), 0)

@@ -114,8 +114,15 @@ class ExitReason(enum.IntEnum):
             return f"UNKNOWN_EXIT_{value}"
 
 
-KVM_EXIT_IO_IN = 0
-KVM_EXIT_IO_OUT = 1
+class IoDirection(enum.IntEnum):
+    """``kvm_run.io.direction`` (``KVM_EXIT_IO_IN`` / ``KVM_EXIT_IO_OUT``)."""
+
+    IN = 0
+    OUT = 1
+
+
+KVM_EXIT_IO_IN = int(IoDirection.IN)
+KVM_EXIT_IO_OUT = int(IoDirection.OUT)
 
 
 class InternalErrorSuberror(enum.IntEnum):
@@ -196,7 +203,4 @@ KVM_GUESTDBG_INJECT_BP = 0x00080000
 
 KVM_MAX_CPUID_ENTRIES = 256
 
-# Offsets inside the kvm_run page, for the exit hot path (checked against the headers too).
-RUN_IMMEDIATE_EXIT = s.kvm_run.immediate_exit.offset
-RUN_EXIT_REASON = s.kvm_run.exit_reason.offset
-RUN_EXIT_UNION = s.kvm_run.exit.offset
+# The indices of the kvm_run page the exit paths use are in ``run`` (``kvmlab.kvm.run``).

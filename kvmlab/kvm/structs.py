@@ -354,8 +354,9 @@ class kvm_run_exit_union(ctypes.Union):
 
 
 class kvm_run(Struct):
-    """The shared page KVM fills on every exit. The hot path reads it through precomputed
-    offsets (``KvmRunLayout``); this struct is for tests, notebooks and slow paths."""
+    """The shared page KVM fills on every exit. The hot path reads it through typed views at
+    indices derived from this struct (``kvmlab.kvm.run``: ``RUN``, a ``KvmRunLayout``, and
+    the same as plain ints); the struct itself is for tests, notebooks and slow paths."""
 
     _fields_ = [
         ("request_interrupt_window", u8),

@@ -12,6 +12,7 @@ import mmap
 import os
 
 from . import constants as c
+from . import run as r
 from . import structs as s
 from .syscall import KvmIoctlError, get_errno, ioctl, kvm_run_ioctl
 
@@ -63,14 +64,14 @@ class VcpuFd:
 
     @property
     def immediate_exit(self) -> int:
-        return self.run_u8[c.RUN_IMMEDIATE_EXIT]
+        return self.run_u8[r.IMMEDIATE_EXIT_U8]
 
     def set_kvm_immediate_exit(self, value: int) -> None:
-        self.run_u8[c.RUN_IMMEDIATE_EXIT] = value
+        self.run_u8[r.IMMEDIATE_EXIT_U8] = value
 
     @property
     def exit_reason(self) -> int:
-        return self.run_u32[c.RUN_EXIT_REASON // 4]
+        return self.run_u32[r.EXIT_REASON_U32]
 
     def io_data(self, data_offset: int, length: int) -> memoryview:
         """The port I/O data KVM placed (or expects) at ``data_offset`` inside the run page."""

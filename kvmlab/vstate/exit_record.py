@@ -1,13 +1,14 @@
 """``ExitRecord``: what a kvm_run page says about the last exit, in words (for teaching).
 
 Reads the same page exit handling reads (KVM's own, or the emulated engine's copy of its
-layout), so a notebook can step a vCPU exit by exit and print what KVM reported.
+layout), through the decoders of ``kvmlab.kvm.run``, so a notebook can step a vCPU exit by exit and print what KVM reported.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..kvm import run as r
 from ..kvm.constants import ExitReason
 from . import exits as ex
 
@@ -28,7 +29,7 @@ class ExitRecord:
             what = "write" if f["is_write"] else "read"
             return f"vCPU {self.vcpu}: KVM_EXIT_MMIO {what} {f['len']} bytes at {f['phys_addr']:#x}, data {f['data']:#x}"
         if self.reason == "IO":
-            what = "out" if f["direction"] == ex.IO_OUT else "in"
+            what = "out" if f["direction"] == r.IO_OUT else "in"
             data = f["data"]
             if isinstance(data, bytes) and what == "out":
                 shown = repr(data)
@@ -42,36 +43,21 @@ class ExitRecord:
 def read_exit(p: ex.Peripherals, outcome: str = "") -> ExitRecord:
     """Decodes the exit waiting in (or just handled from) ``p``'s kvm_run page."""
     u8, u16, u32, u64 = p.run_u8, p.run_u16, p.run_u32, p.run_u64
-    reason = u32[ex.U32_EXIT_REASON]
+    reason = u32[r.EXIT_REASON_U32]
     name = ExitReason.name_of(reason)
     fields: dict = {}
-    if reason == ex.EXIT_MMIO:
-        size = u32[ex.U32_MMIO_LEN]
-        fields = {
-            "phys_addr": u64[ex.U64_MMIO_PHYS_ADDR],
-            "len": size,
-            "is_write": u8[ex.U8_MMIO_IS_WRITE],
-            "data": u64[ex.U64_MMIO_DATA] & ((1 << (8 * size)) - 1),
-        }
-    elif reason == ex.EXIT_IO:
-        size, count, offset = u8[ex.U8_IO_SIZE], u32[ex.U32_IO_COUNT], u64[ex.U64_IO_DATA_OFFSET]
-        raw = bytes(u8[offset : offset + size * count])
-        fields = {
-            "direction": u8[ex.U8_IO_DIRECTION],
-            "size": size,
-            "port": u16[ex.U16_IO_PORT],
-            "count": count,
-            "data_offset": offset,
-            "data": raw if size == 1 else int.from_bytes(raw[:size], "little"),
-        }
-    elif reason == ex.EXIT_INTERNAL_ERROR:
+    if reason == r.EXIT_MMIO:
+        fields = r.decode_mmio(u8, u32, u64)
+    elif reason == r.EXIT_IO:
+        fields = r.decode_io(u8, u16, u32, u64)
+    elif reason == r.EXIT_INTERNAL_ERROR:
         fields = {"detail": ex.describe_internal_error(p)}
-    elif reason == ex.EXIT_FAIL_ENTRY:
-        fields = {"hardware_entry_failure_reason": u64[ex.U64_FAIL_REASON], "cpu": u32[ex.U32_FAIL_CPU]}
-    elif reason == ex.EXIT_SYSTEM_EVENT:
-        fields = {"type": u32[ex.U32_EX_WORD0]}
-    elif reason == ex.EXIT_DEBUG:
-        fields = {"exception": u32[ex.U32_EX_WORD0], "pc": u64[ex.U64_EX_DATA]}
+    elif reason == r.EXIT_FAIL_ENTRY:
+        fields = {"hardware_entry_failure_reason": u64[r.FAIL_ENTRY_REASON_U64], "cpu": u32[r.FAIL_ENTRY_CPU_U32]}
+    elif reason == r.EXIT_SYSTEM_EVENT:
+        fields = {"type": u32[r.SYSTEM_EVENT_TYPE_U32]}
+    elif reason == r.EXIT_DEBUG:
+        fields = {"exception": u32[r.DEBUG_EXCEPTION_U32], "pc": u64[r.DEBUG_PC_U64]}
     return ExitRecord(p.index, name, fields, outcome)
 
 

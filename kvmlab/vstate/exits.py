@@ -11,8 +11,9 @@ is dropped), counted by direction (``absent_io_read``, ...) and logged at info l
 per address: probing for hardware is what firmware and kernels do, not a fault. A strict
 machine stops the vCPU instead, with an error exit naming the access.
 
-The kvm_run page is read through typed memoryviews at fixed indices (offsets from
-``<linux/kvm.h>``, checked by the ABI test): on this path an index costs ~30 ns where a ctypes
+The kvm_run page is read through typed memoryviews at fixed indices (named and derived from
+the ctypes struct in ``kvmlab.kvm.run``, checked against ``<linux/kvm.h>`` by the ABI test;
+imported here as plain module ints): on this path an index costs ~30 ns where a ctypes
 attribute costs ~150 ns, and the MMIO write path is what the benchmarks measure.
 
 The per-address counts cost one dict ``get`` and one store for an address already counted;
@@ -31,45 +32,21 @@ from time import perf_counter_ns
 from typing import Callable
 
 from ..errors import FaultyKvmExit, UnhandledKvmExit
-from ..kvm.constants import InternalErrorSuberror, SystemEvent
+from ..kvm.constants import ExitReason, InternalErrorSuberror, SystemEvent
+from ..kvm.run import (
+    DEBUG_DR6_U64, DEBUG_DR7_U64, DEBUG_EXCEPTION_U32, DEBUG_PC_U64, EXIT_DEBUG, EXIT_DIRTY_RING_FULL,
+    EXIT_FAIL_ENTRY, EXIT_HLT, EXIT_INTERNAL_ERROR, EXIT_IO, EXIT_MMIO, EXIT_REASON_U32, EXIT_SHUTDOWN,
+    EXIT_SYSTEM_EVENT, FAIL_ENTRY_CPU_U32, FAIL_ENTRY_REASON_U64, INTERNAL_DATA_U64, INTERNAL_NDATA_U32,
+    INTERNAL_SUBERROR_U32, IO_COUNT_U32, IO_DATA_OFFSET_U64, IO_DIRECTION_U8, IO_OUT, IO_PORT_U16, IO_SIZE_U8,
+    MMIO_DATA_U64, MMIO_IS_WRITE_U8, MMIO_LEN_U32, MMIO_PHYS_ADDR_U64, SYSTEM_EVENT_DATA_U64,
+    SYSTEM_EVENT_NDATA_U32, SYSTEM_EVENT_TYPE_U32, exit_data,
+)  # fmt: skip
 from ..metrics import trace as kinds
 from ..metrics.counters import VcpuMetrics
 from .bus import ALL_ONES, Bus, BusEntry, GuestRequestedExit
 from .unhandled import Notice, UnhandledWarnings, describe, outcome, strict_reason
 
 log = logging.getLogger("kvmlab.vcpu")
-
-# exit reasons (KVM_EXIT_*), as plain ints for the hot path
-EXIT_IO = 2
-EXIT_DEBUG = 4
-EXIT_HLT = 5
-EXIT_MMIO = 6
-EXIT_SHUTDOWN = 8
-EXIT_FAIL_ENTRY = 9
-EXIT_INTERNAL_ERROR = 17
-EXIT_SYSTEM_EVENT = 24
-EXIT_DIRTY_RING_FULL = 31
-
-# indices into the kvm_run views (byte offset / item size)
-U32_EXIT_REASON = 8 // 4
-U64_MMIO_PHYS_ADDR = 32 // 8
-U64_MMIO_DATA = 40 // 8
-U32_MMIO_LEN = 48 // 4
-U8_MMIO_IS_WRITE = 52
-U8_IO_DIRECTION = 32
-U8_IO_SIZE = 33
-U16_IO_PORT = 34 // 2
-U32_IO_COUNT = 36 // 4
-U64_IO_DATA_OFFSET = 40 // 8
-U32_EX_WORD0 = 32 // 4  # internal.suberror, system_event.type, debug.arch.exception
-U32_EX_WORD1 = 36 // 4  # internal.ndata, system_event.ndata
-U64_EX_DATA = 40 // 8  # internal.data[0], system_event.data[0], debug.arch.pc
-U64_FAIL_REASON = 32 // 8
-U32_FAIL_CPU = 40 // 4
-
-IO_IN = 0
-IO_OUT = 1
-
 
 class Emulation(enum.Enum):
     """What running the vCPU once amounted to (Firecracker's ``VcpuEmulation``)."""
@@ -173,15 +150,15 @@ def handle_kvm_exit(p: Peripherals, err: int):
     if err:
         return _handle_errno(m, err)
     u32 = p.run_u32
-    reason = u32[U32_EXIT_REASON]
+    reason = u32[EXIT_REASON_U32]
     if reason == EXIT_MMIO:
         u64 = p.run_u64
-        address = u64[U64_MMIO_PHYS_ADDR]
-        size = u32[U32_MMIO_LEN]
+        address = u64[MMIO_PHYS_ADDR_U64]
+        size = u32[MMIO_LEN_U32]
         bus = p.mmio_bus
         entry = bus.lookup.get(address) or bus.resolve(address)
-        if p.run_u8[U8_MMIO_IS_WRITE]:
-            value = u64[U64_MMIO_DATA] & ALL_ONES[size]
+        if p.run_u8[MMIO_IS_WRITE_U8]:
+            value = u64[MMIO_DATA_U64] & ALL_ONES[size]
             m.exit_mmio_write += 1
             counts = m.mmio_write_by_addr
             seen = counts.get(address)
@@ -212,7 +189,7 @@ def handle_kvm_exit(p: Peripherals, err: int):
                 m.count_new_address("mmio_read_by_addr", address)
             if entry is None:
                 m.absent_mmio_read += 1
-                u64[U64_MMIO_DATA] = value = ALL_ONES[size]  # open bus, as a PC reads where nothing decodes
+                u64[MMIO_DATA_U64] = value = ALL_ONES[size]  # open bus, as a PC reads where nothing decodes
                 return _absent(p, "MMIO read", address, size, kinds.MMIO_READ, value)
             start = perf_counter_ns()
             try:
@@ -221,7 +198,7 @@ def handle_kvm_exit(p: Peripherals, err: int):
                 _device_failed(p, entry, "MMIO read", address, size, None, exc)
                 value = 0
             elapsed = perf_counter_ns() - start
-            u64[U64_MMIO_DATA] = value
+            u64[MMIO_DATA_U64] = value
             agg = m.exit_mmio_read_agg
             kind = kinds.MMIO_READ
         agg.record(elapsed)
@@ -243,7 +220,7 @@ def handle_kvm_exit(p: Peripherals, err: int):
         return STOPPED_SHUTDOWN
     if reason == EXIT_FAIL_ENTRY:
         m.failures += 1
-        hw_reason, cpu = p.run_u64[U64_FAIL_REASON], u32[U32_FAIL_CPU]
+        hw_reason, cpu = p.run_u64[FAIL_ENTRY_REASON_U64], u32[FAIL_ENTRY_CPU_U32]
         log.error("vCPU %d: received KVM_EXIT_FAIL_ENTRY: %d on cpu %d", p.index, hw_reason, cpu)
         raise FaultyKvmExit(f"FailEntry({hw_reason}, {cpu})")
     if reason == EXIT_INTERNAL_ERROR:
@@ -252,8 +229,8 @@ def handle_kvm_exit(p: Peripherals, err: int):
         log.error("vCPU %d: received KVM_EXIT_INTERNAL_ERROR: %s", p.index, detail)
         raise FaultyKvmExit(f"InternalError({detail})")
     if reason == EXIT_SYSTEM_EVENT:
-        event_type, ndata = u32[U32_EX_WORD0], u32[U32_EX_WORD1]
-        data = list(p.run_u64[U64_EX_DATA : U64_EX_DATA + min(ndata, 16)])
+        event_type = u32[SYSTEM_EVENT_TYPE_U32]
+        data = exit_data(u32, p.run_u64, SYSTEM_EVENT_NDATA_U32, SYSTEM_EVENT_DATA_U64)
         if event_type in (SystemEvent.RESET, SystemEvent.SHUTDOWN):
             log.info("vCPU %d: received KVM_SYSTEM_EVENT type %d, data %s", p.index, event_type, data)
             _mark(p, kinds.SYSTEM_EVENT, event_type)
@@ -266,10 +243,8 @@ def handle_kvm_exit(p: Peripherals, err: int):
     if reason == EXIT_DEBUG:
         m.exit_debug += 1
         u64 = p.run_u64
-        _mark(p, kinds.DEBUG, u64[U64_EX_DATA])
-        return DebugExitInfo(u32[U32_EX_WORD0], u64[U64_EX_DATA], u64[U64_EX_DATA + 1], u64[U64_EX_DATA + 2])
-    from ..kvm.constants import ExitReason
-
+        _mark(p, kinds.DEBUG, u64[DEBUG_PC_U64])
+        return DebugExitInfo(u32[DEBUG_EXCEPTION_U32], u64[DEBUG_PC_U64], u64[DEBUG_DR6_U64], u64[DEBUG_DR7_U64])
     raise UnhandledKvmExit(ExitReason.name_of(reason))
 
 
@@ -294,13 +269,13 @@ def _handle_io(p: Peripherals, m: VcpuMetrics):
     Written for speed like the MMIO path (serial output is port I/O): one access of one byte
     reads its data straight from the page."""
     u8 = p.run_u8
-    size = u8[U8_IO_SIZE]
-    port = p.run_u16[U16_IO_PORT]
-    count = p.run_u32[U32_IO_COUNT]
-    offset = p.run_u64[U64_IO_DATA_OFFSET]
+    size = u8[IO_SIZE_U8]
+    port = p.run_u16[IO_PORT_U16]
+    count = p.run_u32[IO_COUNT_U32]
+    offset = p.run_u64[IO_DATA_OFFSET_U64]
     bus = p.pio_bus
     entry = bus.lookup.get(port) or bus.resolve(port)
-    out = u8[U8_IO_DIRECTION] == IO_OUT
+    out = u8[IO_DIRECTION_U8] == IO_OUT
     if out:
         m.exit_io_out += 1
         counts = m.io_out_by_port
@@ -362,8 +337,8 @@ def _handle_io(p: Peripherals, m: VcpuMetrics):
 
 
 def describe_internal_error(p: Peripherals) -> str:
-    suberror, ndata = p.run_u32[U32_EX_WORD0], p.run_u32[U32_EX_WORD1]
-    data = list(p.run_u64[U64_EX_DATA : U64_EX_DATA + min(ndata, 16)])
+    suberror = p.run_u32[INTERNAL_SUBERROR_U32]
+    data = exit_data(p.run_u32, p.run_u64, INTERNAL_NDATA_U32, INTERNAL_DATA_U64)
     try:
         name = InternalErrorSuberror(suberror).name
     except ValueError:

@@ -48,6 +48,7 @@ from typing import Callable, Iterable
 
 from ..errors import VcpuError, VcpuFinishedError, VcpuTimeoutError
 from ..kvm.constants import MpState
+from ..kvm.run import IMMEDIATE_EXIT_U8
 from ..metrics import trace as trace_kinds
 from .exits import DebugExitInfo, Emulation, ExitCode, Peripherals, Stopped
 from .protocol import (
@@ -67,7 +68,7 @@ from .protocol import (
 
 log = logging.getLogger("kvmlab.vcpu")
 
-IMMEDIATE_EXIT = 1  # byte offset of kvm_run.immediate_exit
+IMMEDIATE_EXIT = IMMEDIATE_EXIT_U8  # kvm_run.immediate_exit, a u8 index (kvm/run.py)
 _MP_STATE_NAMES = {state.value: state.name for state in MpState}  # None (no irqchip) maps to None
 
 #: The handle is gone (Firecracker's channel disconnection): the vCPU exits with an error.
