@@ -68,7 +68,6 @@ from .protocol import (
 
 log = logging.getLogger("kvmlab.vcpu")
 
-IMMEDIATE_EXIT = IMMEDIATE_EXIT_U8  # kvm_run.immediate_exit, a u8 index (kvm/run.py)
 _MP_STATE_NAMES = {state.value: state.name for state in MpState}  # None (no irqchip) maps to None
 
 #: The handle is gone (Firecracker's channel disconnection): the vCPU exits with an error.
@@ -144,7 +143,7 @@ class Vcpu:
         handled = Emulation.HANDLED
         try:
             while True:
-                if u8[IMMEDIATE_EXIT]:
+                if u8[IMMEDIATE_EXIT_U8]:
                     result = self.run_emulation()  # the short-circuit, with its bookkeeping
                 else:
                     result = enter(peripherals)
@@ -168,7 +167,7 @@ class Vcpu:
             # More is queued, and its kick may have landed while this thread was out of
             # KVM_RUN: re-arm immediate_exit so the next event is read at once (Firecracker reads
             # one event per interruption and could leave a second one waiting on a busy loop).
-            self.run_u8[IMMEDIATE_EXIT] = 1
+            self.run_u8[IMMEDIATE_EXIT_U8] = 1
         if event is VcpuEvent.PAUSE:
             self.state = VcpuState.PAUSED
             self.responses.put(Paused(seq=seq))
@@ -196,9 +195,9 @@ class Vcpu:
             # an event sent since (a Finish from a machine stopping) set the flag *before*
             # this cleared it, and its one kick must not be lost. (Clearing first, then
             # looking, is the order that cannot miss one: send_event queues, then kicks.)
-            self.run_u8[IMMEDIATE_EXIT] = 0
+            self.run_u8[IMMEDIATE_EXIT_U8] = 0
             if not self.events.empty():
-                self.run_u8[IMMEDIATE_EXIT] = 1
+                self.run_u8[IMMEDIATE_EXIT_U8] = 1
             self.state = VcpuState.RUNNING
             self.responses.put(Resumed(seq=seq))
             return self.running
@@ -240,11 +239,11 @@ class Vcpu:
     def run_emulation(self):
         """Runs the guest until the next exit and handles it (Firecracker's ``run_emulation``)."""
         u8 = self.run_u8
-        if u8[IMMEDIATE_EXIT]:
+        if u8[IMMEDIATE_EXIT_U8]:
             # A kick landed while this thread was outside KVM_RUN. Firecracker warns; here it is
             # routine (exit handling in Python is long enough to catch kicks), so debug level.
             log.debug("vCPU %d: run requested with immediate_exit set; skipped", self.index)
-            u8[IMMEDIATE_EXIT] = 0
+            u8[IMMEDIATE_EXIT_U8] = 0
             self.peripherals.metrics.interrupted += 1
             return Emulation.INTERRUPTED
         return self.backend.run_emulation(self.peripherals)
@@ -284,7 +283,7 @@ class Vcpu:
         run under way is stopped by the interrupt (SIGRTMIN makes KVM_RUN return EINTR; the
         emulated engine's block hook reads the flag itself). The signal's system call
         orders the flag's store before the interrupt."""
-        self.run_u8[IMMEDIATE_EXIT] = 1
+        self.run_u8[IMMEDIATE_EXIT_U8] = 1
         self.backend.interrupt(thread_ident)
 
     def status(self) -> VcpuStatus:
@@ -355,13 +354,21 @@ class VcpuHandle:
 
     def recv(self, timeout: float) -> VcpuResponse:
         """The next response, whatever it answers (Firecracker's ``response_receiver().recv_timeout``)."""
+        response = self._next(timeout, "its thread ended and will answer nothing more")
+        if response is None:
+            raise VcpuTimeoutError(f"vCPU {self.index} sent no response within {timeout:g} s")
+        return response
+
+    def _next(self, timeout: float, ended: str) -> VcpuResponse | None:
+        """The next response within ``timeout`` (None if none came). ``ThreadEnded`` stays
+        in the queue as the last word for whoever asks next, and raises, saying ``ended``."""
         try:
             response = self._responses.get(timeout=timeout)
         except queue.Empty:
-            raise VcpuTimeoutError(f"vCPU {self.index} sent no response within {timeout:g} s") from None
+            return None
         if type(response) is ThreadEnded:
-            self._responses.put(response)  # it stays the last word for whoever asks next
-            raise VcpuFinishedError(f"vCPU {self.index} has finished: its thread ended and will answer nothing more")
+            self._responses.put(response)
+            raise VcpuFinishedError(f"vCPU {self.index} has finished: {ended}")
         return response
 
     def wait_response(self, seq: int, timeout: float, what: str = "event") -> VcpuResponse:
@@ -372,16 +379,12 @@ class VcpuHandle:
         its last message (``ThreadEnded``)."""
         deadline = time.monotonic() + timeout
         while True:
-            try:
-                response = self._responses.get(timeout=max(deadline - time.monotonic(), 0))
-            except queue.Empty:
+            response = self._next(max(deadline - time.monotonic(), 0), f"it ended before answering {what} (the machine stopped)")
+            if response is None:
                 raise VcpuTimeoutError(
                     f"vCPU {self.index} did not answer {what} within {timeout:g} s "
                     f"(its state is {self.status()}); the request was left queued"
-                ) from None
-            if type(response) is ThreadEnded:
-                self._responses.put(response)
-                raise VcpuFinishedError(f"vCPU {self.index} finished before answering {what} (the machine stopped)")
+                )
             if response.seq == seq:
                 return response
             (self.unsolicited if response.seq is None else self.stale).append(response)
