@@ -12,6 +12,7 @@ import pytest
 
 from kvmlab.kvm import kvm_unavailable_reason
 
+from .kernelkit import build_kernels
 from .procfs import kvmlab_threads
 
 KVM_REASON = kvm_unavailable_reason()
@@ -50,6 +51,12 @@ def machines():
     yield make
     for machine in made:
         machine.close()
+
+
+@pytest.fixture(scope="session")
+def kernels(tmp_path_factory):
+    """The test kernels (tests/kernels/*.s), assembled and linked once per run."""
+    return build_kernels(tmp_path_factory.mktemp("kernels"))
 
 
 @pytest.fixture(autouse=True)

@@ -23,7 +23,6 @@ from kvmlab.lab.absent import absent_summary
 from kvmlab.metrics.counters import ABSENT_COUNTERS
 from kvmlab.vstate.unhandled import strict_reason
 
-from .kernelkit import build_kernels
 
 COM2, NOBODY_PORT, ABSENT_MMIO = 0x2F8, 0xC000, 0xC000_0000
 PASSED = "absent hardware: every check saw what a PC shows\n"
@@ -32,11 +31,6 @@ ABSENT_COUNTS = {"absent_io_read": 3, "absent_io_write": 1, "absent_mmio_read": 
 #: the distinct absent accesses (kind, address) it makes, one --verbose line each
 DISTINCT = [("port in", COM2), ("port out", COM2), ("port in", NOBODY_PORT),
             ("MMIO read", ABSENT_MMIO), ("MMIO read", ABSENT_MMIO + 1), ("MMIO write", ABSENT_MMIO)]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def kernels(tmp_path_factory):
-    return build_kernels(tmp_path_factory.mktemp("kernels"))
 
 
 def kvmlab_command(*args: str) -> subprocess.CompletedProcess:

@@ -25,14 +25,9 @@ from kvmlab.kvm.constants import MpState
 from kvmlab.lab.inspect import mp_state_name
 from kvmlab.vstate.protocol import VcpuState, VcpuStatus
 
-from .kernelkit import build_kernels, symbols
+from .kernelkit import symbols
 
 MIB = 1 << 20
-
-
-@pytest.fixture(scope="module")
-def kernels(tmp_path_factory):
-    return build_kernels(tmp_path_factory.mktemp("kernels"))
 
 
 def expected_report(name: str, cmdline: str, vcpus: int, memory_mib: int, *, irqchip: bool, initrd: bytes | None) -> list[str]:
