@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Iterator
 
 from . import __version__
+from .engines.select import CHOICES as ENGINE_CHOICES
 from .errors import KvmlabError
 from .metrics.export import check_output_path
 
@@ -51,24 +52,21 @@ def positive_int(text: str) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from .engines import EngineUnavailableError, KvmEngine, engine_statuses, resolve
+    from .engines import ENGINES, EngineUnavailableError, resolve
 
     print(f"kvmlab {__version__}")
-    for status in engine_statuses():
-        print(f"engine {status.name}: {'works' if status.works else 'unavailable'}: {status.why}" if not status.works else f"engine {status.name}: works ({status.why})")
-        if status.name == "kvm" and status.works:
-            engine = KvmEngine()
-            try:
-                facts = engine.describe()
-            finally:
-                engine.close()
-            print(f"  KVM API version {facts['api_version']}, up to {facts['max_vcpus']} vCPUs per VM "
-                  f"({facts['recommended_vcpus']} recommended), kvm_run mmap {facts['vcpu_mmap_size']} bytes")
-            present = [name for name, value in facts["capabilities"].items() if value]
-            absent = [name for name, value in facts["capabilities"].items() if not value]
-            print(f"  capabilities: {', '.join(present)}")
-            if absent:
-                print(f"  absent: {', '.join(absent)}")
+    for engine in ENGINES:
+        reason = engine.unavailable_reason()
+        if reason is not None:
+            print(f"engine {engine.name}: unavailable: {reason}")
+            continue
+        print(f"engine {engine.name}: works ({engine.status()})")
+        opened = engine()
+        try:
+            for line in opened.describe_lines():
+                print(f"  {line}")
+        finally:
+            opened.close()
     try:
         print(f"engine='auto' chooses: {resolve('auto')}" + (" (KVMLAB_ENGINE)" if os.environ.get("KVMLAB_ENGINE") else ""))
     except EngineUnavailableError as err:
@@ -377,14 +375,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", metavar="METRICS.parquet|.csv", help="the sampled metrics, tidy")
     run.add_argument("--plot", metavar="EXITS.png", help="per-vCPU MMIO exit rates over time")
     run.add_argument("--trace", action="store_true", help="also record one row per exit (written as NAME.trace.EXT)")
-    run.add_argument("--engine", choices=["auto", "kvm", "emulated"], default="auto")
+    run.add_argument("--engine", choices=ENGINE_CHOICES, default="auto")
     run.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     run.set_defaults(func=_cmd_run)
 
     demo = sub.add_parser("demo", help="two vCPUs running the bundled programs, headless: a table, a PNG, a DataFrame")
     demo.add_argument("--seconds", type=positive_float, default=4.0, help="how long the MMIO part runs")
     demo.add_argument("--out-dir", default="out", help="where the plot and DataFrames go (created)")
-    demo.add_argument("--engine", choices=["auto", "kvm", "emulated"], default="auto")
+    demo.add_argument("--engine", choices=ENGINE_CHOICES, default="auto")
     demo.set_defaults(func=_cmd_demo)
 
     boot = sub.add_parser("boot", help="boot a Multiboot v1 kernel (serial on stdout, exit status (code << 1) | 1)")
@@ -394,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     boot.add_argument("--append", default="", help="the kernel command line (after its own name)")
     boot.add_argument("--initrd", metavar="FILE", help="a module for the kernel (multiboot modules)")
     boot.add_argument("--timeout", type=positive_float, default=60.0, help=f"stop after this long (exit status {TIMEOUT_STATUS})")
-    boot.add_argument("--engine", choices=["auto", "kvm", "emulated"], default="auto")
+    boot.add_argument("--engine", choices=ENGINE_CHOICES, default="auto")
     boot.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     boot.set_defaults(func=_cmd_boot)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 
-from .kvm import kvm_unavailable_reason
 
 
 def kvm_flavour() -> str:
@@ -19,14 +18,11 @@ def kvm_flavour() -> str:
 def summary() -> str:
     """One line for a notebook's first cell: which engine ``Machine(engine="auto")`` uses here
     and what that means."""
-    from .engines import EngineUnavailableError, note, resolve
+    from .engines import EngineUnavailableError, note, resolve, why_not_preferred
 
     try:
         name = resolve("auto")
     except EngineUnavailableError as err:
         return f"No engine can run kvmlab machines here: {err}"
-    why = ""
-    if name == "emulated":
-        reason = kvm_unavailable_reason()
-        why = f" (KVM: {reason})" if reason else " (KVMLAB_ENGINE=emulated)"
-    return f"Machines run on {note(name)}{why}."
+    why = why_not_preferred(name)
+    return f"Machines run on {note(name)}{f' ({why})' if why else ''}."

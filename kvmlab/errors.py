@@ -43,6 +43,11 @@ class EngineUnavailableError(ConfigError):
     """The chosen engine cannot run here; the message says why and what to install."""
 
 
+class EngineCapabilityError(ConfigError):
+    """The engine running this machine cannot do what was asked (its ``Capabilities`` say
+    so); the message names the capability and what to use instead."""
+
+
 class KickUnavailableError(KvmlabError, RuntimeError):
     """The vCPU kick signal handler cannot be installed (not on the main thread)."""
 

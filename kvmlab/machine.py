@@ -18,7 +18,6 @@ machine dropped without ``close()`` is closed by its finalizer.
 from __future__ import annotations
 
 import functools
-import math
 import threading
 import weakref
 from typing import Iterable
@@ -27,9 +26,8 @@ from .devices import COM1, DEBUG_EXIT_PORT, MAILBOX_BASE, Console, DebugExit, Ma
 from .devices.fw_cfg import FW_CFG_PORT, FwCfg
 from .devices.pci_host import PCI_CONFIG_PORT, PciHost
 from .devices import mailbox as mailbox_regs
-from .engines import note as engine_note
+from .config import MachineConfig, check_timeout
 from .engines import open_engine
-from .engines.cpuid import validate_mask
 from .errors import (
     ConfigError,
     MachineStateError,
@@ -39,9 +37,9 @@ from .errors import (
     VcpuNotAllowedError,
     VcpuResponseError,
 )
+from .guest import boot as multiboot_boot
 from .guest.loader import LoadedProgram, load_program, read_results
-from .guest.modes import LOAD_ADDRESS, Mode, setup_multiboot_entry
-from .guest import multiboot
+from .guest.modes import LOAD_ADDRESS
 from .guest.multiboot import BootImage
 from .guest.programs import Program
 from .metrics import MetricsRegistry
@@ -54,44 +52,26 @@ from .vstate.exit_record import ExitRecord, outcome_of, read_exit
 from .vstate.exits import DeviceFailure, Emulation
 from .vstate.vcpu import VcpuHandle
 from .vstate.kick import install_kick_handler
-from .vstate.layout import IRQCHIP_PAGES, MIB
-from .vstate.memory import GuestMemory, validate_memory_size
+from .vstate.layout import IRQCHIP_PAGES
+from .vstate.memory import GuestMemory
 from .vstate.protocol import DumpedCpuConfig, Error, Exited, NotAllowed, Paused, Resumed, SavedState, VcpuEvent, VcpuState, VcpuStatus
 from .vstate.vm import Vm
-
-
-def _is_finite_number(value) -> bool:
-    """An int or float that is neither a bool, NaN nor infinite (NaN slips through every
-    comparison, and infinity only fails later, deep inside a sleep or an allocation)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _check_timeout(name: str, value, *, zero: bool = False) -> None:
-    """A timeout is a finite number of seconds, positive (or also 0 where ``zero``), and at
-    most ``threading.TIMEOUT_MAX`` (the longest wait the platform's locks can do; a longer
-    one raises OverflowError deep inside a wait)."""
-    if not _is_finite_number(value) or value < 0 or (value == 0 and not zero) or value > threading.TIMEOUT_MAX:
-        least = "0 or more" if zero else "more than 0"
-        raise ConfigError(f"{name}={value!r}: need a finite number of seconds, {least}, at most {threading.TIMEOUT_MAX:.0f}")
 
 
 class _Parts:
     """What a Machine owns, apart from the Machine itself: its finalizer closes this (so a
     dropped Machine releases its file descriptors), and no thread holds the Machine."""
 
-    def __init__(self, engine):
-        self.engine = engine  # until the VM is built
-        self.vmm: Vmm | None = None
-        self.metrics: MetricsRegistry | None = None
-        self.closed = False
+    def __init__(self, vmm: Vmm, metrics: MetricsRegistry):
+        self.vmm = vmm
+        self.metrics = metrics
+
+    @property
+    def closed(self) -> bool:
+        return self.vmm.phase is Phase.CLOSED
 
     def close(self) -> None:
-        if self.vmm is not None:
-            self.vmm.close()
-        if self.engine is not None:
-            self.engine.close()
-            self.engine = None
-        self.closed = True
+        self.vmm.close()
 
 
 class _KickAfter:
@@ -166,126 +146,112 @@ class Machine:
         kvm_path: str | None = None,
         strict: bool = False,
     ):
-        if not isinstance(vcpus, int) or isinstance(vcpus, bool) or vcpus < 1:
-            raise ConfigError(f"vcpus={vcpus!r}: need a whole number of at least 1")
-        if not _is_finite_number(memory_mib) or memory_mib <= 0:
-            raise ConfigError(f"memory_mib={memory_mib!r}: need a positive, finite number of MiB")
-        memory_bytes = memory_mib * MIB
-        if memory_bytes != int(memory_bytes):
-            raise ConfigError(f"memory_mib={memory_mib!r} is not a whole number of bytes, let alone 4 KiB pages")
-        validate_memory_size(int(memory_bytes))
-        _check_timeout("timeout", timeout)
-        if isinstance(sample_hz, bool) or not isinstance(sample_hz, (int, float)) or not 0 <= sample_hz <= 1000:
-            raise ConfigError(f"sample_hz={sample_hz!r}: need 0 (no sampler) to 1000 samples a second")
-        if not _is_finite_number(history_s) or history_s <= 0 or (sample_hz and history_s * sample_hz < 1):
-            raise ConfigError(f"history_s={history_s!r}: need a finite number of seconds with room for at least one sample at {sample_hz} Hz")
-        if isinstance(trace_capacity, bool) or not isinstance(trace_capacity, int) or trace_capacity < 1:
-            raise ConfigError(f"trace_capacity={trace_capacity!r}: need a positive number of rows")
-        if irqchip not in (None, True, False):
-            raise ConfigError(f"irqchip={irqchip!r}: True, False, or None (off for programs, on for boot())")
-        if not isinstance(strict, bool):
-            raise ConfigError(f"strict={strict!r}: True or False")
-        cpuid_mask = validate_mask(cpuid_mask)
-        install_kick_handler()
-        self.timeout = float(timeout)
-        engine_impl = open_engine(engine, kvm_path)
-        limit = engine_impl.max_vcpus()
-        if vcpus > limit:
-            engine_impl.close()
-            raise ConfigError(f"vcpus={vcpus!r}: need a whole number from 1 to {limit} ({engine_impl.name.upper() if engine_impl.name == 'kvm' else 'the emulated engine'}'s maximum)")
-        try:
-            engine_impl.check_config(irqchip=bool(irqchip), cpuid_mask=cpuid_mask)
-        except BaseException:
-            engine_impl.close()
-            raise
-        #: "kvm" or "emulated": which engine runs this machine
-        self.engine = engine_impl.name
-        #: one line on what that engine means for what you see
-        self.engine_note = engine_note(self.engine)
-        self._parts = parts = _Parts(engine_impl)
-        self._finalizer = weakref.finalize(self, parts.close)
-        self._config = dict(
-            vcpus=vcpus, memory=int(memory_bytes), irqchip=irqchip, cpuid_mask=cpuid_mask,
-            sample_hz=sample_hz, history_s=history_s, trace=trace, trace_capacity=trace_capacity, strict=strict,
+        #: the arguments, validated (``MachineConfig``)
+        self.config = config = MachineConfig(
+            vcpus=vcpus, memory_mib=memory_mib, engine=engine, irqchip=irqchip, cpuid_mask=cpuid_mask,
+            timeout=timeout, sample_hz=sample_hz, history_s=history_s, trace=trace,
+            trace_capacity=trace_capacity, kvm_path=kvm_path, strict=strict,
         )  # fmt: skip
-        # The devices exist from the start; they join the buses when the VM is built.
+        install_kick_handler()
+        self.timeout = config.timeout
+        engine_impl = open_engine(config.engine, config.kvm_path)
+        try:
+            #: what the engine running this machine can do (``kvmlab.engines.Capabilities``)
+            self.capabilities = caps = engine_impl.capabilities
+            config.check_engine(caps)
+            engine_impl.check_config(irqchip=bool(config.irqchip), cpuid_mask=config.cpuid_mask)
+            # The VM and its memory exist from the start; the vCPUs wait for load() or boot(),
+            # which decide whether the VM gets KVM's in-kernel irqchip (only possible before them).
+            backend = engine_impl.create_vm(cpuid_mask=config.cpuid_mask)
+        finally:
+            engine_impl.close()
+        try:
+            vm = Vm(backend, config.memory, strict=config.strict)
+        except BaseException:
+            backend.close()
+            raise
+        if config.irqchip:  # decided: create it now, so no device can take its pages
+            try:
+                vm.enable_irqchip()
+            except BaseException:
+                vm.close()
+                raise
+        vmm = Vmm(vm, self.timeout)
+        metrics = MetricsRegistry(
+            vcpus=config.vcpus,
+            sample_hz=config.sample_hz,
+            history_s=config.history_s,
+            # not a bound method: nothing the threads reach may hold the Machine itself
+            describe_address=functools.partial(_describe_address, vm.mmio_bus, vm.pio_bus),
+        )
+        if config.trace:
+            metrics.enable_trace(config.trace_capacity)
+        vmm.on_start.append(metrics.start)
+        vmm.on_stop.append(lambda _exit, registry=metrics: registry.stop())
+        self._parts = parts = _Parts(vmm, metrics)
+        self._finalizer = weakref.finalize(self, parts.close)
+        #: the engine's name ("kvm", "emulated"): which engine runs this machine
+        self.engine = caps.name
+        #: one line on what that engine means for what you see
+        self.engine_note = caps.note
         self.console = Console()
         self.serial = Serial16550(self.console)
         self.debug_exit = DebugExit()
         self.mailbox = Mailbox()
-        self.fw_cfg = FwCfg(int(memory_bytes), vcpus)
+        self.fw_cfg = FwCfg(config.memory, config.vcpus)
         self.pci_host = PciHost()
-        self.program: LoadedProgram | None = None
-        self.kernel: BootImage | None = None
-
-    def _build(self, irqchip: bool) -> Vmm:
-        """Creates the VM, its vCPUs and devices and the metrics registry (once). Deferred to
-        first need so that ``boot()`` can still choose the in-kernel irqchip, which KVM only
-        allows before the first vCPU exists."""
-        parts = self._parts
-        if parts.vmm is not None:
-            return parts.vmm
-        if parts.closed:
-            raise MachineStateError("the machine is closed")
-        config = self._config
-        backend = parts.engine.create_vm(irqchip=irqchip, cpuid_mask=config["cpuid_mask"])
-        try:
-            vm = Vm(backend, config["memory"], strict=config["strict"])
-        except BaseException:
-            backend.close()
-            raise
-        parts.engine.close()
-        parts.engine = None
-        parts.vmm = vmm = Vmm(vm, self.timeout)
-        vm.create_vcpus(config["vcpus"], on_device_error=vmm.record_device_failure)
         vm.pio_bus.insert(self.serial, COM1, self.serial.size)
         vm.pio_bus.insert(self.debug_exit, DEBUG_EXIT_PORT, self.debug_exit.size)
         vm.pio_bus.insert(self.fw_cfg, FW_CFG_PORT, self.fw_cfg.size)
         vm.pio_bus.insert(self.pci_host, PCI_CONFIG_PORT, self.pci_host.size)
         vm.mmio_bus.insert(self.mailbox, MAILBOX_BASE, self.mailbox.size)
-        parts.metrics = MetricsRegistry(
-            [vcpu.peripherals for vcpu in vm.vcpus],
-            [vcpu.backend.kernel_stats() for vcpu in vm.vcpus],
-            sample_hz=config["sample_hz"],
-            history_s=config["history_s"],
-            # not a bound method: nothing the threads reach may hold the Machine itself
-            describe_address=functools.partial(_describe_address, vm.mmio_bus, vm.pio_bus),
-        )
-        if config["trace"]:
-            parts.metrics.enable_trace(config["trace_capacity"])
-        vmm.on_start.append(parts.metrics.start)
-        vmm.on_stop.append(lambda _exit, registry=parts.metrics: registry.stop())
+        self.program: LoadedProgram | None = None
+        self.kernel: BootImage | None = None
+
+    def _create_vcpus(self, irqchip: bool) -> Vmm:
+        """Creates the vCPUs (after the in-kernel irqchip, if wanted) and connects them to the
+        metrics. Called by ``load()`` and ``boot()``, once: only they know whether the VM
+        needs the irqchip, which KVM can only create before the first vCPU."""
+        vmm, metrics = self._vmm, self._parts.metrics
+        if irqchip and not vmm.vm.backend.irqchip:
+            vmm.vm.enable_irqchip()
+        vmm.vm.create_vcpus(self.config.vcpus, on_device_error=vmm.record_device_failure, metrics=list(metrics))
+        metrics.attach([vcpu.peripherals for vcpu in vmm.vcpus], [vcpu.backend.kernel_stats() for vcpu in vmm.vcpus])
         return vmm
 
     @property
     def _vmm(self) -> Vmm:
-        return self._parts.vmm or self._build(bool(self._config["irqchip"]))
+        return self._parts.vmm
 
     @property
     def irqchip(self) -> bool | None:
-        """Whether the VM has KVM's in-kernel interrupt controllers (None: not decided yet)."""
-        vmm = self._parts.vmm
-        return vmm.vm.backend.irqchip if vmm is not None else self._config["irqchip"]
+        """Whether the VM has KVM's in-kernel interrupt controllers (None: not decided yet;
+        ``load()`` decides no, ``boot()`` yes where the engine has one)."""
+        if self.built:
+            return self._vmm.vm.backend.irqchip
+        return self.config.irqchip
 
     @property
     def built(self) -> bool:
-        """Whether the VM exists yet (it is created on first use)."""
-        return self._parts.vmm is not None
+        """Whether the vCPUs exist yet (``load()`` or ``boot()`` creates them)."""
+        return bool(self._vmm.vcpus)
 
     @property
     def metrics(self) -> MetricsRegistry:
-        """Exit metrics: ``metrics.vcpu(0).exit_mmio_write``, ``metrics.totals()``, ..."""
-        self._vmm
+        """Exit metrics: ``metrics.vcpu(0).exit_mmio_write``, ``metrics.totals()``, ...
+        (zeros until the machine runs; KVM's own ``kvm.*`` columns join when ``load()`` or
+        ``boot()`` creates the vCPUs whose statistics they are)."""
         return self._parts.metrics
 
     # --- configuration ---------------------------------------------------------------------------
 
     @property
     def vcpu_count(self) -> int:
-        return self._config["vcpus"]
+        return self.config.vcpus
 
     @property
     def memory(self) -> GuestMemory:
+        self._require_open("memory")
         return self._vmm.vm.memory
 
     @property
@@ -321,8 +287,13 @@ class Machine:
 
     def load(self, program: Program | str | bytes, mode: str = "real", *, address: int = LOAD_ADDRESS) -> LoadedProgram:
         """Loads ``program`` (a bundled ``Program``, assembly text or machine code) for every
-        vCPU, in ``mode`` ("real", "protected" or "long"). Only before ``start()``."""
-        self._require_phase(Phase.CREATED, "load()")
+        vCPU, in ``mode`` ("real", "protected" or "long"). Only before ``start()``, once.
+
+        Creates the vCPUs, without the in-kernel irqchip unless the machine was created with
+        ``irqchip=True`` (the small programs end with HLT, which must reach kvmlab)."""
+        self._require_unloaded("load()")
+        if not self.built:
+            self._create_vcpus(bool(self.config.irqchip))
         self.program = load_program(self._vmm.vm, program, mode, self.layout(), address)
         return self.program
 
@@ -333,47 +304,24 @@ class Machine:
         own name, as with QEMU. Then ``start()``, and ``wait()`` for its debug-exit code.
 
         Several vCPUs need KVM's in-kernel irqchip (the LAPICs that deliver INIT and SIPI): a
-        machine created with ``irqchip=None`` (the default) gets one here."""
-        self._require_phase(Phase.CREATED, "boot()") if self.built else self._require_open("boot()")
-        if self.program is not None:
-            raise MachineStateError("boot(): this machine is already loaded; make a new Machine")
-        if not isinstance(cmdline, str):
-            raise ConfigError(f"cmdline={cmdline!r}: need text")
-        wanted = self._config["irqchip"]
-        irqchip = (self.engine == "kvm") if wanted is None else wanted
+        machine created with ``irqchip=None`` (the default) gets one here where the engine has one."""
+        self._require_unloaded("boot()")
+        caps = self.capabilities
+        irqchip = caps.irqchip if self.config.irqchip is None else self.config.irqchip
         if self.vcpu_count > 1 and not irqchip:
-            why = ("the emulated engine has none: boot with vcpus=1, or on KVM" if self.engine == "emulated"
+            why = (f"{caps.label} has none: boot with vcpus=1, or on KVM" if not caps.irqchip
                    else "this machine was created with irqchip=False")  # fmt: skip
             raise ConfigError(f"booting {self.vcpu_count} vCPUs needs KVM's in-kernel irqchip, whose LAPICs deliver INIT/SIPI; {why}")
         if self.built and self.irqchip != irqchip:
             raise ConfigError(
-                "boot(): the VM was already built without the in-kernel irqchip (add_device() or memory use builds it); "
-                "create the Machine with irqchip=True, or call boot() first"
+                "boot(): the vCPUs were already created without the in-kernel irqchip (a failed load()?); "
+                "create a new Machine, with irqchip=True, and call boot() first"
             )
-        data, name = self._boot_input(kernel, "kernel")
-        modules = []
-        if initrd is not None:
-            module, module_name = self._boot_input(initrd, "initrd")
-            modules.append((module_name, module))
-        image = multiboot.plan(data, name, modules)
-        vmm = self._build(irqchip)
-        extra = list(IRQCHIP_PAGES) if irqchip else []
-        info = multiboot.write(vmm.vm.memory, image, f"{name} {cmdline}".strip(), extra)
-        kernel_range = image.kernel_range
-        initrd_range = (image.modules[0][0], len(image.modules[0][1])) if image.modules else None
-        self.fw_cfg.set_cmdline(cmdline)
-        self.fw_cfg.set_kernel(kernel_range.start, kernel_range.size, image.entry, initrd_range)
-        setup_multiboot_entry(vmm.vcpus[0].backend, vmm.vm.memory, image.entry, info, info + multiboot.GDT_OFFSET)
-        self.kernel = image
-        self.program = LoadedProgram(Program(name, ""), Mode.PROTECTED, kernel_range.start, bytes(image.chunks[0][1]))
-        return image
-
-    def _boot_input(self, source, what: str) -> tuple[bytes, str]:
-        """``source`` (bytes, or the path of a file no bigger than guest memory) and its name.
-        Read before the VM is built: a bad file costs no VM."""
-        if isinstance(source, (bytes, bytearray)):
-            return bytes(source), what
-        return multiboot.read_input(source, what, self._config["memory"])
+        request = multiboot_boot.prepare(kernel, cmdline, initrd, memory_size=self.config.memory)
+        vmm = self._vmm if self.built else self._create_vcpus(irqchip)
+        self.program = multiboot_boot.install(vmm.vm, request, self.fw_cfg, IRQCHIP_PAGES if irqchip else ())
+        self.kernel = request.image
+        return request.image
 
     # --- stepping (before start, on the calling thread) ------------------------------------------
 
@@ -386,7 +334,7 @@ class Machine:
         if self.program is None:
             raise MachineStateError("step(): nothing is loaded; call load(program, mode=...) first")
         if timeout is not None:
-            _check_timeout("timeout", timeout)
+            check_timeout("timeout", timeout)
         target = self._vmm.vcpus[self._index(vcpu)]
         limit = self.timeout if timeout is None else timeout
         with _KickAfter(limit, target), target.backend.stepping():
@@ -402,6 +350,8 @@ class Machine:
         """A vCPU's general registers while its thread is not running (before ``start()``,
         while stepping, or after the machine stopped)."""
         index = self._index(vcpu)
+        if not self.built:
+            raise MachineStateError("registers(): the vCPUs are created by load() or boot(); call one first")
         if self._vmm.phase is Phase.STARTED:
             raise MachineStateError("registers(): the vCPU threads are running; pause a vCPU and use save_state(i)")
         self._require_open("registers()")
@@ -448,7 +398,7 @@ class Machine:
         ``vcpu_codes`` and ``reason``). Raises ``MachineTimeoutError`` if it is still running."""
         self._require_open("wait()")
         if timeout is not None:
-            _check_timeout("wait(timeout)", timeout, zero=True)
+            check_timeout("wait(timeout)", timeout, zero=True)
         result = self._vmm.wait(timeout)
         if result is None:
             raise MachineTimeoutError(
@@ -477,31 +427,28 @@ class Machine:
 
     @property
     def states(self) -> list[VcpuStatus]:
-        if self._parts.vmm is None:
+        if not self.built:
             return [VcpuStatus(i, VcpuState.CREATED) for i in range(self.vcpu_count)]
-        return self._parts.vmm.statuses()
+        return self._vmm.statuses()
 
     @property
     def exit(self) -> MachineExit | None:
         """The exit code once the machine stopped, else None."""
-        return self._parts.vmm.exit if self._parts.vmm is not None else None
+        return self._vmm.exit
 
     @property
     def closed(self) -> bool:
-        vmm = self._parts.vmm
-        return self._parts.closed if vmm is None else vmm.phase is Phase.CLOSED
+        return self._parts.closed
 
     @property
     def phase(self) -> str:
-        if self._parts.vmm is None:
-            return "closed" if self._parts.closed else Phase.CREATED.value
-        return self._parts.vmm.phase.value
+        """"created", "started", "stopped" or "closed"."""
+        return self._vmm.phase.value
 
     @property
     def device_errors(self) -> list[DeviceFailure]:
         """Device handlers that raised (newest last, the last 1000), with tracebacks."""
         return list(self._vmm.device_failures)
-
 
     def results(self, vcpu: int | None = None) -> dict[str, int] | list[dict[str, int]]:
         """What a bundled program counted (its results area), for one vCPU or all."""
@@ -515,7 +462,7 @@ class Machine:
 
     def __repr__(self) -> str:
         program = self.program.program.name if self.program else "nothing loaded"
-        return f"<Machine {self.vcpu_count} vCPU, {self._config['memory']:#x} bytes, engine {self.engine}, {program}, {self.phase}>"
+        return f"<Machine {self.vcpu_count} vCPU, {self.config.memory:#x} bytes, engine {self.engine}, {program}, {self.phase}>"
 
     # --- helpers ----------------------------------------------------------------------------------
 
@@ -548,6 +495,11 @@ class Machine:
                 raise VcpuResponseError(f"vCPU {index}: {event.value} failed: {response.error}") from response.error
             raise VcpuResponseError(f"vCPU {index}: unexpected answer {response!r} to {event.value}")
         return responses
+
+    def _require_unloaded(self, what: str) -> None:
+        self._require_phase(Phase.CREATED, what)
+        if self.program is not None:
+            raise MachineStateError(f"{what}: this machine is already loaded with {self.program.program.name}; make a new Machine")
 
     def _require_phase(self, phase: Phase, what: str) -> None:
         if self.closed:

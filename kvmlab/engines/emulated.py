@@ -63,6 +63,7 @@ from ..vstate.exits import Emulation, Peripherals, handle_kvm_exit
 from ..vstate.layout import PAGE_SIZE
 from ..vstate.memory import GuestMemory, MemoryRegion
 from . import uc_kick
+from .base import Capabilities, Engine, VcpuBackend, VmBackend
 
 try:
     import unicorn
@@ -92,6 +93,21 @@ HANDOFF_NS = 500_000
 
 log = logging.getLogger("kvmlab.engines")
 
+CAPABILITIES = Capabilities(
+    name="emulated",
+    label="the emulated engine",
+    note=(
+        "the emulated engine (Unicorn, a CPU emulator): the same vCPU threads, events, exits, metrics and widgets, "
+        "but guest code runs in the emulator, exits are handled inside its run, and KVM's own statistics (kvm.*) do not exist"
+    ),
+    max_vcpus=MAX_VCPUS,
+    irqchip=False,  # no PIC, IOAPIC or LAPIC: one vCPU boots, and HLT always exits
+    cpuid_mask=False,  # the emulator's CPUID is its own
+    kernel_stats=False,
+    mp_state=False,
+    single_step=False,  # Machine.step's stepping() runs to the next exit; instruction steps are the debugger's
+)
+
 if unicorn is not None:
     _MODES = {16: unicorn.UC_MODE_16, 32: unicorn.UC_MODE_32, 64: unicorn.UC_MODE_64}
     _REGS64 = {name: getattr(ux, f"UC_X86_REG_{name.upper()}") for name in ks.GENERAL_REGISTERS if name != "rflags"}
@@ -107,28 +123,37 @@ def require_unicorn() -> None:
         raise EngineUnavailableError(f"engine='emulated' needs the unicorn package (GPLv2, an optional extra): {INSTALL}")
 
 
-class EmulatedEngine:
+class EmulatedEngine(Engine):
     """Makes emulated VMs. Raises ``EngineUnavailableError`` (with the install command)
     when Unicorn is not installed."""
 
-    name = "emulated"
+    name = CAPABILITIES.name
+    label = CAPABILITIES.label
+    #: offered to a user whose choice cannot run here
+    offer = f"runs the same machines on a CPU emulator: {INSTALL}"
 
-    def __init__(self):
+    def __init__(self, kvm_path: str | None = None):
         require_unicorn()
 
-    def check_config(self, *, irqchip: bool = False, cpuid_mask=None) -> None:
-        """Refuses what this engine cannot do, before anything is built."""
-        if irqchip:
-            raise ConfigError("irqchip=True: the emulated engine has no in-kernel interrupt controllers; use engine='kvm'")
-        if cpuid_mask:
-            raise ConfigError("cpuid_mask: the emulated engine's CPUID is the emulator's own and cannot be masked; use engine='kvm'")
+    @classmethod
+    def unavailable_reason(cls, kvm_path: str | None = None) -> str | None:
+        return None if unicorn is not None else f"the unicorn package is not installed ({INSTALL})"
+
+    @classmethod
+    def status(cls, kvm_path: str | None = None) -> str:
+        return f"Unicorn {unicorn.__version__}"
+
+    @classmethod
+    def note(cls) -> str:
+        return CAPABILITIES.note
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return CAPABILITIES
 
     def create_vm(self, *, irqchip: bool = False, cpuid_mask=None) -> "EmulatedVmBackend":
         self.check_config(irqchip=irqchip, cpuid_mask=cpuid_mask)
         return EmulatedVmBackend()
-
-    def max_vcpus(self) -> int:
-        return MAX_VCPUS
 
     def close(self) -> None:
         pass
@@ -137,9 +162,8 @@ class EmulatedEngine:
         return {"unicorn_version": unicorn.__version__, "max_vcpus": MAX_VCPUS, "kick_check": uc_kick.describe()}
 
 
-class EmulatedVmBackend:
-    name = "the emulated engine"
-    max_vcpus = MAX_VCPUS
+class EmulatedVmBackend(VmBackend):
+    capabilities = CAPABILITIES
     irqchip = False
 
     def __init__(self):
@@ -175,8 +199,8 @@ class EmulatedVmBackend:
         pass
 
 
-class EmulatedVcpuBackend:
-    engine = "emulated"
+class EmulatedVcpuBackend(VcpuBackend):
+    capabilities = CAPABILITIES
 
     def __init__(self, vm: EmulatedVmBackend, index: int):
         self.vm = vm
@@ -445,10 +469,6 @@ class EmulatedVcpuBackend:
 
     def kvmclock_ctrl(self) -> None:
         """No kvmclock in the emulator: nothing to tell the guest."""
-
-    def kernel_stats(self):
-        """None: KVM's statistics exist only on KVM."""
-        return None
 
     # --- registers -----------------------------------------------------------------------------
 

@@ -10,8 +10,9 @@ import contextlib
 import errno
 from time import perf_counter_ns
 
+from ..environment import kvm_flavour
 from ..errors import ConfigError
-from ..kvm import Cap, Kvm, KvmStats, VcpuFd, VmFd
+from ..kvm import Cap, Kvm, KvmStats, VcpuFd, VmFd, kvm_unavailable_reason
 from ..metrics import trace as trace_kinds
 from ..kvm import constants as kc
 from ..kvm.run import IMMEDIATE_EXIT_U8
@@ -21,6 +22,7 @@ from ..vstate.exits import Emulation, Peripherals, handle_kvm_exit
 from ..vstate.kick import signal_thread
 from ..vstate.layout import TSS_ADDRESS
 from ..vstate.memory import GuestMemory
+from .base import Capabilities, Engine, VcpuBackend, VmBackend
 from .cpuid import check_mask_against, cpuid_for_vcpu
 
 KVM_RUN = kc.KVM_RUN
@@ -29,23 +31,55 @@ EAGAIN = errno.EAGAIN
 INTERRUPTED = Emulation.INTERRUPTED
 
 
-class KvmEngine:
+class KvmEngine(Engine):
     """Opens ``/dev/kvm`` (raising ``KvmUnavailableError`` with the reason) and makes VMs."""
 
     name = "kvm"
+    label = "KVM"
+    #: offered to a user whose choice cannot run here
+    offer = "runs on the real KVM, the fastest and most faithful engine"
 
-    def __init__(self, path: str | None = None):
-        self.kvm = Kvm(path)
+    def __init__(self, kvm_path: str | None = None):
+        self.kvm = kvm = Kvm(kvm_path)
+        try:
+            self._capabilities = Capabilities(
+                name=self.name,
+                label=self.label,
+                note=self.note(),
+                max_vcpus=kvm.max_vcpus(),
+                irqchip=bool(kvm.check_extension(Cap.IRQCHIP)),
+                cpuid_mask=True,
+                kernel_stats=bool(kvm.check_extension(Cap.BINARY_STATS_FD)),
+                mp_state=True,
+                single_step=bool(kvm.check_extension(Cap.SET_GUEST_DEBUG)),
+            )
+        except BaseException:
+            kvm.close()
+            raise
+
+    @classmethod
+    def unavailable_reason(cls, kvm_path: str | None = None) -> str | None:
+        return kvm_unavailable_reason(kvm_path)
+
+    @classmethod
+    def status(cls, kvm_path: str | None = None) -> str:
+        return kvm_flavour()
+
+    @classmethod
+    def note(cls) -> str:
+        return f"real KVM ({kvm_flavour()}): every exit is a KVM_RUN returning to kvmlab; KVM's own statistics (kvm.*) are shown"
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self._capabilities
 
     def check_config(self, *, irqchip: bool = False, cpuid_mask=None) -> None:
-        """Refuses a CPUID mask for leaves KVM does not offer, before anything is built."""
+        """Also refuses a CPUID mask for leaves KVM does not offer, before anything is built."""
+        super().check_config(irqchip=irqchip, cpuid_mask=cpuid_mask)
         check_mask_against(cpuid_mask, self.kvm.get_supported_cpuid())
 
     def create_vm(self, *, irqchip: bool = False, cpuid_mask=None) -> "KvmVmBackend":
-        return KvmVmBackend(self.kvm, irqchip=irqchip, cpuid_mask=cpuid_mask)
-
-    def max_vcpus(self) -> int:
-        return self.kvm.max_vcpus()
+        return KvmVmBackend(self.kvm, self._capabilities, irqchip=irqchip, cpuid_mask=cpuid_mask)
 
     def close(self) -> None:
         self.kvm.close()
@@ -61,27 +95,31 @@ class KvmEngine:
             "capabilities": {cap.name: kvm.check_extension(cap) for cap in Cap},
         }
 
+    def describe_lines(self):
+        facts = self.describe()
+        yield (f"KVM API version {facts['api_version']}, up to {facts['max_vcpus']} vCPUs per VM "
+               f"({facts['recommended_vcpus']} recommended), kvm_run mmap {facts['vcpu_mmap_size']} bytes")  # fmt: skip
+        present = [name for name, value in facts["capabilities"].items() if value]
+        absent = [name for name, value in facts["capabilities"].items() if not value]
+        yield f"capabilities: {', '.join(present)}"
+        if absent:
+            yield f"absent: {', '.join(absent)}"
 
-class KvmVmBackend:
+
+class KvmVmBackend(VmBackend):
     """One KVM VM: memory slots, vCPU creation, optional in-kernel irqchip."""
 
-    name = "KVM"
-
-    def __init__(self, kvm: Kvm, *, irqchip: bool, cpuid_mask=None):
+    def __init__(self, kvm: Kvm, capabilities: Capabilities, *, irqchip: bool, cpuid_mask=None):
+        self.capabilities = capabilities
         self.vm = VmFd(kvm.create_vm())
         try:
             # Intel needs three pages for real mode; harmless elsewhere (kvmtool does the same).
             self.vm.set_tss_addr(TSS_ADDRESS)
-            self.irqchip = irqchip
+            self.irqchip = False
             self.pit = False
+            self._has_pit2 = bool(kvm.check_extension(Cap.PIT2))
             if irqchip:
-                if not kvm.check_extension(Cap.IRQCHIP):
-                    raise ConfigError("irqchip: this KVM has no in-kernel interrupt controllers (KVM_CAP_IRQCHIP); use irqchip=False and one vCPU")
-                self.vm.create_irqchip()
-                self.pit = bool(kvm.check_extension(Cap.PIT2))  # the timer, where KVM offers one
-                if self.pit:
-                    self.vm.create_pit2()
-            self.max_vcpus = kvm.max_vcpus()
+                self.create_irqchip()
             self._mmap_size = kvm.get_vcpu_mmap_size()
             self._supported_cpuid = kvm.get_supported_cpuid()
             check_mask_against(cpuid_mask, self._supported_cpuid)
@@ -92,6 +130,17 @@ class KvmVmBackend:
         except BaseException:
             self.vm.close()
             raise
+
+    def create_irqchip(self) -> None:
+        """KVM's PIC, IOAPIC and a LAPIC per vCPU (KVM_CREATE_IRQCHIP, only before the first
+        vCPU), and its PIT where KVM offers one (KVM_CREATE_PIT2)."""
+        if not self.capabilities.irqchip:
+            raise ConfigError("irqchip: this KVM has no in-kernel interrupt controllers (KVM_CAP_IRQCHIP); use irqchip=False and one vCPU")
+        self.vm.create_irqchip()
+        self.irqchip = True
+        if self._has_pit2:
+            self.vm.create_pit2()
+            self.pit = True
 
     def map_memory(self, memory: GuestMemory) -> None:
         """One KVM memory slot per RAM range."""
@@ -111,12 +160,11 @@ class KvmVmBackend:
         self.vm.close()
 
 
-class KvmVcpuBackend:
-    """A KVM vCPU behind the engine protocol."""
-
-    engine = "kvm"
+class KvmVcpuBackend(VcpuBackend):
+    """A KVM vCPU behind the engine boundary."""
 
     def __init__(self, fd: VcpuFd, vm: KvmVmBackend):
+        self.capabilities = vm.capabilities
         self.fd = fd
         self.index = fd.index
         self.vm = vm
@@ -166,6 +214,11 @@ class KvmVcpuBackend:
 
     def kvmclock_ctrl(self) -> None:
         self.fd.kvmclock_ctrl()
+
+    def set_single_step(self, enabled: bool) -> None:
+        """KVM_SET_GUEST_DEBUG with SINGLESTEP: every KVM_RUN then returns after one guest
+        instruction with KVM_EXIT_DEBUG (exception 1, #DB; Documentation/virt/kvm/api.rst)."""
+        self.fd.set_guest_debug(kc.KVM_GUESTDBG_ENABLE | kc.KVM_GUESTDBG_SINGLESTEP if enabled else 0)
 
     def interrupt(self, thread_ident: int) -> None:
         """The second half of the kick: SIGRTMIN makes a KVM_RUN in progress return EINTR."""

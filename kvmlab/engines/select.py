@@ -1,7 +1,10 @@
-"""Choosing an engine: ``auto`` runs on KVM where it works and on the emulator where it does not.
+"""Choosing an engine: ``auto`` runs on the first engine that works here, in order of preference.
 
-``KVMLAB_ENGINE=kvm|emulated`` makes ``auto`` choose that engine (CI runs the notebooks a
-second time with ``KVMLAB_ENGINE=emulated``, and ``KVMLAB_KVM_PATH`` can hide KVM entirely).
+``ENGINES`` lists the engine classes, best first (KVM, then the emulator), as ``selectors``
+lists its backends: ``DefaultSelector`` is the best one the platform has. Each engine says
+itself whether it can run here (``unavailable_reason``), so nothing here knows what any of
+them needs. ``KVMLAB_ENGINE=<name>`` makes ``auto`` choose that engine (CI runs the notebooks
+a second time with ``KVMLAB_ENGINE=emulated``, and ``KVMLAB_KVM_PATH`` can hide KVM entirely).
 """
 
 from __future__ import annotations
@@ -9,21 +12,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from ..environment import kvm_flavour
-from ..errors import ConfigError
-from ..kvm import KvmUnavailableError, kvm_unavailable_reason
-from .emulated import INSTALL, EmulatedEngine, EngineUnavailableError, unicorn
+from ..errors import ConfigError, EngineUnavailableError, KvmUnavailableError
+from .base import Engine
+from .emulated import EmulatedEngine
 from .kvm import KvmEngine
 
-CHOICES = ("auto", "kvm", "emulated")
-
-NOTES = {
-    "kvm": "real KVM ({flavour}): every exit is a KVM_RUN returning to kvmlab; KVM's own statistics (kvm.*) are shown",
-    "emulated": (
-        "the emulated engine (Unicorn, a CPU emulator): the same vCPU threads, events, exits, metrics and widgets, "
-        "but guest code runs in the emulator, exits are handled inside its run, and KVM's own statistics (kvm.*) do not exist"
-    ),
-}
+#: the engines, best first
+ENGINES: tuple[type[Engine], ...] = (KvmEngine, EmulatedEngine)
+BY_NAME: dict[str, type[Engine]] = {engine.name: engine for engine in ENGINES}
+CHOICES = ("auto", *BY_NAME)
 
 
 @dataclass(frozen=True)
@@ -35,45 +32,66 @@ class EngineStatus:
 
 def engine_statuses(kvm_path: str | None = None) -> list[EngineStatus]:
     """Which engines work here, and why the others do not (for ``kvmlab info``)."""
-    reason = kvm_unavailable_reason(kvm_path)
-    statuses = [EngineStatus("kvm", reason is None, reason or kvm_flavour())]
-    if unicorn is None:
-        statuses.append(EngineStatus("emulated", False, f"the unicorn package is not installed ({INSTALL})"))
-    else:
-        statuses.append(EngineStatus("emulated", True, f"Unicorn {unicorn.__version__}"))
+    statuses = []
+    for engine in ENGINES:
+        reason = engine.unavailable_reason(kvm_path)
+        statuses.append(EngineStatus(engine.name, reason is None, reason or engine.status(kvm_path)))
     return statuses
 
 
+def engine_class(name: str) -> type[Engine]:
+    try:
+        return BY_NAME[name]
+    except KeyError:
+        raise ConfigError(f"engine={name!r}: choose one of {', '.join(CHOICES)}") from None
+
+
 def resolve(choice: str = "auto", kvm_path: str | None = None) -> str:
-    """The engine ``choice`` means here ("kvm" or "emulated"), or an error saying why none."""
-    if choice not in CHOICES:
-        raise ConfigError(f"engine={choice!r}: choose one of {', '.join(CHOICES)}")
+    """The engine ``choice`` means here (an engine's name), or an error saying why none."""
     if choice != "auto":
-        return choice
+        return engine_class(choice).name
     forced = os.environ.get("KVMLAB_ENGINE")
     if forced:
-        if forced not in ("kvm", "emulated"):
-            raise ConfigError(f"KVMLAB_ENGINE={forced!r}: choose kvm or emulated (or unset it)")
+        if forced not in BY_NAME:
+            raise ConfigError(f"KVMLAB_ENGINE={forced!r}: choose one of {', '.join(BY_NAME)} (or unset it)")
         return forced
-    reason = kvm_unavailable_reason(kvm_path)
-    if reason is None:
-        return "kvm"
-    if unicorn is not None:
-        return "emulated"
-    raise EngineUnavailableError(f"no engine can run here: KVM: {reason} The emulated engine needs unicorn: {INSTALL}")
+    reasons = []
+    for engine in ENGINES:
+        reason = engine.unavailable_reason(kvm_path)
+        if reason is None:
+            return engine.name
+        reasons.append(f"{engine.label}: {reason}")
+    raise EngineUnavailableError("no engine can run here: " + " ".join(_sentence(r) for r in reasons))
 
 
-def open_engine(choice: str = "auto", kvm_path: str | None = None):
-    name = resolve(choice, kvm_path)
-    if name == "kvm":
-        try:
-            return KvmEngine(kvm_path)
-        except KvmUnavailableError as err:
-            raise EngineUnavailableError(
-                f"engine='kvm': {err} Without KVM, engine='emulated' (or 'auto') runs the same machines on a CPU emulator: {INSTALL}"
-            ) from None
-    return EmulatedEngine()
+def _sentence(text: str) -> str:
+    text = text[0].upper() + text[1:]
+    return text if text.endswith(".") else text + "."
+
+
+def open_engine(choice: str = "auto", kvm_path: str | None = None) -> Engine:
+    """An open engine for ``choice``; if it cannot open, the error offers the others."""
+    engine = engine_class(resolve(choice, kvm_path))
+    try:
+        return engine(kvm_path)
+    except KvmUnavailableError as err:
+        offers = "; ".join(f"engine={other.name!r} (or 'auto') {other.offer}" for other in ENGINES if other is not engine)
+        raise EngineUnavailableError(f"engine={engine.name!r}: {err} Without {engine.label}, {offers}") from None
+
+
+def why_not_preferred(name: str, kvm_path: str | None = None) -> str:
+    """Why ``auto`` did not choose an engine better than ``name`` (for the notebooks' first line)."""
+    if os.environ.get("KVMLAB_ENGINE"):
+        return "KVMLAB_ENGINE=" + os.environ["KVMLAB_ENGINE"]
+    for engine in ENGINES:
+        if engine.name == name:
+            return ""
+        reason = engine.unavailable_reason(kvm_path)
+        if reason:
+            return f"{engine.label}: {reason}"
+    return ""
 
 
 def note(name: str) -> str:
-    return NOTES[name].format(flavour=kvm_flavour())
+    """One line on what engine ``name`` means for what a user sees."""
+    return engine_class(name).note()

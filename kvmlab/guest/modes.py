@@ -109,8 +109,6 @@ def check_fits(memory: GuestMemory, image_end: int, vcpus: int) -> None:
             f"[{lowest_stack:#x}, {low_end:#x}); low RAM ends at {low_end:#x}. "
             "Use fewer vCPUs, a smaller program or more memory (low RAM grows up to 640 KiB)."
         )
-    if vcpus > MAX_RESULTS_VCPUS:
-        raise ConfigError(f"the results area holds {MAX_RESULTS_VCPUS} vCPUs; {vcpus} is too many for the bundled layout")
 
 
 def write_tables(memory: GuestMemory, mode: Mode) -> None:

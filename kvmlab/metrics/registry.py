@@ -73,39 +73,38 @@ class _JsonLines:
 
 
 class MetricsRegistry:
+    """A machine's metrics. It exists as soon as the machine does (reading it before the vCPUs
+    exist shows zeros); ``attach`` connects it to the vCPUs' peripherals and kernel statistics
+    when they are created, before the machine starts. Built from ``peripherals`` directly,
+    it is attached at once."""
+
     def __init__(
         self,
-        peripherals: Sequence,
+        peripherals: Sequence | None = None,
         kernel_stats: Sequence | None = None,
         *,
+        vcpus: int | None = None,
         sample_hz: float = DEFAULT_SAMPLE_HZ,
         history_s: float = DEFAULT_HISTORY_S,
         describe_address: Callable[[str, int], tuple[str, str]] | None = None,
     ):
-        self._peripherals = list(peripherals)
-        self._metrics: list[VcpuMetrics] = [p.metrics for p in self._peripherals]
-        stats = list(kernel_stats) if kernel_stats is not None else [None] * len(self._metrics)
-        self._kernel = stats if all(s is not None for s in stats) else None
+        """Either ``peripherals`` (and ``kernel_stats``): attached now; or ``vcpus``: a count,
+        with its own ``VcpuMetrics`` that the vCPUs' peripherals must use (``attach``)."""
+        if (peripherals is None) == (vcpus is None):
+            raise ConfigError("MetricsRegistry: give the vCPUs' peripherals, or their number (vcpus=) and attach() them later")
+        self._peripherals: list = []
+        self._metrics: list[VcpuMetrics] = [p.metrics for p in peripherals] if peripherals is not None else [VcpuMetrics(i) for i in range(vcpus)]
+        self._kernel: list | None = None
         #: why kernel statistics are missing (None when they are present)
-        self.kernel_stats_absent = None if self._kernel else "this engine has no KVM binary stats fd"
-        self.specs: list[MetricSpec] = exit_metric_specs()
+        self.kernel_stats_absent: str | None = "this engine has no KVM binary stats fd"
         self._kernel_picks: tuple[int, ...] = ()
         self._stopped = False
         #: KVM's statistics read when the machine stopped (their fds close with the machine)
         self._final_kernel: list[tuple[int, ...]] | None = None
-        if self._kernel:
-            descriptors = [d for d in self._kernel[0].descriptors if d.size == 1]
-            self.specs += kernel_metric_specs(descriptors)
-            self._kernel_picks = tuple(d.offset // 8 for d in descriptors)
-        self._spec_index = {spec.name: i for i, spec in enumerate(self.specs)}
         self._counters = operator.attrgetter(*COUNTERS)
         self._describe_address = describe_address
         self.sample_hz = sample_hz
         self.history_s = history_s
-        width = len(self.specs)
-        # sample_hz = 0: no sampler thread; only the samples at start and stop are kept.
-        capacity = max(2, int(history_s * sample_hz)) if sample_hz else 2
-        self.ring = RingBuffer(2 + width * len(self._metrics), capacity)
         self.sampler = Sampler(self.sample, sample_hz) if sample_hz else None
         # perf_counter_ns is monotonic but has no epoch: one anchor pair turns it into UTC.
         self._anchor_wall_ns = time.time_ns()
@@ -114,6 +113,45 @@ class MetricsRegistry:
         self._json: dict[Path, _JsonLines] = {}
         self._json_lock = threading.Lock()
         self.traces: list[TraceBuffer | None] = [None] * len(self._metrics)
+        self._trace_on = False  # enable_trace() before attach(): attach() connects the traces
+        self._set_specs()
+        if peripherals is not None:
+            self.attach(peripherals, kernel_stats)
+
+    def _set_specs(self) -> None:
+        """The metric columns (kvmlab's, then KVM's own where attached) and the ring that holds them."""
+        self.specs: list[MetricSpec] = exit_metric_specs()
+        if self._kernel:
+            descriptors = [d for d in self._kernel[0].descriptors if d.size == 1]
+            self.specs += kernel_metric_specs(descriptors)
+            self._kernel_picks = tuple(d.offset // 8 for d in descriptors)
+        self._spec_index = {spec.name: i for i, spec in enumerate(self.specs)}
+        # sample_hz = 0: no sampler thread; only the samples at start and stop are kept.
+        capacity = max(2, int(self.history_s * self.sample_hz)) if self.sample_hz else 2
+        self.ring = RingBuffer(2 + len(self.specs) * len(self._metrics), capacity)
+
+    @property
+    def attached(self) -> bool:
+        """Whether the vCPUs exist and are connected (``attach``)."""
+        return bool(self._peripherals)
+
+    def attach(self, peripherals: Sequence, kernel_stats: Sequence | None = None) -> None:
+        """Connects the vCPUs (their peripherals, whose ``metrics`` must be this registry's)
+        and their kernel statistics (one ``KvmStats`` or None each). Once, before ``start``."""
+        peripherals = list(peripherals)
+        if self.attached or self.start_perf_ns is not None:
+            raise MachineStateError("metrics: the vCPUs are already attached")
+        if len(peripherals) != len(self._metrics) or any(p.metrics is not m for p, m in zip(peripherals, self._metrics)):
+            raise ConfigError("metrics: attach() needs one peripherals object per vCPU, each using this registry's VcpuMetrics")
+        stats = list(kernel_stats) if kernel_stats is not None else [None] * len(peripherals)
+        self._peripherals = peripherals
+        if stats and all(s is not None for s in stats):
+            self._kernel = stats
+            self.kernel_stats_absent = None
+            self._set_specs()
+        if self._trace_on:
+            for p, trace in zip(peripherals, self.traces):
+                p.trace = trace.record
 
     # --- names -------------------------------------------------------------------------------
 
@@ -363,13 +401,16 @@ class MetricsRegistry:
 
     def enable_trace(self, capacity: int = DEFAULT_CAPACITY) -> None:
         """Starts recording one row per exit on every vCPU (bounded: the oldest rows go)."""
-        for index, p in enumerate(self._peripherals):
+        for index in range(len(self._metrics)):
             if self.traces[index] is None or self.traces[index].capacity != capacity:
                 self.traces[index] = TraceBuffer(index, capacity)
+        self._trace_on = True
+        for index, p in enumerate(self._peripherals):  # none yet: attach() connects them
             p.trace = self.traces[index].record
 
     def disable_trace(self) -> None:
         """Stops recording; what was recorded stays readable."""
+        self._trace_on = False
         for p in self._peripherals:
             p.trace = None
 

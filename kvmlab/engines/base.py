@@ -1,0 +1,218 @@
+"""The engine boundary: what an engine, its VMs and its vCPUs must do, and what each can.
+
+Everything above ``kvmlab.engines`` (the VM, the vCPU state machine, ``Machine``, the CLI, the
+Lab) talks to an engine only through these three abstract classes and asks its
+``Capabilities`` what it can do; nothing up there tests an engine's name. That is the shape of
+CPython's ``selectors``: one small documented base, backends defined where they can work, and
+one default chosen by availability (``kvmlab.engines.select``).
+
+A new capability (interrupt injection, ioeventfd, snapshots, ...) is one field here, one
+method here with a default that refuses it clearly, and one implementation per engine that
+has it. Callers check ``capabilities`` first, or call and let the refusal explain itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar, Iterator
+
+from ..errors import ConfigError, EngineCapabilityError
+
+if TYPE_CHECKING:
+    from ..kvm.stats import KvmStats
+    from ..vstate.cpu_state import CpuConfiguration, VcpuSnapshot
+    from ..vstate.exits import Peripherals
+    from ..vstate.memory import GuestMemory
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What one engine can do here. Read it, don't compare engine names.
+
+    ``max_vcpus`` is the engine's limit on vCPUs per VM (for KVM, what this kernel reports);
+    ``label`` names the engine in sentences ("up to 710 (KVM's maximum)"); ``note`` says in one
+    line what the engine means for what a user sees.
+    """
+
+    #: the word ``Machine(engine=...)`` takes for this engine
+    name: str
+    #: the engine as a sentence names it: "KVM", "the emulated engine"
+    label: str
+    #: one line on what this engine means for what you see (the notebooks print it)
+    note: str
+    max_vcpus: int
+    #: KVM's in-kernel PIC, IOAPIC and LAPICs (``KVM_CREATE_IRQCHIP``): needed for SMP boot
+    irqchip: bool
+    #: CPUID leaves can be masked before the vCPUs run (``KVM_SET_CPUID2``)
+    cpuid_mask: bool
+    #: the kernel's own per-vCPU statistics (``KVM_GET_STATS_FD``), shown as ``kvm.*`` metrics
+    kernel_stats: bool
+    #: KVM's MP state (RUNNABLE, UNINITIALIZED, ...) is tracked per vCPU
+    mp_state: bool
+    #: single-step the guest one instruction per exit (``KVM_SET_GUEST_DEBUG``)
+    single_step: bool
+    # Declared now so every engine answers them; the issues that build them turn them on.
+    #: inject an interrupt from user space (``KVM_INTERRUPT`` and the interrupt window)
+    interrupt_injection: bool = False
+    #: a doorbell write served without a vCPU exit (``KVM_IOEVENTFD``)
+    ioeventfd: bool = False
+    #: MMIO writes queued in a ring instead of exiting (``KVM_REGISTER_COALESCED_MMIO``)
+    coalesced_mmio: bool = False
+    #: a whole machine written down and brought back
+    snapshots: bool = False
+    #: breakpoints and watchpoints (``KVM_GUESTDBG_USE_SW_BP`` / ``USE_HW_BP``)
+    guest_debug: bool = False
+
+    def refuse(self, what: str, capability: str, instead: str = "") -> EngineCapabilityError:
+        """The error for asking this engine for ``capability`` it does not have."""
+        hint = f"; {instead}" if instead else ""
+        return EngineCapabilityError(f"{what}: {self.label} has no {capability}{hint}")
+
+
+class VcpuBackend(ABC):
+    """An engine's vCPU: runs the guest until the next exit and reads and writes its state.
+
+    Every method runs on the vCPU's own thread, or while that thread is not running (before
+    start, paused, after stop): a vCPU is never touched from two threads at once.
+    """
+
+    index: int
+    #: the ``kvm_run`` page as (u8, u16, u32, u64) memoryviews: KVM's own mapping, or the
+    #: emulated engine's copy in the same layout (``kvmlab.kvm.run``)
+    run_views: tuple[memoryview, memoryview, memoryview, memoryview]
+    #: KVM's MP state as last seen by the vCPU's own thread (None where not tracked)
+    mp_state: int | None
+
+    @abstractmethod
+    def run_emulation(self, peripherals: "Peripherals"):
+        """Runs the guest until an exit and handles it (``handle_kvm_exit``); returns its
+        result, or ``Emulation.INTERRUPTED`` after a kick."""
+
+    @abstractmethod
+    def interrupt(self, thread_ident: int) -> None:
+        """The second half of the kick (the caller has set ``immediate_exit``): make a run in
+        progress on ``thread_ident`` return soon. Must never lose a kick."""
+
+    @abstractmethod
+    def stepping(self) -> contextlib.AbstractContextManager:
+        """A context in which ``run_emulation`` returns after one exit (``Machine.step``)."""
+
+    @abstractmethod
+    def get_regs(self): ...
+
+    @abstractmethod
+    def set_regs(self, regs) -> None: ...
+
+    @abstractmethod
+    def get_sregs(self): ...
+
+    @abstractmethod
+    def set_sregs(self, sregs) -> None: ...
+
+    @abstractmethod
+    def save_state(self) -> "VcpuSnapshot":
+        """Everything the engine can read of this vCPU (Firecracker's SaveState)."""
+
+    @abstractmethod
+    def dump_cpu_config(self) -> "CpuConfiguration":
+        """The CPUID and MSRs this vCPU was given (Firecracker's DumpCpuConfig)."""
+
+    @abstractmethod
+    def kvmclock_ctrl(self) -> None:
+        """Tells the guest it was paused (KVM_KVMCLOCK_CTRL), where that means anything."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    # --- optional: the defaults say "this engine has none" -------------------------------------
+
+    def kernel_stats(self) -> "KvmStats | None":
+        """The kernel's statistics for this vCPU, or None where the engine has none."""
+        return None
+
+    def set_single_step(self, enabled: bool) -> None:
+        """Makes every run return after one instruction with a debug exit (or stops that)."""
+        raise self.capabilities.refuse("set_single_step()", "single-stepping", "run on KVM")
+
+    #: set by the VM backend that creates the vCPU
+    capabilities: Capabilities
+
+
+class VmBackend(ABC):
+    """An engine's VM: memory slots and vCPU creation."""
+
+    capabilities: Capabilities
+    #: whether this VM has KVM's in-kernel interrupt controllers
+    irqchip: bool
+
+    @abstractmethod
+    def map_memory(self, memory: "GuestMemory") -> None: ...
+
+    @abstractmethod
+    def create_vcpu(self, index: int, count: int) -> VcpuBackend: ...
+
+    def create_irqchip(self) -> None:
+        """Creates the in-kernel interrupt controllers (before any vCPU exists)."""
+        raise self.capabilities.refuse("irqchip", "in-kernel interrupt controllers", "use engine='kvm'")
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+
+class Engine(ABC):
+    """Where VMs come from: opened once per Machine, closed once its VM exists.
+
+    Subclasses set ``name`` and implement ``available``; ``kvmlab.engines.select`` lists them
+    in order of preference and ``engine="auto"`` takes the first one that is available.
+    """
+
+    #: the word ``Machine(engine=...)`` takes
+    name: ClassVar[str]
+    #: the engine as a sentence names it
+    label: ClassVar[str]
+    #: what it offers to a user whose choice of engine cannot run here
+    offer: ClassVar[str]
+
+    @classmethod
+    @abstractmethod
+    def unavailable_reason(cls, kvm_path: str | None = None) -> str | None:
+        """Why this engine cannot run here (said to the user), or None when it can."""
+
+    @classmethod
+    @abstractmethod
+    def note(cls) -> str:
+        """One line on what this engine means for what a user sees (``Capabilities.note``)."""
+
+    @classmethod
+    @abstractmethod
+    def status(cls, kvm_path: str | None = None) -> str:
+        """What this engine is here, when it works (``kvmlab info``): "Unicorn 2.1.1", ..."""
+
+    @property
+    @abstractmethod
+    def capabilities(self) -> Capabilities: ...
+
+    def check_config(self, *, irqchip: bool = False, cpuid_mask=None) -> None:
+        """Refuses, before anything is built, what this engine cannot do."""
+        caps = self.capabilities
+        if irqchip and not caps.irqchip:
+            raise ConfigError(f"irqchip=True: {caps.label} has no in-kernel interrupt controllers; use engine='kvm'")
+        if cpuid_mask and not caps.cpuid_mask:
+            raise ConfigError(f"cpuid_mask: {caps.label}'s CPUID cannot be masked; use engine='kvm'")
+
+    @abstractmethod
+    def create_vm(self, *, irqchip: bool = False, cpuid_mask=None) -> VmBackend: ...
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def describe(self) -> dict:
+        """Facts about this engine here, for ``kvmlab info`` and bug reports."""
+        return {"max_vcpus": self.capabilities.max_vcpus}
+
+    def describe_lines(self) -> Iterator[str]:
+        """``describe()`` as lines a person reads (``kvmlab info`` prints them indented)."""
+        for key, value in self.describe().items():
+            yield f"{key.replace('_', ' ')}: {value}"
