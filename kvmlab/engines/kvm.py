@@ -11,7 +11,7 @@ import errno
 from time import perf_counter_ns
 
 from ..errors import ConfigError
-from ..kvm import Cap, Kvm, KvmStats, VcpuFd, VmFd
+from ..kvm import Cap, Kvm, KvmStats, VcpuFd
 from ..metrics import trace as trace_kinds
 from ..kvm import constants as kc
 from ..kvm.run import IMMEDIATE_EXIT_U8
@@ -68,7 +68,7 @@ class KvmVmBackend:
     name = "KVM"
 
     def __init__(self, kvm: Kvm, *, irqchip: bool, cpuid_mask=None):
-        self.vm = VmFd(kvm.create_vm())
+        self.vm = kvm.create_vm()
         try:
             # Intel needs three pages for real mode; harmless elsewhere (kvmtool does the same).
             self.vm.set_tss_addr(TSS_ADDRESS)
@@ -99,7 +99,7 @@ class KvmVmBackend:
             self.vm.set_user_memory_region(region.slot, region.guest_phys_addr, region.size, region.host_address)
 
     def create_vcpu(self, index: int, count: int) -> "KvmVcpuBackend":
-        fd = VcpuFd(self.vm.create_vcpu(index), self._mmap_size, index)
+        fd = self.vm.create_vcpu(index, self._mmap_size)
         try:
             fd.set_cpuid2(cpuid_for_vcpu(self._supported_cpuid, index, count, self._cpuid_mask))
         except BaseException:
@@ -227,7 +227,7 @@ class KvmVcpuBackend:
     def kernel_stats(self) -> KvmStats | None:
         """This vCPU's KVM binary stats (opened on first use), or None without the capability."""
         if self._stats is None and self.vm._has_binary_stats:
-            self._stats = KvmStats(self.fd.get_stats_fd())
+            self._stats = self.fd.get_stats_fd()
         return self._stats
 
     def close(self) -> None:

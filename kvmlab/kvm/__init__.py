@@ -1,5 +1,8 @@
 """Thin ctypes bindings for the KVM API: structs in ``structs``, numbers in ``constants``,
-and one method per ioctl on ``Kvm`` (system), ``VmFd`` and ``VcpuFd``. No threads, no policy."""
+and one method per ioctl on ``Kvm`` (system), ``VmFd`` and ``VcpuFd``. No threads, no policy.
+
+Every fd-creating ioctl returns its owner (``Kvm.create_vm`` a ``VmFd``, ``VmFd.create_vcpu``
+a ``VcpuFd``, ``VcpuFd.get_stats_fd`` a ``KvmStats``), each an ``OwnedFd`` (``fd``)."""
 
 from ..errors import FdClosedError
 from .constants import Cap, ExitReason, InternalErrorSuberror, MpState, SystemEvent
