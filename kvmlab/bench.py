@@ -118,14 +118,14 @@ def bare_ctypes_run(iterations: int, vcpus: int = 1) -> float:
     register, one thread per vCPU. No state machine, metrics or devices."""
     import threading
 
-    from .kvm import Kvm, VcpuFd, VmFd
+    from .kvm import Kvm
     from .kvm.constants import KVM_RUN
     from .kvm import run as kr
     from .kvm.syscall import kvm_run_ioctl
 
     code = guest_bytes(iterations)
     kvm = Kvm()
-    vm = VmFd(kvm.create_vm())
+    vm = kvm.create_vm()
     vm.set_tss_addr(0xFFFBD000)
     memory = mmap.mmap(-1, 0xA0000)
     anchor = ctypes.c_char.from_buffer(memory)
@@ -134,7 +134,7 @@ def bare_ctypes_run(iterations: int, vcpus: int = 1) -> float:
     memory[LOAD_ADDRESS : LOAD_ADDRESS + len(code)] = code
     cpus = []
     for index in range(vcpus):
-        cpu = VcpuFd(vm.create_vcpu(index), kvm.get_vcpu_mmap_size(), index)
+        cpu = vm.create_vcpu(index, kvm.get_vcpu_mmap_size())
         sregs = cpu.get_sregs()
         for name in ("cs", "ds", "es", "fs", "gs"):
             segment = getattr(sregs, name)

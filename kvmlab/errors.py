@@ -131,6 +131,19 @@ class KvmIoctlError(KvmlabError, OSError):
         return (type(self), (self.errno, self.ioctl_name, self.what))
 
 
+class FdClosedError(KvmlabError, ValueError):
+    """A KVM handle (``Kvm``, ``VmFd``, ``VcpuFd``, ``KvmStats``) was used after ``close()``.
+    Raised instead of an ioctl on fd -1, or on whatever file has since been given the old
+    number. A ``ValueError`` too, as Python's own "I/O operation on closed file" is."""
+
+    def __init__(self, what: str):
+        super().__init__(f"{what} is closed: its file descriptor was released, so nothing can be asked of it; create a new one")
+        self.what = what
+
+    def __reduce__(self):
+        return (type(self), (self.what,))
+
+
 class GuestRequestedExit(KvmlabError):
     """Raised by a device write to end the whole machine with ``code`` (the debug-exit port).
 

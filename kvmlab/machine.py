@@ -62,9 +62,9 @@ class _Parts:
     """What a Machine owns, apart from the Machine itself: its finalizer closes this (so a
     dropped Machine releases its file descriptors), and no thread holds the Machine."""
 
-    def __init__(self, vmm: Vmm, metrics: MetricsRegistry):
+    def __init__(self, vmm: Vmm):
         self.vmm = vmm
-        self.metrics = metrics
+        self.metrics: MetricsRegistry | None = None  # set at once by Machine.__init__
 
     @property
     def closed(self) -> bool:
@@ -170,14 +170,16 @@ class Machine:
         except BaseException:
             backend.close()
             raise
-        if config.irqchip:  # decided: create it now, so no device can take its pages
-            try:
+        try:
+            if config.irqchip:  # decided: create it now, so no device can take its pages
                 vm.enable_irqchip()
-            except BaseException:
-                vm.close()
-                raise
-        vmm = Vmm(vm, self.timeout)
-        metrics = MetricsRegistry(
+            vmm = Vmm(vm, self.timeout)
+        except BaseException:
+            vm.close()
+            raise
+        self._parts = parts = _Parts(vmm)
+        self._finalizer = weakref.finalize(self, parts.close)  # from here on, nothing can leak
+        parts.metrics = metrics = MetricsRegistry(
             vcpus=config.vcpus,
             sample_hz=config.sample_hz,
             history_s=config.history_s,
@@ -188,25 +190,25 @@ class Machine:
             metrics.enable_trace(config.trace_capacity)
         vmm.on_start.append(metrics.start)
         vmm.on_stop.append(lambda _exit, registry=metrics: registry.stop())
-        self._parts = parts = _Parts(vmm, metrics)
-        self._finalizer = weakref.finalize(self, parts.close)
         #: the engine's name ("kvm", "emulated"): which engine runs this machine
         self.engine = caps.name
         #: one line on what that engine means for what you see
         self.engine_note = caps.note
+        self._add_standard_devices(vm)
+        self.program: LoadedProgram | None = None
+        self.kernel: BootImage | None = None
+
+    def _add_standard_devices(self, vm: Vm) -> None:
+        """The PC-like devices every machine has (see the class docstring)."""
         self.console = Console()
         self.serial = Serial16550(self.console)
         self.debug_exit = DebugExit()
         self.mailbox = Mailbox()
-        self.fw_cfg = FwCfg(config.memory, config.vcpus)
+        self.fw_cfg = FwCfg(self.config.memory, self.config.vcpus)
         self.pci_host = PciHost()
-        vm.pio_bus.insert(self.serial, COM1, self.serial.size)
-        vm.pio_bus.insert(self.debug_exit, DEBUG_EXIT_PORT, self.debug_exit.size)
-        vm.pio_bus.insert(self.fw_cfg, FW_CFG_PORT, self.fw_cfg.size)
-        vm.pio_bus.insert(self.pci_host, PCI_CONFIG_PORT, self.pci_host.size)
+        for device, port in ((self.serial, COM1), (self.debug_exit, DEBUG_EXIT_PORT), (self.fw_cfg, FW_CFG_PORT), (self.pci_host, PCI_CONFIG_PORT)):
+            vm.pio_bus.insert(device, port, device.size)
         vm.mmio_bus.insert(self.mailbox, MAILBOX_BASE, self.mailbox.size)
-        self.program: LoadedProgram | None = None
-        self.kernel: BootImage | None = None
 
     def _create_vcpus(self, irqchip: bool) -> Vmm:
         """Creates the vCPUs (after the in-kernel irqchip, if wanted) and connects them to the

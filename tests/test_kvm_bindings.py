@@ -26,14 +26,14 @@ def kvm():
 @pytest.fixture
 def vm_and_vcpu(kvm):
     """A VM with 64 KiB of RAM at 0 and one vCPU in real mode at 0x1000."""
-    vm = VmFd(kvm.create_vm())
+    vm = kvm.create_vm()
     memory = mmap.mmap(-1, 0x10000)
     import ctypes
 
     anchor = ctypes.c_char.from_buffer(memory)
     vm.set_user_memory_region(0, 0, 0x10000, ctypes.addressof(anchor))
     del anchor
-    vcpu = VcpuFd(vm.create_vcpu(0), kvm.get_vcpu_mmap_size(), 0)
+    vcpu = vm.create_vcpu(0, kvm.get_vcpu_mmap_size())
     vcpu.set_cpuid2(kvm.get_supported_cpuid())
     sregs = vcpu.get_sregs()
     for name in ("cs", "ds", "es", "ss"):
@@ -62,20 +62,20 @@ def test_system_ioctls(kvm):
 
 
 def test_vm_ioctls(kvm):
-    vm = VmFd(kvm.create_vm())
+    vm = kvm.create_vm()
+    assert isinstance(vm, VmFd)
     try:
         vm.set_tss_addr(0xFFFBD000)
         vm.create_irqchip()  # before any vCPU exists
         vm.create_pit2()
-        fd = vm.create_vcpu(0)
+        vcpu = vm.create_vcpu(0, kvm.get_vcpu_mmap_size())
+        assert isinstance(vcpu, VcpuFd) and vcpu.index == 0
         with pytest.raises(KvmIoctlError) as err:
-            vm.create_vcpu(0)  # the same id twice
+            vm.create_vcpu(0, kvm.get_vcpu_mmap_size())  # the same id twice
         assert err.value.errno == errno.EEXIST and "KVM_CREATE_VCPU failed" in str(err.value)
         with pytest.raises(KvmIoctlError):
             vm.create_irqchip()  # too late (and twice)
-        import os
-
-        os.close(fd)
+        vcpu.close()
     finally:
         vm.close()
 
@@ -116,7 +116,8 @@ def test_kvm_run_exits_and_binary_stats(vm_and_vcpu):
     _, vcpu, memory = vm_and_vcpu
     code = assemble("mov dx, 0x3f8\nmov al, 0x41\nout dx, al\nmov ax, 0xd000\nmov es, ax\nmov word ptr es:[0x10], 0x1234\nhlt", 16, 0x1000)
     memory[0x1000 : 0x1000 + len(code)] = code
-    stats = KvmStats(vcpu.get_stats_fd())
+    stats = vcpu.get_stats_fd()
+    assert isinstance(stats, KvmStats)
     assert {"exits", "mmio_exits", "halt_exits", "signal_exits", "insn_emulation"} <= set(stats.names)
     assert all(d.type in StatType or isinstance(d.type, int) for d in stats.descriptors)
 

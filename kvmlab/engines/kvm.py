@@ -12,7 +12,7 @@ from time import perf_counter_ns
 
 from ..environment import kvm_flavour
 from ..errors import ConfigError
-from ..kvm import Cap, Kvm, KvmStats, VcpuFd, VmFd, kvm_unavailable_reason
+from ..kvm import Cap, Kvm, KvmStats, VcpuFd, kvm_unavailable_reason
 from ..metrics import trace as trace_kinds
 from ..kvm import constants as kc
 from ..kvm.run import IMMEDIATE_EXIT_U8
@@ -111,8 +111,8 @@ class KvmVmBackend(VmBackend):
 
     def __init__(self, kvm: Kvm, capabilities: Capabilities, *, irqchip: bool, cpuid_mask=None):
         self.capabilities = capabilities
-        self.vm = VmFd(kvm.create_vm())
-        try:
+        self.vm = kvm.create_vm()
+        with self.vm.closed_on_error():
             # Intel needs three pages for real mode; harmless elsewhere (kvmtool does the same).
             self.vm.set_tss_addr(TSS_ADDRESS)
             self.irqchip = False
@@ -126,10 +126,6 @@ class KvmVmBackend(VmBackend):
             self._cpuid_mask = cpuid_mask
             self._msr_indices = kvm.get_msr_index_list()
             self._xsave_size = self.vm.check_extension(Cap.XSAVE2) or (4096 if kvm.check_extension(Cap.XSAVE) else 0)
-            self._has_binary_stats = bool(kvm.check_extension(Cap.BINARY_STATS_FD))
-        except BaseException:
-            self.vm.close()
-            raise
 
     def create_irqchip(self) -> None:
         """KVM's PIC, IOAPIC and a LAPIC per vCPU (KVM_CREATE_IRQCHIP, only before the first
@@ -148,13 +144,10 @@ class KvmVmBackend(VmBackend):
             self.vm.set_user_memory_region(region.slot, region.guest_phys_addr, region.size, region.host_address)
 
     def create_vcpu(self, index: int, count: int) -> "KvmVcpuBackend":
-        fd = VcpuFd(self.vm.create_vcpu(index), self._mmap_size, index)
-        try:
+        fd = self.vm.create_vcpu(index, self._mmap_size)
+        with fd.closed_on_error():  # a refused CPUID (or MP state read) must not leak the vCPU fd
             fd.set_cpuid2(cpuid_for_vcpu(self._supported_cpuid, index, count, self._cpuid_mask))
-        except BaseException:
-            fd.close()
-            raise
-        return KvmVcpuBackend(fd, self)
+            return KvmVcpuBackend(fd, self)
 
     def close(self) -> None:
         self.vm.close()
@@ -279,12 +272,13 @@ class KvmVcpuBackend(VcpuBackend):
 
     def kernel_stats(self) -> KvmStats | None:
         """This vCPU's KVM binary stats (opened on first use), or None without the capability."""
-        if self._stats is None and self.vm._has_binary_stats:
-            self._stats = KvmStats(self.fd.get_stats_fd())
+        if self._stats is None and self.capabilities.kernel_stats:
+            self._stats = self.fd.get_stats_fd()
         return self._stats
 
     def close(self) -> None:
         if self._stats is not None:
             self._stats.close()
             self._stats = None
+        self._raw_fd = -1  # a KVM_RUN after close fails with EBADF, never on a reused number
         self.fd.close()

@@ -17,6 +17,8 @@ import os
 import struct
 from dataclasses import dataclass
 
+from .fd import OwnedFd
+
 _HEADER = struct.Struct("<6I")
 _DESC = struct.Struct("<IhHII")
 
@@ -53,11 +55,19 @@ class StatDescriptor:
     bucket_size: int
 
 
-class KvmStats:
-    """Owns a stats fd; ``read()`` returns ``{name: value}`` (histograms as lists)."""
+class KvmStats(OwnedFd):
+    """Owns a stats fd (``OwnedFd``); ``read()`` returns ``{name: value}`` (histograms as lists).
+
+    The fd is owned before its header and descriptors are read: a failed read closes it again.
+    """
 
     def __init__(self, fd: int):
-        self.fd = fd
+        super().__init__(fd, "KvmStats")
+        with self.closed_on_error():
+            self._parse(fd)
+
+    def _parse(self, fd: int) -> None:
+        """Reads the header and descriptors, once: they never change for an fd."""
         header = os.pread(fd, _HEADER.size, 0)
         flags, name_size, num_desc, id_offset, desc_offset, data_offset = _HEADER.unpack(header)
         self.id = os.pread(fd, name_size, id_offset).split(b"\0", 1)[0].decode()
@@ -101,14 +111,6 @@ class KvmStats:
             for name, i, size in self._histograms:
                 out[name] = list(values[i : i + size])
         return out
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
-    def __del__(self):
-        self.close()
 
 
 def _enum_or_int(kind, value: int):

@@ -9,7 +9,9 @@ import os
 from ..errors import KvmUnavailableError  # noqa: F401  (re-exported: kvmlab.kvm.KvmUnavailableError)
 from . import constants as c
 from . import structs as s
+from .fd import OwnedFd
 from .syscall import KvmIoctlError, ioctl
+from .vm import VmFd
 
 DEFAULT_KVM_PATH = "/dev/kvm"
 
@@ -47,38 +49,20 @@ def _explain_open_error(path: str, err: OSError) -> str:
     return f"{path} could not be opened: {os.strerror(err.errno)}"
 
 
-class Kvm:
+class Kvm(OwnedFd):
     """The KVM system handle. One thin method per system ioctl; no policy."""
 
     def __init__(self, path: str | None = None):
         path = path or kvm_path()
-        self.fd = -1
         try:
-            self.fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         except OSError as err:
             raise KvmUnavailableError(_explain_open_error(path, err)) from err
-        try:
+        super().__init__(fd, f"Kvm ({path})")
+        with self.closed_on_error():
             version = self.get_api_version()
-        except BaseException:
-            self.close()
-            raise
-        if version != c.KVM_API_VERSION:
-            self.close()
-            raise KvmUnavailableError(f"{path} speaks KVM API version {version}; kvmlab needs {c.KVM_API_VERSION}")
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
-    def __enter__(self) -> "Kvm":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __del__(self):
-        self.close()
+            if version != c.KVM_API_VERSION:
+                raise KvmUnavailableError(f"{path} speaks KVM API version {version}; kvmlab needs {c.KVM_API_VERSION}")
 
     # --- ioctls ---------------------------------------------------------------------------
 
@@ -92,9 +76,9 @@ class Kvm:
     def get_vcpu_mmap_size(self) -> int:
         return ioctl(self.fd, c.KVM_GET_VCPU_MMAP_SIZE, 0, name="KVM_GET_VCPU_MMAP_SIZE")
 
-    def create_vm(self) -> int:
-        """Returns the raw VM fd; ``VmFd`` owns it."""
-        return ioctl(self.fd, c.KVM_CREATE_VM, 0, name="KVM_CREATE_VM")
+    def create_vm(self) -> VmFd:
+        """A new VM, owned by the ``VmFd`` from the moment the ioctl returns."""
+        return VmFd(ioctl(self.fd, c.KVM_CREATE_VM, 0, name="KVM_CREATE_VM"))
 
     def get_supported_cpuid(self, capacity: int = c.KVM_MAX_CPUID_ENTRIES) -> list[s.kvm_cpuid_entry2]:
         cpuid = s.cpuid2_with(capacity)

@@ -9,47 +9,48 @@ from __future__ import annotations
 
 import ctypes
 import mmap
-import os
 
 from . import constants as c
 from . import run as r
 from . import structs as s
+from .fd import OwnedFd
+from .stats import KvmStats
 from .syscall import KvmIoctlError, get_errno, ioctl, kvm_run_ioctl
 
 
-class VcpuFd:
-    """One thin method per vCPU ioctl; owns the fd and the mmap of its ``kvm_run``."""
+class VcpuFd(OwnedFd):
+    """One thin method per vCPU ioctl; owns the fd (``OwnedFd``) and the mmap of its ``kvm_run``.
+
+    The fd is owned before the mmap is tried: a failed mapping (or view) closes it again
+    instead of leaving a bare int behind in a dead frame.
+    """
 
     def __init__(self, fd: int, mmap_size: int, index: int):
-        self.fd = fd
+        super().__init__(fd, f"VcpuFd of vCPU {index}")
         self.index = index
-        self._mmap = mmap.mmap(fd, mmap_size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-        self.run_u8 = memoryview(self._mmap)
-        self.run_u16 = self.run_u8.cast("H")
-        self.run_u32 = self.run_u8.cast("I")
-        self.run_u64 = self.run_u8.cast("Q")
-        self.run_struct = s.kvm_run.from_buffer(self._mmap)
         self.mmap_size = mmap_size
+        with self.closed_on_error():
+            self._mmap = mmap.mmap(fd, mmap_size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            self.run_u8 = memoryview(self._mmap)
+            self.run_u16 = self.run_u8.cast("H")
+            self.run_u32 = self.run_u8.cast("I")
+            self.run_u64 = self.run_u8.cast("Q")
+            self.run_struct = s.kvm_run.from_buffer(self._mmap)
 
-    def close(self) -> None:
-        """Unmaps ``kvm_run`` and closes the fd. The vCPU thread must have been joined first."""
-        if self.fd < 0:
-            return
+    def _release(self) -> None:
+        """Unmaps ``kvm_run`` (``close`` then closes the fd). The vCPU thread must have been
+        joined first. Copes with a construction that stopped before any of these existed."""
         self.run_struct = None
-        for view in (self.run_u64, self.run_u32, self.run_u16, self.run_u8):
-            view.release()
-        try:
-            self._mmap.close()
-        except BufferError:
-            pass  # someone still holds a ctypes view of kvm_run; the mapping goes with it
-        os.close(self.fd)
-        self.fd = -1
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
+        for name in ("run_u64", "run_u32", "run_u16", "run_u8"):
+            view = getattr(self, name, None)
+            if view is not None:
+                view.release()
+        mapping = getattr(self, "_mmap", None)
+        if mapping is not None:
+            try:
+                mapping.close()
+            except BufferError:
+                pass  # someone still holds a ctypes view of kvm_run; the mapping goes with it
 
     # --- KVM_RUN and the immediate_exit byte ----------------------------------------------
 
@@ -155,9 +156,10 @@ class VcpuFd:
         """Tells the guest's kvmclock it was paused. EINVAL when the guest never enabled kvmclock."""
         ioctl(self.fd, c.KVM_KVMCLOCK_CTRL, 0, name="KVM_KVMCLOCK_CTRL")
 
-    def get_stats_fd(self) -> int:
-        """A read-only fd of this vCPU's binary statistics (``kvmlab.kvm.stats`` reads it)."""
-        return ioctl(self.fd, c.KVM_GET_STATS_FD, 0, name="KVM_GET_STATS_FD")
+    def get_stats_fd(self) -> KvmStats:
+        """This vCPU's binary statistics, owned by the ``KvmStats`` from the moment the ioctl
+        returns its read-only fd."""
+        return KvmStats(ioctl(self.fd, c.KVM_GET_STATS_FD, 0, name="KVM_GET_STATS_FD"))
 
     def _get(self, request: int, struct_type, name: str):
         value = struct_type()

@@ -3,26 +3,20 @@
 from __future__ import annotations
 
 import ctypes
-import os
 
 from . import constants as c
 from . import structs as s
+from .fd import OwnedFd
 from .syscall import ioctl
+from .vcpu import VcpuFd
 
 
-class VmFd:
-    """One thin method per VM ioctl; owns the fd. Memory and vCPUs are managed a layer up."""
+class VmFd(OwnedFd):
+    """One thin method per VM ioctl; owns the fd (``OwnedFd``). Memory and vCPU policy live
+    a layer up."""
 
     def __init__(self, fd: int):
-        self.fd = fd
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
-    def __del__(self):
-        self.close()
+        super().__init__(fd, "VmFd")
 
     def check_extension(self, cap: int) -> int:
         """Per-VM capability check (some answers, like ``XSAVE2``'s size, are per VM)."""
@@ -38,9 +32,14 @@ class VmFd:
         )
         ioctl(self.fd, c.KVM_SET_USER_MEMORY_REGION, ctypes.byref(region), name="KVM_SET_USER_MEMORY_REGION")
 
-    def create_vcpu(self, vcpu_id: int) -> int:
-        """Returns the raw vCPU fd; ``VcpuFd`` owns it."""
-        return ioctl(self.fd, c.KVM_CREATE_VCPU, vcpu_id, name="KVM_CREATE_VCPU")
+    def create_vcpu(self, vcpu_id: int, mmap_size: int) -> VcpuFd:
+        """A new vCPU with its ``kvm_run`` page mapped (``mmap_size`` is
+        ``Kvm.get_vcpu_mmap_size()``), owned by the ``VcpuFd`` from the moment the ioctl returns.
+
+        KVM keeps the vCPU in the VM even if its fd is closed: a failed mapping closes the
+        fd, but ``vcpu_id`` stays taken (EEXIST) until the VM goes.
+        """
+        return VcpuFd(ioctl(self.fd, c.KVM_CREATE_VCPU, vcpu_id, name="KVM_CREATE_VCPU"), mmap_size, vcpu_id)
 
     def set_tss_addr(self, address: int) -> None:
         """Three pages KVM needs on Intel to run real mode; must lie outside RAM and devices."""
