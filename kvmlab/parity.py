@@ -15,11 +15,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .guest.programs import Program
+from .x86 import Rflags
 
 GUEST_EXITS = ("mmio_read", "mmio_write", "io_in", "io_out", "hlt", "shutdown")
 READS = ("mmio_read", "io_in")
-#: arithmetic flags (CF PF AF ZF SF OF) and the direction/interrupt flags a program can set
-RFLAGS_COMPARED = 0x0ED5
+#: arithmetic flags and the direction/interrupt flags a program can set (the others, RF and
+#: the reserved bit among them, may differ between a CPU and an emulator)
+COMPARED_FLAGS = Rflags.CF | Rflags.PF | Rflags.AF | Rflags.ZF | Rflags.SF | Rflags.IF | Rflags.DF | Rflags.OF
 
 
 @dataclass
@@ -117,7 +119,7 @@ def differences(runs: dict[str, EngineRun], vcpus: int, compare_registers: bool 
             for index in range(vcpus):
                 a, b = base.registers[index], other.registers[index]
                 for name in a:
-                    mask = RFLAGS_COMPARED if name == "rflags" else (1 << 64) - 1
+                    mask = COMPARED_FLAGS if name == "rflags" else (1 << 64) - 1
                     if a[name] & mask != b[name] & mask:
                         found.append(f"vCPU {index}: final {name} {a[name]:#x} on {base.engine}, {b[name]:#x} on {other.engine}")
     return found

@@ -63,6 +63,7 @@ from ..vstate.exits import Emulation, Peripherals, handle_kvm_exit
 from ..vstate.layout import PAGE_SIZE
 from ..vstate.memory import GuestMemory, MemoryRegion
 from . import uc_kick
+from ..x86 import Cr0, Efer, Msr
 from .base import Capabilities, Engine, VcpuBackend, VmBackend
 
 try:
@@ -76,11 +77,8 @@ except ImportError:  # an optional extra
 INSTALL = "pip install 'kvmlab[emulate]'"
 ADDRESS_LIMIT = 1 << 32  # what is not RAM below 4 GiB is MMIO (kvmlab guests live below 4 GiB)
 MAX_VCPUS = 256
-CR0_PE = 1
-EFER_LMA = 1 << 10
-EFER_MSR = 0xC0000080
 #: MSRs the emulated CPU is asked for in save state / CPU config dumps (architectural ones).
-MSRS = (0x10, 0x1B, 0x174, 0x175, 0x176, 0x277, 0xC0000080, 0xC0000081, 0xC0000082, 0xC0000083, 0xC0000084, 0xC0000100, 0xC0000101, 0xC0000102)
+MSRS = tuple(Msr)
 #: leaves whose subleaves matter (ECX selects): deterministic cache, features, topology, XSAVE
 SUBLEAF_LEAVES = {4: 8, 7: 2, 0xB: 3, 0xD: 4}
 _UNTIL = 0xFFFF_FFFF_FFFF_FFFF
@@ -501,12 +499,12 @@ class EmulatedVcpuBackend(VcpuBackend):
         uc = self.uc
         for name in ("cr0", "cr2", "cr3", "cr4") + (("cr8",) if self.bits == 64 else ()):  # CR8 exists in long mode only
             setattr(sregs, name, uc.reg_read(getattr(ux, f"UC_X86_REG_{name.upper()}")))
-        sregs.efer = uc.reg_read(ux.UC_X86_REG_MSR, EFER_MSR)
+        sregs.efer = uc.reg_read(ux.UC_X86_REG_MSR, Msr.EFER)
         sregs.apic_base = uc.reg_read(ux.UC_X86_REG_MSR, 0x1B)
         for table in ("gdt", "idt"):
             _, base, limit, _ = uc.reg_read(getattr(ux, f"UC_X86_REG_{table.upper()}R"))
             getattr(sregs, table).base, getattr(sregs, table).limit = base, limit
-        real = not sregs.cr0 & CR0_PE
+        real = not sregs.cr0 & Cr0.PE
         for name, reg in _SEGMENTS.items():
             self._describe_segment(getattr(sregs, name), uc.reg_read(reg), real, sregs.gdt.base, code=name == "cs")
         sregs.tr.type, sregs.tr.present, sregs.tr.limit = 11, 1, 0xFFFF
@@ -536,8 +534,8 @@ class EmulatedVcpuBackend(VcpuBackend):
     def set_sregs(self, sregs: ks.kvm_sregs) -> None:
         """Enters the CPU mode ``sregs`` describe (a new Unicorn instance if the code width
         changes), then loads control registers, tables and segment selectors."""
-        long_mode = sregs.efer & EFER_LMA and sregs.cs.l
-        bits = 64 if long_mode else 32 if sregs.cr0 & CR0_PE else 16
+        long_mode = sregs.efer & Efer.LMA and sregs.cs.l
+        bits = 64 if long_mode else 32 if sregs.cr0 & Cr0.PE else 16
         if self.uc is None or bits != self.bits:
             self._create(bits)
         uc = self.uc
@@ -545,7 +543,7 @@ class EmulatedVcpuBackend(VcpuBackend):
         uc.reg_write(ux.UC_X86_REG_IDTR, (0, sregs.idt.base, sregs.idt.limit, 0))
         uc.reg_write(ux.UC_X86_REG_CR3, sregs.cr3)
         uc.reg_write(ux.UC_X86_REG_CR4, sregs.cr4)
-        uc.reg_write(ux.UC_X86_REG_MSR, (EFER_MSR, sregs.efer))
+        uc.reg_write(ux.UC_X86_REG_MSR, (Msr.EFER, sregs.efer))
         uc.reg_write(ux.UC_X86_REG_CR0, sregs.cr0)
         for name, reg in _SEGMENTS.items():
             uc.reg_write(reg, getattr(sregs, name).selector)

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from ..errors import ConfigError
 from ..vstate.layout import LOW_RAM_END
 from ..vstate.memory import GuestMemory
+from ..x86 import Cr0, Cr4, Efer, Pte, Rflags
 from .multiboot import BOOTLOADER_MAGIC
 
 RESULTS_ADDRESS = 0x0500
@@ -45,23 +46,6 @@ CODE32_SELECTOR = 0x08
 DATA_SELECTOR = 0x10
 CODE64_SELECTOR = 0x18
 
-CR0_PE = 1 << 0
-CR0_ET = 1 << 4
-CR0_NE = 1 << 5
-CR0_WP = 1 << 16
-CR0_NW = 1 << 29
-CR0_CD = 1 << 30
-CR0_PG = 1 << 31
-CR4_PAE = 1 << 5
-CR4_OSFXSR = 1 << 9
-CR4_OSXMMEXCPT = 1 << 10
-EFER_LME = 1 << 8
-EFER_LMA = 1 << 10
-RFLAGS_RESERVED = 1 << 1
-
-PTE_PRESENT = 1 << 0
-PTE_WRITE = 1 << 1
-PTE_HUGE = 1 << 7
 
 
 class Mode(enum.Enum):
@@ -117,12 +101,12 @@ def write_tables(memory: GuestMemory, mode: Mode) -> None:
         return
     memory.write(GDT_ADDRESS, b"".join(d.to_bytes(8, "little") for d in GDT_ENTRIES))
     if mode is Mode.LONG:
-        memory.write_u64(PML4_ADDRESS, PDPT_ADDRESS | PTE_PRESENT | PTE_WRITE)
+        memory.write_u64(PML4_ADDRESS, PDPT_ADDRESS | Pte.PRESENT | Pte.WRITE)
         for gib in range(4):
             directory = PD_ADDRESS + gib * 0x1000
-            memory.write_u64(PDPT_ADDRESS + 8 * gib, directory | PTE_PRESENT | PTE_WRITE)
+            memory.write_u64(PDPT_ADDRESS + 8 * gib, directory | Pte.PRESENT | Pte.WRITE)
             entries = b"".join(
-                (((gib * 512 + j) << 21) | PTE_PRESENT | PTE_WRITE | PTE_HUGE).to_bytes(8, "little") for j in range(512)
+                (((gib * 512 + j) << 21) | Pte.PRESENT | Pte.WRITE | Pte.HUGE).to_bytes(8, "little") for j in range(512)
             )
             memory.write(directory, entries)
 
@@ -159,7 +143,7 @@ def setup_vcpu(backend, memory: GuestMemory, entry: EntryPoint, index: int) -> N
             segment.base, segment.selector, segment.limit = 0, 0, 0xFFFF
         stack_segment = (top - STACK_SIZE) >> 4
         sregs.ss.base, sregs.ss.selector, sregs.ss.limit = stack_segment << 4, stack_segment, 0xFFFF
-        sregs.cr0 &= ~CR0_PE
+        sregs.cr0 &= ~Cr0.PE
         stack_pointer = STACK_SIZE
     else:
         code_selector, code64 = (CODE64_SELECTOR, True) if mode is Mode.LONG else (CODE32_SELECTOR, False)
@@ -167,20 +151,20 @@ def setup_vcpu(backend, memory: GuestMemory, entry: EntryPoint, index: int) -> N
         for name in ("ds", "es", "fs", "gs", "ss"):
             _flat(getattr(sregs, name), DATA_SELECTOR, 0x3)
         sregs.gdt.base, sregs.gdt.limit = GDT_ADDRESS, 8 * len(GDT_ENTRIES) - 1
-        sregs.cr0 = (sregs.cr0 | CR0_PE | CR0_ET | CR0_NE) & ~(CR0_CD | CR0_NW)
-        sregs.cr4 |= CR4_OSFXSR | CR4_OSXMMEXCPT
+        sregs.cr0 = (sregs.cr0 | Cr0.PE | Cr0.ET | Cr0.NE) & ~(Cr0.CD | Cr0.NW)
+        sregs.cr4 |= Cr4.OSFXSR | Cr4.OSXMMEXCPT
         if mode is Mode.LONG:
             sregs.cr3 = PML4_ADDRESS
-            sregs.cr4 |= CR4_PAE
-            sregs.efer |= EFER_LME | EFER_LMA
-            sregs.cr0 |= CR0_PG | CR0_WP
+            sregs.cr4 |= Cr4.PAE
+            sregs.efer |= Efer.LME | Efer.LMA
+            sregs.cr0 |= Cr0.PG | Cr0.WP
         stack_pointer = top
     backend.set_sregs(sregs)
     regs = backend.get_regs()
     for name in ("rax", "rbx", "rcx", "rdx", "rsi", "rbp", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15"):
         setattr(regs, name, 0)
     regs.rip = entry.address
-    regs.rflags = RFLAGS_RESERVED
+    regs.rflags = Rflags.RESERVED_1
     regs.rsp = stack_pointer
     regs.rdi = index
     backend.set_regs(regs)
@@ -196,13 +180,13 @@ def setup_multiboot_entry(backend, memory: GuestMemory, entry: int, info_address
     for name in ("ds", "es", "fs", "gs", "ss"):
         _flat(getattr(sregs, name), DATA_SELECTOR, 0x3)
     sregs.gdt.base, sregs.gdt.limit = gdt_address, 8 * 3 - 1
-    sregs.cr0 = (sregs.cr0 | CR0_PE | CR0_ET) & ~(CR0_CD | CR0_NW | CR0_PG)
+    sregs.cr0 = (sregs.cr0 | Cr0.PE | Cr0.ET) & ~(Cr0.CD | Cr0.NW | Cr0.PG)
     backend.set_sregs(sregs)
     regs = backend.get_regs()
     for name in ("rcx", "rdx", "rsi", "rdi", "rsp", "rbp", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15"):
         setattr(regs, name, 0)
     regs.rax, regs.rbx = BOOTLOADER_MAGIC, info_address
-    regs.rip, regs.rflags = entry, RFLAGS_RESERVED
+    regs.rip, regs.rflags = entry, Rflags.RESERVED_1
     backend.set_regs(regs)
 
 

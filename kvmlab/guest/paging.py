@@ -8,13 +8,9 @@ same on every engine: paging off (linear = physical), 32-bit paging (4 KiB / 4 M
 from __future__ import annotations
 
 from ..errors import GuestMemoryError
+from ..x86 import Cr0, Cr4, Efer, Pte
 
-CR0_PG = 1 << 31
-CR4_PSE = 1 << 4
-CR4_PAE = 1 << 5
-EFER_LMA = 1 << 10
-PRESENT = 1
-HUGE = 1 << 7
+PRESENT, HUGE = Pte.PRESENT, Pte.HUGE
 ADDRESS_MASK = 0x000F_FFFF_FFFF_F000
 
 
@@ -25,11 +21,11 @@ class NotMapped(GuestMemoryError):
 def translate(memory, sregs: dict, linear: int) -> int:
     """The guest physical address of ``linear`` under ``sregs`` (a saved ``sregs`` dict)."""
     cr0, cr3, cr4, efer = sregs["cr0"], sregs["cr3"], sregs["cr4"], sregs["efer"]
-    if not cr0 & CR0_PG:
+    if not cr0 & Cr0.PG:
         return linear
-    if efer & EFER_LMA:
+    if efer & Efer.LMA:
         return _walk(memory, cr3 & ADDRESS_MASK, linear, levels=((39, 8), (30, 8), (21, 8), (12, 8)), huge_from=1)
-    if cr4 & CR4_PAE:
+    if cr4 & Cr4.PAE:
         pdpte = memory.read_u64((cr3 & 0xFFFF_FFE0) + 8 * ((linear >> 30) & 3))
         if not pdpte & PRESENT:
             raise NotMapped(f"linear {linear:#x}: PDPTE not present")
@@ -37,7 +33,7 @@ def translate(memory, sregs: dict, linear: int) -> int:
     directory = memory.read_u32((cr3 & 0xFFFF_F000) + 4 * ((linear >> 22) & 0x3FF))
     if not directory & PRESENT:
         raise NotMapped(f"linear {linear:#x}: page directory entry not present")
-    if directory & HUGE and cr4 & CR4_PSE:
+    if directory & HUGE and cr4 & Cr4.PSE:
         return (directory & 0xFFC0_0000) | (linear & 0x3F_FFFF)
     table = memory.read_u32((directory & 0xFFFF_F000) + 4 * ((linear >> 12) & 0x3FF))
     if not table & PRESENT:

@@ -17,29 +17,12 @@ from ..guest.paging import translate
 from ..kvm.constants import MpState
 from ..vstate.cpu_state import CpuConfiguration, VcpuSnapshot
 from ..vstate.protocol import MP_STATE_NOTES
+from ..x86 import MSR_NAMES, RFLAGS_IOPL_SHIFT, Cr0, Cr4, Efer, Rflags, bit_names  # noqa: F401 (MSR_NAMES: shown here)
 
-RFLAGS_BITS = {0: "CF", 2: "PF", 4: "AF", 6: "ZF", 7: "SF", 8: "TF", 9: "IF", 10: "DF", 11: "OF", 14: "NT", 16: "RF",
-               17: "VM", 18: "AC", 19: "VIF", 20: "VIP", 21: "ID"}  # fmt: skip
-CR0_BITS = {0: "PE", 1: "MP", 2: "EM", 3: "TS", 4: "ET", 5: "NE", 16: "WP", 18: "AM", 29: "NW", 30: "CD", 31: "PG"}
-CR4_BITS = {0: "VME", 1: "PVI", 2: "TSD", 3: "DE", 4: "PSE", 5: "PAE", 6: "MCE", 7: "PGE", 8: "PCE", 9: "OSFXSR",
-            10: "OSXMMEXCPT", 11: "UMIP", 12: "LA57", 13: "VMXE", 14: "SMXE", 16: "FSGSBASE", 17: "PCIDE",
-            18: "OSXSAVE", 20: "SMEP", 21: "SMAP", 22: "PKE", 23: "CET"}  # fmt: skip
-EFER_BITS = {0: "SCE", 8: "LME", 10: "LMA", 11: "NXE", 12: "SVME", 13: "LMSLE", 14: "FFXSR", 15: "TCE"}
-MSR_NAMES = {
-    0x10: "IA32_TIME_STAMP_COUNTER", 0x11: "KVM_WALL_CLOCK (old)", 0x12: "KVM_SYSTEM_TIME (old)", 0x1B: "IA32_APIC_BASE",
-    0x34: "MSR_SMI_COUNT", 0x3A: "IA32_FEATURE_CONTROL", 0x3B: "IA32_TSC_ADJUST", 0x8B: "IA32_BIOS_SIGN_ID",
-    0xCE: "MSR_PLATFORM_INFO", 0x10A: "IA32_ARCH_CAPABILITIES", 0x140: "MSR_MISC_FEATURES_ENABLES",
-    0x174: "IA32_SYSENTER_CS", 0x175: "IA32_SYSENTER_ESP", 0x176: "IA32_SYSENTER_EIP", 0x17A: "IA32_MCG_STATUS",
-    0x17B: "IA32_MCG_CTL", 0x1A0: "IA32_MISC_ENABLE", 0x1D9: "IA32_DEBUGCTL", 0x1DB: "LAST_BRANCH_FROM_IP",
-    0x1DC: "LAST_BRANCH_TO_IP", 0x1DD: "LAST_EXCEPTION_FROM_IP", 0x1DE: "LAST_EXCEPTION_TO_IP", 0x1FC: "MSR_POWER_CTL",
-    0x277: "IA32_PAT", 0x345: "IA32_PERF_CAPABILITIES", 0x6E0: "IA32_TSC_DEADLINE", 0xC0000080: "IA32_EFER",
-    0xC0000081: "STAR", 0xC0000082: "LSTAR", 0xC0000083: "CSTAR", 0xC0000084: "SFMASK", 0xC0000100: "FS_BASE",
-    0xC0000101: "GS_BASE", 0xC0000102: "KERNEL_GS_BASE", 0xC0000103: "TSC_AUX", 0xC0010015: "AMD HWCR",
-    0xC0010117: "AMD VM_HSAVE_PA", 0xC001011F: "AMD VIRT_SPEC_CTRL", 0x4B564D00: "KVM_WALL_CLOCK_NEW",
-    0x4B564D01: "KVM_SYSTEM_TIME_NEW", 0x4B564D02: "KVM_ASYNC_PF_EN", 0x4B564D03: "KVM_STEAL_TIME",
-    0x4B564D04: "KVM_PV_EOI_EN", 0x4B564D05: "KVM_POLL_CONTROL", 0x4B564D06: "KVM_ASYNC_PF_INT",
-    0x4B564D07: "KVM_ASYNC_PF_ACK",
-}  # fmt: skip
+RFLAGS_BITS = bit_names(Rflags)
+CR0_BITS = bit_names(Cr0)
+CR4_BITS = bit_names(Cr4)
+EFER_BITS = bit_names(Efer)
 SEGMENTS = ("cs", "ds", "es", "fs", "gs", "ss", "tr", "ldt")
 GENERAL = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rip", "rflags")
 
@@ -51,28 +34,28 @@ def flag_names(value: int, bits: dict[int, str]) -> list[str]:
 
 def decode_rflags(value: int) -> str:
     names = flag_names(value, RFLAGS_BITS)
-    iopl = (value >> 12) & 3
+    iopl = (value >> RFLAGS_IOPL_SHIFT) & 3
     return " ".join(names + ([f"IOPL={iopl}"] if iopl else [])) or "(none)"
 
 
 def cpu_mode(sregs: dict, rflags: int = 0) -> str:
     """Names the mode the CPU is in, from CR0, EFER, CS and RFLAGS."""
     cr0, efer, cs = sregs["cr0"], sregs["efer"], sregs["cs"]
-    paging = ", paging on" if cr0 >> 31 & 1 else ""
-    if not cr0 & 1:
+    paging = ", paging on" if cr0 & Cr0.PG else ""
+    if not cr0 & Cr0.PE:
         return "real mode"
-    if efer & (1 << 10):
+    if efer & Efer.LMA:
         return ("64-bit long mode" if cs["l"] else "compatibility mode (long mode, 32-bit code)") + paging
-    if rflags & (1 << 17):
+    if rflags & Rflags.VM:
         return "virtual-8086 mode" + paging
     return ("32-bit" if cs["db"] else "16-bit") + " protected mode" + paging
 
 
 def code_bits(sregs: dict) -> int:
     cr0, efer, cs = sregs["cr0"], sregs["efer"], sregs["cs"]
-    if efer & (1 << 10) and cs["l"]:
+    if efer & Efer.LMA and cs["l"]:
         return 64
-    if cr0 & 1 and cs["db"]:
+    if cr0 & Cr0.PE and cs["db"]:
         return 32
     return 16
 
