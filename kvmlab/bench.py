@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import Machine, programs
+from .errors import BenchmarkError
 from .guest.modes import LOAD_ADDRESS
 
 C_SOURCE = Path(__file__).resolve().parents[1] / "benchmarks" / "exit_loop.c"
@@ -71,9 +72,9 @@ class CReference:
 
     def __init__(self, iterations: int | None = None, *, guest: bytes | None = None):
         if shutil.which("gcc") is None:
-            raise RuntimeError("gcc is not installed: the C reference cannot be built")
+            raise BenchmarkError("gcc is not installed: the C reference cannot be built")
         if not C_SOURCE.exists():
-            raise RuntimeError(f"{C_SOURCE} is missing: the C reference needs a source checkout of kvmlab")
+            raise BenchmarkError(f"{C_SOURCE} is missing: the C reference needs a source checkout of kvmlab")
         self._dir = tempfile.mkdtemp(prefix="kvmlab-bench-")
         self.binary = os.path.join(self._dir, "exit_loop")
         subprocess.run(["gcc", "-O2", "-o", self.binary, str(C_SOURCE), "-lpthread"], check=True, capture_output=True)
@@ -108,7 +109,7 @@ def kvmlab_run(iterations: int, vcpus: int = 1, *, trace: bool = False, sample_h
         code = m.wait(600)
         elapsed = time.perf_counter() - started
         if code != 0:
-            raise RuntimeError(f"benchmark guest failed: {code!r}")
+            raise BenchmarkError(f"benchmark guest failed: {code!r}")
         exits = sum(mt.exit_mmio_read + mt.exit_mmio_write + mt.exit_hlt for mt in m.metrics)
     return exits / elapsed
 
@@ -252,7 +253,7 @@ def cycles_per_exit(results: tuple[int, int, int, int] | dict) -> tuple[float, i
         results = (results["cycles_low"], results["cycles_high"], results["min_cycles"], results["exits"])
     low, high, fewest, exits = results
     if exits == 0:
-        raise RuntimeError("the exit_cost guest timed no exit")
+        raise BenchmarkError("the exit_cost guest timed no exit")
     return ((high << 32) | low) / exits, fewest
 
 
@@ -271,7 +272,7 @@ def exit_cycles(iterations: int = 20_000, rounds: int = 5, *, progress=None) -> 
                 m.start()
                 code = m.wait(600)
                 if code != 0:
-                    raise RuntimeError(f"benchmark guest failed: {code!r}")
+                    raise BenchmarkError(f"benchmark guest failed: {code!r}")
                 mean, fewest = cycles_per_exit(m.results(0))
             result.add("kvmlab_mean", mean)
             result.add("kvmlab_min", fewest)

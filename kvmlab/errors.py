@@ -48,6 +48,10 @@ class EngineCapabilityError(ConfigError):
     so); the message names the capability and what to use instead."""
 
 
+class BenchmarkError(KvmlabError, RuntimeError):
+    """A benchmark could not measure: its reference cannot be built, or its guest failed."""
+
+
 class KickUnavailableError(KvmlabError, RuntimeError):
     """The vCPU kick signal handler cannot be installed (not on the main thread)."""
 

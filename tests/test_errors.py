@@ -59,6 +59,24 @@ def test_the_exception_classes_live_in_errors_py_or_subclass_it():
     assert GuestRequestedExit is exit_from_bus and GuestRequestedExit.__module__ == "kvmlab.errors"
 
 
+#: the built-in exceptions kvmlab code must not raise bare (AssertionError, NotImplementedError
+#: and re-raises of a caught error are not "on purpose" in this sense)
+BUILTIN_ERRORS = {"Exception", "RuntimeError", "ValueError", "KeyError", "TypeError", "OSError", "IndexError", "LookupError", "IOError"}
+
+
+def test_nothing_in_kvmlab_raises_a_bare_built_in_error():
+    """Raised on purpose means a KvmlabError (the built-in stays a second base where it fits)."""
+    import ast
+    from pathlib import Path
+
+    found = []
+    for path in Path(kvmlab.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call) and getattr(node.exc.func, "id", None) in BUILTIN_ERRORS:
+                found.append(f"{path.name}:{node.lineno}: raise {node.exc.func.id}")
+    assert found == []
+
+
 def test_kvm_ioctl_error_is_an_os_error_with_errno_and_survives_pickling():
     err = errors.KvmIoctlError(errno.EINTR, "KVM_RUN", "kicked")
     assert isinstance(err, errors.KvmlabError) and isinstance(err, OSError)
