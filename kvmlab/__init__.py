@@ -25,7 +25,7 @@ from .errors import (
     VcpuNotAllowedError,
     VcpuTimeoutError,
 )
-from .environment import summary as engine_summary
+from .engines.select import summary as engine_summary
 from .guest import programs
 from .machine import Machine
 from .vmm import MachineExit

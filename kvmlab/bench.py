@@ -28,7 +28,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import Machine, programs
+from .guest import programs
+from .machine import Machine
 from .errors import BenchmarkError
 from .guest.modes import LOAD_ADDRESS
 

@@ -217,9 +217,9 @@ def test_a_device_where_the_irqchip_must_go_is_named_at_boot(machines, kernels):
         m.boot(kernels.smp32)
 
 
-def test_the_kick_handler_needs_no_engine_name():
-    """The environment line comes from the engines' own notes and reasons."""
-    from kvmlab.environment import summary
+def test_the_first_line_of_a_notebook_needs_no_engine_name():
+    """The summary comes from the engines' own notes and reasons."""
+    from kvmlab import engine_summary as summary
 
     line = summary()
     assert line.startswith("Machines run on ") and any(engine.note()[:20] in line for engine in ENGINES)

@@ -10,10 +10,10 @@ from ..errors import EngineCapabilityError, EngineUnavailableError
 from .base import Capabilities, Engine, VcpuBackend, VmBackend
 from .emulated import EmulatedEngine
 from .kvm import KvmEngine
-from .select import CHOICES, ENGINES, EngineStatus, engine_class, engine_statuses, note, open_engine, resolve, why_not_preferred
+from .select import CHOICES, ENGINES, engine_class, note, open_engine, resolve, why_not_preferred
 
 __all__ = [
-    "CHOICES", "ENGINES", "Capabilities", "EmulatedEngine", "Engine", "EngineCapabilityError", "EngineStatus",
-    "EngineUnavailableError", "KvmEngine", "VcpuBackend", "VmBackend", "engine_class", "engine_statuses", "note",
+    "CHOICES", "ENGINES", "Capabilities", "EmulatedEngine", "Engine", "EngineCapabilityError",
+    "EngineUnavailableError", "KvmEngine", "VcpuBackend", "VmBackend", "engine_class", "note",
     "open_engine", "resolve", "why_not_preferred",
 ]  # fmt: skip

@@ -10,9 +10,9 @@ import contextlib
 import errno
 from time import perf_counter_ns
 
-from ..environment import kvm_flavour
 from ..errors import ConfigError
 from ..kvm import Cap, Kvm, KvmStats, VcpuFd, kvm_unavailable_reason
+from ..kvm.system import kvm_flavour
 from ..metrics import trace as trace_kinds
 from ..kvm import constants as kc
 from ..kvm.run import IMMEDIATE_EXIT_U8

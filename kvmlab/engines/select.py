@@ -10,7 +10,6 @@ a second time with ``KVMLAB_ENGINE=emulated``, and ``KVMLAB_KVM_PATH`` can hide 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 from ..errors import ConfigError, EngineUnavailableError, KvmUnavailableError
 from .base import Engine
@@ -21,22 +20,6 @@ from .kvm import KvmEngine
 ENGINES: tuple[type[Engine], ...] = (KvmEngine, EmulatedEngine)
 BY_NAME: dict[str, type[Engine]] = {engine.name: engine for engine in ENGINES}
 CHOICES = ("auto", *BY_NAME)
-
-
-@dataclass(frozen=True)
-class EngineStatus:
-    name: str
-    works: bool
-    why: str
-
-
-def engine_statuses(kvm_path: str | None = None) -> list[EngineStatus]:
-    """Which engines work here, and why the others do not (for ``kvmlab info``)."""
-    statuses = []
-    for engine in ENGINES:
-        reason = engine.unavailable_reason(kvm_path)
-        statuses.append(EngineStatus(engine.name, reason is None, reason or engine.status(kvm_path)))
-    return statuses
 
 
 def engine_class(name: str) -> type[Engine]:
@@ -95,3 +78,14 @@ def why_not_preferred(name: str, kvm_path: str | None = None) -> str:
 def note(name: str) -> str:
     """One line on what engine ``name`` means for what a user sees."""
     return engine_class(name).note()
+
+
+def summary() -> str:
+    """One line for a notebook's first cell (``kvmlab.engine_summary()``): which engine
+    ``Machine(engine="auto")`` uses here and what that means."""
+    try:
+        name = resolve("auto")
+    except EngineUnavailableError as err:
+        return f"No engine can run kvmlab machines here: {err}"
+    why = why_not_preferred(name)
+    return f"Machines run on {note(name)}{f' ({why})' if why else ''}."

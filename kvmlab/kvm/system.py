@@ -22,6 +22,16 @@ def kvm_path() -> str:
     return os.environ.get("KVMLAB_KVM_PATH") or DEFAULT_KVM_PATH
 
 
+def kvm_flavour() -> str:
+    """Which KVM this is, from the loaded module (for ``kvmlab info`` and the engine's note)."""
+    if os.path.exists("/sys/module/kvm_pvm"):
+        return "kvm_pvm, a nested paravirtualized KVM: guest code is emulated in the kernel, exits are real"
+    for module, what in (("kvm_intel", "Intel VT-x"), ("kvm_amd", "AMD-V")):
+        if os.path.exists(f"/sys/module/{module}"):
+            return f"{module} ({what})"
+    return "unknown KVM module"
+
+
 def kvm_unavailable_reason(path: str | None = None) -> str | None:
     """Why KVM cannot be opened here, or None when it can. Used by ``kvmlab info`` and the engines."""
     path = path or kvm_path()
