@@ -21,7 +21,7 @@ import functools
 import math
 import threading
 import weakref
-from typing import Iterable
+from typing import Callable, Iterable
 
 from .devices import COM1, DEBUG_EXIT_PORT, MAILBOX_BASE, Console, DebugExit, Mailbox, Serial16550
 from .devices.fw_cfg import FW_CFG_PORT, FwCfg
@@ -324,6 +324,7 @@ class Machine:
         vCPU, in ``mode`` ("real", "protected" or "long"). Only before ``start()``."""
         self._require_phase(Phase.CREATED, "load()")
         self.program = load_program(self._vmm.vm, program, mode, self.layout(), address)
+        self._vmm.notify()  # a Start button may now be enabled
         return self.program
 
     def boot(self, kernel, cmdline: str = "", initrd=None) -> BootImage:
@@ -366,6 +367,7 @@ class Machine:
         setup_multiboot_entry(vmm.vcpus[0].backend, vmm.vm.memory, image.entry, info, info + multiboot.GDT_OFFSET)
         self.kernel = image
         self.program = LoadedProgram(Program(name, ""), Mode.PROTECTED, kernel_range.start, bytes(image.chunks[0][1]))
+        vmm.notify()
         return image
 
     def _boot_input(self, source, what: str) -> tuple[bytes, str]:
@@ -496,6 +498,18 @@ class Machine:
         if self._parts.vmm is None:
             return "closed" if self._parts.closed else Phase.CREATED.value
         return self._parts.vmm.phase.value
+
+    def watch(self, callback: Callable[[int | None], None]) -> Callable[[], None]:
+        """Calls ``callback(index)`` after vCPU ``index`` changes state (Paused, Running,
+        Exited, Finished) and ``callback(None)`` after the machine starts, stops, closes or is
+        loaded; returns the function that stops it. What views of the machine (``kvmlab.lab``)
+        follow instead of polling ``states``.
+
+        The callback runs on the thread that made the change, a vCPU thread included: it must
+        return at once, and must hold no strong reference to this Machine (the vCPU threads
+        reach it, and a dropped Machine must still be finalized); errors are logged. KVM's MP
+        state (``states[i].mp_state``) changes inside KVM_RUN without a transition: poll it."""
+        return self._vmm.watch(callback)
 
     @property
     def device_errors(self) -> list[DeviceFailure]:
