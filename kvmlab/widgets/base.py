@@ -83,8 +83,20 @@ class View(widgets.VBox):
             self.session.detach(self._token)
             self._token = None
         for child in self.children:
-            child.close()
+            _close_tree(child)
         super().close()
+
+
+def _close_tree(widget: widgets.Widget) -> None:
+    """Closes a widget and everything inside it. Closing a Box leaves its children open, and
+    an open widget stays in ipywidgets' registry: a button's click handler would then keep
+    its view, the session and the machine alive after the view was closed."""
+    if isinstance(widget, View):
+        widget.close()
+        return
+    for child in getattr(widget, "children", ()):
+        _close_tree(child)
+    widget.close()
 
 
 def button(description: str, css: str, tooltip: str, width: str = "auto") -> widgets.Button:
