@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 import threading
 import weakref
-from typing import Iterable
+from typing import Callable, Iterable
 
 from .devices import COM1, DEBUG_EXIT_PORT, MAILBOX_BASE, Console, DebugExit, Mailbox, Serial16550
 from .devices.fw_cfg import FW_CFG_PORT, FwCfg
@@ -235,8 +235,8 @@ class Machine:
 
     @property
     def built(self) -> bool:
-        """Whether the vCPUs exist yet (``load()`` or ``boot()`` creates them)."""
-        return bool(self._vmm.vcpus)
+        """Whether the vCPUs were created (``load()`` or ``boot()`` creates them)."""
+        return self._parts.metrics.attached
 
     @property
     def metrics(self) -> MetricsRegistry:
@@ -297,6 +297,7 @@ class Machine:
         if not self.built:
             self._create_vcpus(bool(self.config.irqchip))
         self.program = load_program(self._vmm.vm, program, mode, self.layout(), address)
+        self._vmm.notify()  # a Start button may now be enabled
         return self.program
 
     def boot(self, kernel, cmdline: str = "", initrd=None) -> BootImage:
@@ -323,6 +324,7 @@ class Machine:
         vmm = self._vmm if self.built else self._create_vcpus(irqchip)
         self.program = multiboot_boot.install(vmm.vm, request, self.fw_cfg, IRQCHIP_PAGES if irqchip else ())
         self.kernel = request.image
+        vmm.notify()
         return request.image
 
     # --- stepping (before start, on the calling thread) ------------------------------------------
@@ -446,6 +448,18 @@ class Machine:
     def phase(self) -> str:
         """"created", "started", "stopped" or "closed"."""
         return self._vmm.phase.value
+
+    def watch(self, callback: Callable[[int | None], None]) -> Callable[[], None]:
+        """Calls ``callback(index)`` after vCPU ``index`` changes state (Paused, Running,
+        Exited, Finished) and ``callback(None)`` after the machine starts, stops, closes or is
+        loaded; returns the function that stops it. What views of the machine (``kvmlab.lab``)
+        follow instead of polling ``states``.
+
+        The callback runs on the thread that made the change, a vCPU thread included: it must
+        return at once, and must hold no strong reference to this Machine (the vCPU threads
+        reach it, and a dropped Machine must still be finalized); errors are logged. KVM's MP
+        state (``states[i].mp_state``) changes inside KVM_RUN without a transition: poll it."""
+        return self._vmm.watch(callback)
 
     @property
     def device_errors(self) -> list[DeviceFailure]:

@@ -71,6 +71,9 @@ class Vmm:
         self.on_start: list[Callable[[], None]] = []
         #: called (on whichever thread stopped the machine) once every vCPU thread has ended
         self.on_stop: list[Callable[[MachineExit], None]] = []
+        #: told of every change a view shows (``watch``): a vCPU's index after its state
+        #: transition, None after a phase change (or a program loaded)
+        self.observers: list[Callable[[int | None], None]] = []
 
     @property
     def vcpus(self) -> list[Vcpu]:
@@ -80,6 +83,37 @@ class Vmm:
         self.device_failure_count += 1
         self.device_failures.append(failure)
 
+    # --- change notification ---------------------------------------------------------------------
+
+    def watch(self, callback: Callable[[int | None], None]) -> Callable[[], None]:
+        """Calls ``callback(index)`` after vCPU ``index`` changes state and ``callback(None)``
+        after a phase change (start, stop, close) or a load; returns the function that stops it.
+
+        Why a callback and not a poll: a view should change when the machine does, and only
+        then. The rules, since the vCPU threads reach this list (and so whatever a callback
+        holds): a callback runs on the thread that made the change, vCPU threads included, so
+        it must return at once and must not hold the ``Machine`` (hold a weak reference, or
+        only what it needs); what it raises is logged and dropped. Transitions only, never
+        per exit: the exit loop is untouched. Phase changes (``None``) are never told on a
+        vCPU thread, only on the controller's or the supervisor's, outside the teardown lock."""
+        self.observers.append(callback)
+
+        def unwatch() -> None:
+            try:
+                self.observers.remove(callback)
+            except ValueError:
+                pass
+
+        return unwatch
+
+    def notify(self, vcpu: int | None = None) -> None:
+        """Tells every observer; one that raises is logged, and the others are still told."""
+        for callback in list(self.observers):
+            try:
+                callback(vcpu)
+            except Exception:
+                log.exception("state observer %r failed", callback)
+
     # --- lifecycle -------------------------------------------------------------------------------
 
     def start(self) -> None:
@@ -87,6 +121,8 @@ class Vmm:
         if self.phase is not Phase.CREATED:
             raise MachineStateError(f"start(): the machine is {self.phase.value}; a machine starts once (make a new Machine to run again)")
         barrier = threading.Barrier(len(self.vcpus) + 1)
+        for vcpu in self.vcpus:
+            vcpu.on_state_change = self.notify
         self.handles = [vcpu.start_threaded(barrier) for vcpu in self.vcpus]
         self.phase = Phase.STARTED
         barrier.wait(timeout=self.timeout)
@@ -95,6 +131,7 @@ class Vmm:
         for callback in list(self.on_start):
             callback()
         request_all(self.handles, VcpuEvent.RESUME, self.timeout)
+        self.notify()
 
     def request(self, indices: list[int], event: VcpuEvent, timeout: float | None = None):
         """Sends ``event`` to the given vCPUs at once and returns their answers."""
@@ -120,15 +157,25 @@ class Vmm:
         return self.exit if self._stopped.wait(timeout) else None
 
     def stop(self, reason: str = "stopped by the controller", code: int = ExitCode.OK) -> MachineExit:
-        """Steps 4-8 of the teardown table: Finish to every vCPU, join them, set the exit code."""
+        """Steps 4-8 of the teardown table: Finish to every vCPU, join them, set the exit code.
+        Observers hear of the stop after the teardown lock is released, on this thread."""
+        exit_, stopped_here = self._stop(reason, code)
+        if stopped_here:
+            log.info("machine stopped: %r", exit_)
+            self.notify()
+        return exit_
+
+    def _stop(self, reason: str, code: int) -> tuple[MachineExit, bool]:
+        """The stop, under the teardown lock; also says whether this call was the one that stopped."""
         with self._teardown:
             if self.phase is Phase.CREATED:
                 self.exit = MachineExit(code, f"{reason} (never started)", {v.index: None for v in self.vcpus})
                 self.phase = Phase.STOPPED
                 self._run_on_stop()
                 self._stopped.set()
+                return self.exit, True
             if self.phase is not Phase.STARTED:
-                return self.exit
+                return self.exit, False
             for handle in self.handles:
                 try:
                     handle.send_event(VcpuEvent.FINISH)
@@ -151,8 +198,7 @@ class Vmm:
             # Before waking wait(): whoever wait() returns to sees the final metrics sample.
             self._run_on_stop()
             self._stopped.set()
-        log.info("machine stopped: %r", self.exit)
-        return self.exit
+            return self.exit, True
 
     def _run_on_stop(self) -> None:
         for callback in list(self.on_stop):
@@ -171,10 +217,12 @@ class Vmm:
             # Outside the teardown lock: the supervisor may be waiting for it to finish a stop.
             self._end_supervisor()
         with self._teardown:
-            if self.phase is Phase.STOPPED:
-                self.vm.close()
-                os.close(self._wake)
-                self.phase = Phase.CLOSED
+            if self.phase is not Phase.STOPPED:
+                return
+            self.vm.close()
+            os.close(self._wake)
+            self.phase = Phase.CLOSED
+        self.notify()
 
     # --- supervisor (steps 3-4 of the teardown table) ---------------------------------------------
 

@@ -537,10 +537,10 @@ def test_control_panel_and_inspector_show_aps_waiting_for_init(machines):
         deadline = time.monotonic() + 5
         while panel.state_text(1) != "Running (waiting for INIT)" and time.monotonic() < deadline:
             time.sleep(0.01)
-        panel.session.refresh_now()  # what the refresher does, under its lock
+        panel.session.refresh_now()  # render now: the MP state follows the clock, not an event
         assert "Running (waiting for INIT)" in panel.state_labels[1].value
         m.pause(1)
-        panel.session.refresh_now()  # what the refresher does, under its lock
+        panel.session.refresh_now()  # render now: the MP state follows the clock, not an event
         assert panel.state_text(1) == "Paused (waiting for INIT)"
         inspector.vcpu_picker.value = 1
         inspector.save_button.click()

@@ -285,3 +285,155 @@ def test_closing_the_last_view_stops_the_refresher(engine, machines):
     while session.refreshing and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not session.refreshing
+
+
+# --- views follow the model (issue 10, part 7) ------------------------------------------------------
+
+
+def lab_threads() -> list[str]:
+    """The lab's own threads, apart from the action worker (which ends half a second idle)."""
+    return [t.name for t in threading.enumerate() if t.name.startswith("kvmlab lab") and t.name != "kvmlab lab actions"]
+
+
+def wait_until(predicate, timeout: float = 3.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return predicate()
+
+
+def test_watch_tells_transitions_and_phases_and_a_raising_observer_harms_nothing(engine, machines, caplog):
+    """Before: no ``Machine.watch`` (the lab polled ``machine.states`` at 4 Hz)."""
+    m = machines(engine=engine, vcpus=2)
+    told: list[tuple[int | None, str]] = []
+    m.watch(lambda vcpu: told.append((vcpu, m.phase if vcpu is None else m.states[vcpu].state.value)))
+
+    def broken(vcpu):
+        raise RuntimeError("a broken observer")
+
+    unwatch = m.watch(broken)
+    m.load(programs.busy_loop(), mode="real")
+    m.start()
+    m.pause(1)
+    m.resume(1)
+    unwatch()
+    m.stop()
+    m.close()
+    assert told[0] == (None, "created"), "the load"
+    assert (None, "started") in told and told[-2:] == [(None, "stopped"), (None, "closed")]
+    vcpu_1 = [state for vcpu, state in told if vcpu == 1]
+    assert vcpu_1 == ["Paused", "Running", "Paused", "Running", "Finished"], "start (paused, resumed), pause, resume, stop"
+    assert "a broken observer" in caplog.text, "logged, and the vCPUs went on"
+
+
+def test_a_row_follows_a_pause_without_any_clock_tick(engine, machines, monkeypatch):
+    """Before: the row changed only on the refresher's next tick (here: in 1000 s)."""
+    from kvmlab.lab import session as session_module
+
+    monkeypatch.setattr(session_module, "REFRESH_HZ", 1e-3)  # one tick every 1000 s
+    m = machines(engine=engine, vcpus=2)
+    m.load(programs.busy_loop(), mode="real")
+    m.start()
+    panel = ControlPanel(m)
+    assert "Running" in panel.state_labels[0].value
+    m.pause(0)  # on the machine, not through the panel: nothing pokes a refresher
+    assert wait_until(lambda: "Paused" in panel.state_labels[0].value), panel.state_labels[0].value
+    assert wait_until(lambda: not panel.vcpu_buttons[0]["resume"].disabled)
+    assert panel.state_text(0) == "Paused" and "Running" in panel.state_labels[1].value
+    m.resume(0)
+    assert wait_until(lambda: "Running" in panel.state_labels[0].value), panel.state_labels[0].value
+    panel.close()
+
+
+def test_stop_and_close_show_at_once_and_the_last_states_stay(engine, machines, monkeypatch):
+    """Before: a stop or close showed on the refresher's next tick (here: never)."""
+    from kvmlab.lab import session as session_module
+
+    monkeypatch.setattr(session_module, "REFRESH_HZ", 1e-3)
+    m = machines(engine=engine, vcpus=2)
+    m.load(programs.busy_loop(), mode="real")
+    m.start()
+    panel = ControlPanel(m)
+    m.stop()  # the phase changes on this thread: the views know before stop() returns
+    assert "machine stopped (stopped by the controller, exit code 0)" in panel.phase_label.value
+    assert [panel.state_text(i) for i in range(2)] == ["Finished", "Finished"]
+    m.close()
+    assert "machine closed" in panel.phase_label.value
+    assert [panel.state_text(i) for i in range(2)] == ["Finished", "Finished"], "the last known states stay"
+    assert all(b.disabled for b in panel.all_buttons.values())
+    panel.close()
+
+
+def test_no_lab_thread_runs_while_the_machine_is_idle_or_stopped(engine, machines):
+    """Before: the refresher ran from the first view on, started machine or not."""
+    m = machines(engine=engine, vcpus=2)
+    m.load(programs.hello(), mode="protected")
+    lab = Lab(m)
+    session = lab.session
+    assert not session.refreshing and lab_threads() == [], "nothing to follow before start"
+    lab.control.all_buttons["start"].click()
+    settle(lab)
+    m.wait(5)  # hello halts: the supervisor stops the machine
+    assert wait_until(lambda: not session.refreshing), "the clock ends with the machine"
+    assert lab_threads() == []
+    assert "machine stopped (every vCPU halted, exit code 0)" in lab.control.phase_label.value
+    assert [lab.control.state_text(i) for i in range(2)] == ["Finished(0: HLT)", "Finished(0: HLT)"]
+    assert "Hello from vCPU 0" in lab.console.output.value, "the clock's final frame"
+    m.close()
+    assert "machine closed" in lab.control.phase_label.value and not session.refreshing
+    lab.close()
+
+
+def test_an_outcome_is_a_record_with_fields(engine, machines):
+    """Before: ``Outcome(label="pause:1")``, parsed back with ``partition(":")``."""
+    from kvmlab.errors import VcpuNotAllowedError
+    from kvmlab.lab.actions import ActionOutcome, CallOutcome
+
+    m = machines(engine=engine, vcpus=2)
+    m.load(programs.busy_loop(), mode="real")
+    m.start()
+    panel = ControlPanel(m)
+    session = panel.session
+    seen = []
+    session.observe(lambda change: seen.append(change.new), names="outcome")
+    session.request("pause", 1)
+    assert session.wait_idle(5)
+    assert isinstance(seen[-1], ActionOutcome)
+    assert (seen[-1].action, seen[-1].vcpu, seen[-1].value, seen[-1].error) == ("pause", 1, None, None)
+    assert session.messages[-1].outcome is seen[-1] and session.messages[-1].text == "vCPU 1: paused"
+    session.request("save_state", 0)  # running: refused
+    assert session.wait_idle(5)
+    refused = seen[-1]
+    assert (refused.action, refused.vcpu, refused.value) == ("save_state", 0, None)
+    assert isinstance(refused.error, VcpuNotAllowedError)
+    session.request("save_state", 1)
+    assert session.wait_idle(5)
+    assert seen[-1].value.vcpu == 1 and session.snapshots[1][-1] is seen[-1].value
+    results = []
+    session.submit("sum", lambda: 1 + 2, lambda value, error: results.append((value, error)))
+    assert session.wait_idle(5)
+    assert results == [(3, None)] and isinstance(seen[-1], CallOutcome)
+    assert (seen[-1].label, seen[-1].value, seen[-1].error) == ("sum", 3, None)
+    with pytest.raises(AttributeError):
+        seen[-1].value = 4  # frozen
+    panel.close()
+
+
+def test_a_dropped_lab_lets_its_machine_be_finalized(engine):
+    """The vCPU threads' callbacks hold the session weakly: a machine dropped without
+    close() after its Lab was closed is finalized, and its threads end."""
+    import gc
+    import weakref
+
+    from kvmlab import Machine
+
+    m = Machine(vcpus=2, memory_mib=1, engine=engine)
+    m.load(programs.busy_loop(), mode="real")
+    lab = Lab(m)
+    m.start()
+    m.pause(1)
+    assert wait_until(lambda: "Paused" in lab.control.state_labels[1].value)
+    lab.close()
+    ref = weakref.ref(m)
+    del lab, m
+    assert wait_until(lambda: (gc.collect(), ref() is None)[1]), "the machine is still referenced"

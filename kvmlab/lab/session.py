@@ -1,35 +1,56 @@
-"""``LabSession``: the state every view of one machine shares, and the one thread that
-refreshes them.
+"""``LabSession``: the model every view of one machine shares, as traits views observe.
 
-Views (``kvmlab.widgets``) hold no logic: they ask the session what is allowed, hand it
-clicks, and render what it knows. One session per machine (``LabSession.of``), so a second
-``Lab`` on the same machine shows the same messages, the same saved states and the same
-pending actions instead of fighting the first one for the vCPUs.
+Views (``kvmlab.widgets``) hold no logic: they ``observe`` (or ``dlink``) the session's traits
+and render when one changes, ask the session what is allowed, and hand it clicks. One session
+per machine (``LabSession.of``), so a second ``Lab`` on the same machine shows the same
+messages, the same saved states and the same pending actions instead of fighting the first
+one for the vCPUs.
 
-Threads: clicks arrive on the kernel's main thread and only ``request()`` work, which runs on
-the ``ActionQueue`` worker. A single refresher thread calls every view's ``refresh`` a few
-times a second; it ends when the last view detaches or the machine is closed (after one
-final refresh), so nothing keeps running behind a closed notebook.
+Where each trait comes from, and so on which thread its observers run:
+
+- ``phase``, ``exit``, ``program``, ``states``: from the machine. A phase change (start, stop,
+  close, load) is synced on the thread that made it, so after ``m.stop()`` or ``m.close()``
+  returns the views already show it; a vCPU's transition (``Machine.watch``) only wakes the
+  updater thread (``kvmlab.lab.updater``), which syncs at once. Never polled for transitions.
+  After close the last known states stay (the vCPU objects keep their final status).
+- ``messages``, ``pending``, ``snapshots``, ``configs``, ``outcome``: set by ``request`` (the
+  kernel's thread) and by the action worker when an action finishes.
+- ``absent``: the absent-hardware summary. Counters change on every exit and have no event,
+  so it follows the clock (``REFRESH_HZ``, on the updater), like the views that ``attach`` a
+  clock callback (the plot, the console). The clock also re-syncs ``states``: KVM's MP state
+  ("waiting for INIT") changes inside KVM_RUN with no transition to tell of it.
+
+Threads: the updater lives only while a view is attached and the machine is started (for a
+plot of a bare registry: until its metrics stop); it draws a final frame when the machine
+stops, and holds the session weakly, so an idle or closed machine has no lab thread at all.
+Clicks only ``request()`` work, which runs on the ``ActionQueue`` worker. Trait changes and
+every render happen under ``lock``, so two threads never render at once.
 """
 
 from __future__ import annotations
 
-import collections
 import datetime as dt
 import logging
 import threading
+import time
 import weakref
 from dataclasses import dataclass
+from typing import Any as AnyType
 from typing import Callable
+
+from traitlets import Any, Dict, HasTraits, Tuple, Unicode
 
 from ..errors import MachineStateError, UnknownActionError, VcpuExitedError, VcpuNotAllowedError
 from ..vstate.protocol import VcpuState
-from .actions import ActionQueue, Outcome
+from . import updater
+from .absent import absent_summary
+from .actions import ActionOutcome, ActionQueue, CallOutcome
 
 log = logging.getLogger("kvmlab.lab")
 
-REFRESH_HZ = 4.0
+REFRESH_HZ = 4.0  # the clock of what changes continuously (read at every wait)
 HISTORY = 20  # saved states / dumps kept per vCPU (for diffs)
+MESSAGES = 200  # messages kept
 
 #: action name -> (what the machine does, past tense for the message)
 ACTIONS: dict[str, tuple[Callable, str]] = {
@@ -47,12 +68,51 @@ class Message:
     time: dt.datetime
     level: str  # "info", "warning" or "error"
     text: str
+    #: the action this message reports, if it reports one
+    outcome: ActionOutcome | None = None
 
     def __str__(self) -> str:
         return f"{self.time:%H:%M:%S} {self.text}"
 
 
-class LabSession:
+def _listener(ref: "weakref.ref[LabSession]", signal: updater.Signal) -> Callable[[int | None], None]:
+    """What the machine's vCPU threads hold of a session: its signal and a weak reference,
+    so a dropped Lab lets its machine be finalized. A vCPU's transition only sets the signal
+    (the vCPU thread returns at once); a phase change (never told on a vCPU thread) syncs."""
+
+    def changed(vcpu: int | None) -> None:
+        if vcpu is not None:
+            signal.set()
+            return
+        session = ref()
+        if session is not None:
+            session._on_machine_event()
+
+    return changed
+
+
+class LabSession(HasTraits):
+    #: the machine's phase: "created", "started", "stopped" or "closed"
+    phase = Unicode("created")
+    #: the machine's ``MachineExit`` once it stopped, else None
+    exit = Any(None)
+    #: the loaded program's name ("" while nothing is loaded)
+    program = Unicode("")
+    #: each vCPU's ``VcpuStatus``, by index; the last known ones after close
+    states = Tuple()
+    #: ``Message`` records, oldest first (the last ``MESSAGES``)
+    messages = Tuple()
+    #: vCPU (None: machine-wide) -> the actions requested and not finished yet
+    pending = Dict()
+    #: vCPU -> its saved states (``VcpuSnapshot``), oldest first (the last ``HISTORY``)
+    snapshots = Dict()
+    #: vCPU -> its dumped CPU configurations, oldest first
+    configs = Dict()
+    #: "absent hardware: 12 port reads, ..." or "" (follows the clock)
+    absent = Unicode("")
+    #: the latest ``ActionOutcome`` or ``CallOutcome`` (every one notifies: records compare by identity)
+    outcome = Any(None)
+
     _sessions: "weakref.WeakValueDictionary[int, LabSession]" = weakref.WeakValueDictionary()
     _sessions_lock = threading.Lock()
 
@@ -67,28 +127,32 @@ class LabSession:
                 session = cls(registry, machine)
                 cls._sessions[id(registry)] = session
             elif machine is not None and session.machine is None:
-                session.machine = machine
+                session._bind(machine)
             return session
 
     def __init__(self, registry, machine=None):
+        super().__init__()
         self.registry = registry
-        self.machine = machine
-        self.messages: collections.deque[Message] = collections.deque(maxlen=200)
-        self.message_version = 0
-        self.snapshots: dict[int, list] = collections.defaultdict(list)
-        self.configs: dict[int, list] = collections.defaultdict(list)
-        self.inspect_version = 0
-        #: vCPU (or None for machine-wide) -> actions submitted and not finished yet
-        self.pending: dict[int | None, list[str]] = collections.defaultdict(list)
-        self._actions = ActionQueue(self._finished)
-        self._refreshers: dict[int, Callable[[], None]] = {}
+        self.machine = None
+        #: held while traits change and views render
+        self.lock = threading.RLock()
+        self._actions = ActionQueue()
+        self._views: dict[int, Callable[[], None] | None] = {}  # token -> clock callback
         self._next_token = 0
-        self._lock = threading.RLock()
-        self._refresh_lock = threading.Lock()
-        self._ticker: threading.Thread | None = None
-        self._wake = threading.Event()
+        self._signal = updater.Signal()
+        self._updater: threading.Thread | None = None
+        self._next_tick = 0.0
+        self._unwatch: Callable[[], None] | None = None
+        if machine is not None:
+            self._bind(machine)
+        self._count_absent()
 
-    # --- state ---------------------------------------------------------------------------------
+    def _bind(self, machine) -> None:
+        self.machine = machine
+        self._unwatch = machine.watch(_listener(weakref.ref(self), self._signal))
+        self.sync()
+
+    # --- the model -----------------------------------------------------------------------------
 
     @property
     def closed(self) -> bool:
@@ -97,22 +161,36 @@ class LabSession:
             return self.machine.closed
         return self.registry.start_perf_ns is not None and (self.registry.sampler is None or not self.registry.sampler.running)
 
-    def post(self, level: str, text: str) -> None:
-        with self._lock:
-            self.messages.append(Message(dt.datetime.now(), level, text))
-            self.message_version += 1
+    def sync(self) -> None:
+        """Reads the machine into the traits; observers run (once each) for what changed."""
+        m = self.machine
+        if m is None:
+            return
+        with self.lock, self.hold_trait_notifications():
+            phase = m.phase
+            if phase != "closed":  # a closed machine has no vCPUs left: keep the last known states
+                try:  # (the stop before a close was synced, on the closing thread, before they went)
+                    self.states = tuple(m.states)
+                except Exception:
+                    log.debug("could not read the vCPU states", exc_info=True)
+            self.exit = m.exit
+            self.program = m.program.program.name if m.program is not None else ""
+            self.phase = phase
+
+    def post(self, level: str, text: str, outcome: ActionOutcome | None = None) -> None:
+        with self.lock:
+            self.messages = (*self.messages[-(MESSAGES - 1) :], Message(dt.datetime.now(), level, text, outcome))
 
     def machine_actions(self) -> set[str]:
-        """What the 'all vCPUs' row may do now."""
-        m = self.machine
-        if m is None or m.closed:
+        """What the 'all vCPUs' row may do now (as the traits say)."""
+        if self.machine is None:
             return set()
-        phase = m.phase
+        phase = self.phase
         if phase == "created":
-            return {"start"} if m.program is not None else set()
+            return {"start"} if self.program else set()
         if phase != "started":
             return set()
-        states = {s.state for s in m.states}
+        states = {s.state for s in self.states}
         allowed = {"stop"}
         if VcpuState.RUNNING in states:
             allowed.add("pause")
@@ -123,10 +201,11 @@ class LabSession:
     def vcpu_actions(self, index: int) -> set[str]:
         """What one vCPU's row may do now: Firecracker's NotAllowed rules, minus no-ops
         (Pause only while running, Resume / Save state / Dump only while paused)."""
-        m = self.machine
-        if m is None or m.closed or m.phase != "started" or self.pending.get(index) or self.pending.get(None):
+        if self.machine is None or self.phase != "started" or self.pending.get(index) or self.pending.get(None):
             return set()
-        state = m.states[index].state
+        if index >= len(self.states):
+            return set()
+        state = self.states[index].state
         if state is VcpuState.RUNNING:
             return {"pause"}
         if state is VcpuState.PAUSED:
@@ -137,8 +216,9 @@ class LabSession:
 
     def request(self, action: str, vcpu: int | None = None) -> None:
         """Queues ``action`` ("start", "pause", "resume", "stop", "save_state",
-        "dump_cpu_config") for one vCPU or all; returns at once. The outcome becomes a message
-        (and, for save_state / dump_cpu_config, an entry the inspector shows)."""
+        "dump_cpu_config") for one vCPU or all; returns at once. The outcome becomes an
+        ``ActionOutcome`` (the ``outcome`` trait), a message and, for save_state /
+        dump_cpu_config, an entry the inspector shows."""
         if action not in ACTIONS:
             raise UnknownActionError(f"no lab action {action!r}; valid actions: {', '.join(ACTIONS)}")
         if self.machine is None:
@@ -146,126 +226,166 @@ class LabSession:
         if self.machine.closed:
             self.post("warning", "the machine is closed; create a new Machine to run again")
             return
-        with self._lock:
-            self.pending[vcpu].append(action)
+        with self.lock:
+            self.pending = {**self.pending, vcpu: [*self.pending.get(vcpu, []), action]}
         run, _ = ACTIONS[action]
         machine = self.machine
-        self._actions.submit(f"{action}:{vcpu}", lambda: (action, vcpu, run(machine, vcpu)))
-        self._wake.set()
+        self._actions.submit(
+            lambda: run(machine, vcpu),
+            lambda value, error: self._finished(ActionOutcome(action, vcpu, value, error)),
+        )
 
     def wait_idle(self, timeout: float = 10.0) -> bool:
         """Waits for every requested action to finish (tests and notebook cells use it)."""
         return self._actions.wait_idle(timeout)
 
-    def _finished(self, outcome: Outcome) -> None:
-        action, _, raw = outcome.label.partition(":")
-        if action == "call":
-            self._wake.set()
-            return
-        vcpu = None if raw == "None" else int(raw)
+    def _finished(self, outcome: ActionOutcome) -> None:
+        action, vcpu = outcome.action, outcome.vcpu
         who = "all vCPUs" if vcpu is None else f"vCPU {vcpu}"
-        if outcome.error is None:
-            _, done = ACTIONS[action]
-            result = outcome.value[2]
-            with self._lock:
+        with self.lock, self.hold_trait_notifications():
+            if outcome.ok:
                 if action == "save_state":
-                    self._remember(self.snapshots[vcpu], result)
+                    self.snapshots = self._remembered(self.snapshots, vcpu, outcome.value)
                 elif action == "dump_cpu_config":
-                    self._remember(self.configs[vcpu], result)
-            self.post("info", f"{who}: {done}")
-        else:
-            err = outcome.error
-            level = "warning" if isinstance(err, (VcpuNotAllowedError, VcpuExitedError)) else "error"
-            self.post(level, f"{who}: {action.replace('_', ' ')} failed: {err}")
-        with self._lock:
-            pending = self.pending[vcpu]
-            if action in pending:
-                pending.remove(action)
-        self._wake.set()
-
-    def submit(self, label: str, work: Callable[[], object], done: Callable[[object, BaseException | None], None]) -> None:
-        """Runs ``work`` on the action worker, then ``done(result, error)`` there too (for
-        view-specific work such as an export); returns at once."""
-
-        def run():
-            try:
-                result = work()
-            except Exception as err:
-                done(None, err)
+                    self.configs = self._remembered(self.configs, vcpu, outcome.value)
+                self.post("info", f"{who}: {ACTIONS[action][1]}", outcome)
             else:
-                done(result, None)
+                err = outcome.error
+                level = "warning" if isinstance(err, (VcpuNotAllowedError, VcpuExitedError)) else "error"
+                self.post(level, f"{who}: {action.replace('_', ' ')} failed: {err}", outcome)
+            left = list(self.pending.get(vcpu, []))
+            if action in left:
+                left.remove(action)
+            self.pending = {k: v for k, v in {**self.pending, vcpu: left}.items() if v}
+            self.outcome = outcome
 
-        self._actions.submit(f"call:{label}", run)
+    def submit(self, label: str, work: Callable[[], AnyType], done: Callable[[AnyType, BaseException | None], None]) -> None:
+        """Runs ``work`` on the action worker, then ``done(result, error)`` there too (for
+        view-specific work such as an export); returns at once. The ``outcome`` trait then
+        holds a ``CallOutcome`` named ``label``."""
+
+        def finish(value, error) -> None:
+            try:
+                done(value, error)
+            finally:
+                with self.lock:
+                    self.outcome = CallOutcome(label, value, error)
+
+        self._actions.submit(work, finish)
 
     def add_snapshot(self, state) -> None:
         """Keeps a saved state taken outside the session (``machine.save_state``) for the inspector."""
-        with self._lock:
-            self._remember(self.snapshots[state.vcpu], state)
+        with self.lock:
+            self.snapshots = self._remembered(self.snapshots, state.vcpu, state)
 
     def add_config(self, config) -> None:
-        with self._lock:
-            self._remember(self.configs[config.vcpu], config)
+        with self.lock:
+            self.configs = self._remembered(self.configs, config.vcpu, config)
 
-    def _remember(self, history: list, item) -> None:
-        history.append(item)
-        del history[:-HISTORY]
-        self.inspect_version += 1
+    @staticmethod
+    def _remembered(history: dict, vcpu: int, item) -> dict:
+        """A new dict (so the trait notifies) with ``item`` last in ``vcpu``'s history."""
+        return {**history, vcpu: (*history.get(vcpu, ())[-(HISTORY - 1) :], item)}
 
-    # --- refreshing ----------------------------------------------------------------------------
+    # --- views and the clock -------------------------------------------------------------------
 
-    def attach(self, refresh: Callable[[], None]) -> int:
-        """Registers a view's refresh; starts the refresher thread if needed."""
-        with self._lock:
+    def attach(self, refresh: Callable[[], None] | None = None) -> int:
+        """Registers a view; ``refresh`` (if given) runs on the clock, for what changes
+        continuously. Starts the updater if the machine runs."""
+        with self.lock:
             token = self._next_token
             self._next_token += 1
-            self._refreshers[token] = refresh
-            if self._ticker is None or not self._ticker.is_alive():
-                self._ticker = threading.Thread(target=self._tick, name="kvmlab lab refresher", daemon=True)
-                self._ticker.start()
+            self._views[token] = refresh
+            self._ensure_updater()
         return token
 
     def detach(self, token: int) -> None:
-        with self._lock:
-            self._refreshers.pop(token, None)
-        self._wake.set()
+        with self.lock:
+            self._views.pop(token, None)
+        self._signal.set(tick=True)  # the updater looks, and ends if it is not needed
 
     def poke(self) -> None:
-        """Asks the refresher for a refresh now rather than at the next tick."""
-        self._wake.set()
+        """Asks the clock for a frame now rather than at the next tick."""
+        self._signal.set(tick=True)
 
     @property
     def refreshing(self) -> bool:
-        return self._ticker is not None and self._ticker.is_alive()
+        """Whether the updater (change delivery and the clock) is running."""
+        thread = self._updater
+        return thread is not None and thread.is_alive()
 
     def refresh_now(self) -> None:
-        """Runs every view's refresh on the calling thread (never two refreshes at once:
-        the refresher thread and a notebook cell may both ask)."""
-        with self._lock:
-            refreshers = list(self._refreshers.values())
-        with self._refresh_lock:
-            for refresh in refreshers:
+        """Renders now, on the calling thread: syncs the model (observers render what
+        changed) and runs one clock frame. For notebook cells and tests that want the views
+        current at once rather than a moment later."""
+        self._tick()
+
+    def _tick(self) -> None:
+        """One clock frame: what has no event (the MP state, the absent-hardware counts, the
+        views' clock callbacks)."""
+        with self.lock:
+            self.sync()
+            self._count_absent()
+            for refresh in [r for r in self._views.values() if r is not None]:
                 try:
                     refresh()
                 except Exception:
                     log.exception("a lab view failed to refresh")
 
-    def _tick(self) -> None:
-        period = 1.0 / REFRESH_HZ
-        while True:
-            self._wake.wait(period)
-            self._wake.clear()
-            with self._lock:
-                if not self._refreshers:
-                    return
-            finished = self.closed
-            self.refresh_now()
-            if finished:  # that was the final frame
-                return
+    def _count_absent(self) -> None:
+        try:
+            self.absent = absent_summary(self.registry)
+        except Exception:
+            log.exception("could not count the absent-hardware accesses")
+
+    def _live(self) -> bool:
+        """Whether anything can still change: the machine runs (a plot alone: its metrics do)."""
+        if self.machine is not None:
+            return self.machine.phase == "started"
+        return not self.closed
+
+    def _ensure_updater(self) -> None:
+        with self.lock:
+            if self._views and self._live() and self._updater is None:
+                self._next_tick = 0.0
+                self._updater = updater.start(self, self._signal)
+
+    def _on_machine_event(self) -> None:
+        """Start, stop, close or load, told on the thread that made it (never a vCPU's)."""
+        self.sync()
+        self._ensure_updater()
+        self._signal.set(tick=True)  # a stop's final frame
+
+    def _update(self, changed: bool, tick: bool) -> float | None:
+        """One pass of the updater: returns how long to wait for the next, or None to end
+        (after a final frame when the machine stopped)."""
+        if changed:
+            self.sync()
+        now = time.monotonic()
+        ticked = tick or now >= self._next_tick
+        if ticked:
+            self._tick()
+            self._next_tick = now + 1.0 / REFRESH_HZ
+        with self.lock:
+            if self._views and self._live():
+                return max(self._next_tick - now, 0.0)
+            if self._views and not ticked:  # the machine stopped: one final frame
+                self._tick()
+            self._updater = None
+            return None
+
+    def _updater_ended(self) -> None:
+        with self.lock:
+            self._updater = None
 
     def close(self) -> None:
-        """Stops the refresher and the action worker (views call it when the last one closes)."""
-        with self._lock:
-            self._refreshers.clear()
-        self._wake.set()
-        if self._ticker is not None and self._ticker is not threading.current_thread():
-            self._ticker.join(2.0)
+        """Detaches every view, stops following the machine and ends the updater."""
+        with self.lock:
+            self._views.clear()
+            thread = self._updater
+        if self._unwatch is not None:
+            self._unwatch()
+            self._unwatch = None
+        self._signal.set(tick=True)
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(2.0)

@@ -100,6 +100,9 @@ class Vcpu:
         self.kick_lock = threading.Lock()
         self.kickable = False
         self.thread: threading.Thread | None = None
+        #: called with this vCPU's index after each state transition (never per exit), on
+        #: this vCPU's thread: it must return at once; what it raises is logged and dropped
+        self.on_state_change: Callable[[int], None] | None = None
 
     # --- thread entry -------------------------------------------------------------------------
 
@@ -116,7 +119,7 @@ class Vcpu:
         try:
             if barrier is not None:
                 barrier.wait(timeout=10)
-            self.state = VcpuState.PAUSED
+            self._become(VcpuState.PAUSED)
             state = self.paused
             while state is not None:
                 state = state()
@@ -129,6 +132,7 @@ class Vcpu:
             with self.kick_lock:
                 self.kickable = False
                 self.state = VcpuState.FINISHED
+            self._state_changed()  # outside the kick lock: a controller's kick waits on it
             self.responses.put(ThreadEnded())
 
     # --- states -------------------------------------------------------------------------------
@@ -169,7 +173,7 @@ class Vcpu:
             # one event per interruption and could leave a second one waiting on a busy loop).
             self.run_u8[IMMEDIATE_EXIT_U8] = 1
         if event is VcpuEvent.PAUSE:
-            self.state = VcpuState.PAUSED
+            self._become(VcpuState.PAUSED)
             self.responses.put(Paused(seq=seq))
             self._kvmclock_ctrl()
             return self.paused
@@ -198,7 +202,7 @@ class Vcpu:
             self.run_u8[IMMEDIATE_EXIT_U8] = 0
             if not self.events.empty():
                 self.run_u8[IMMEDIATE_EXIT_U8] = 1
-            self.state = VcpuState.RUNNING
+            self._become(VcpuState.RUNNING)
             self.responses.put(Resumed(seq=seq))
             return self.running
         if event is VcpuEvent.PAUSE:
@@ -217,14 +221,14 @@ class Vcpu:
     def _disconnected(self):
         """The handle was dropped: exit with an error and end, as nobody can send Finish."""
         self.exit_status = Stopped(ExitCode.GENERIC_ERROR, "controller disconnected", machine_wide=True)
-        self.state = VcpuState.EXITED
+        self._become(VcpuState.EXITED)
         self._signal_exit()
         return None
 
     def exit(self, status: Stopped):
         """The Exited state: tell the VMM, then answer ``Exited`` until ``Finish`` comes."""
         self.exit_status = status
-        self.state = VcpuState.EXITED
+        self._become(VcpuState.EXITED)
         log.info("vCPU %d exited with code %d: %s", self.index, status.code, status.reason)
         self._signal_exit()
         seq = None
@@ -233,6 +237,22 @@ class Vcpu:
             event, seq = self.events.get()
             if event is VcpuEvent.FINISH or event is DISCONNECTED:
                 return None
+
+    def _become(self, state: VcpuState) -> None:
+        """A transition: the new state, then the notification (so a listener that reads the
+        state on the notification sees the new one). Set before the response that answers the
+        request goes out, so whoever the response wakes finds the listener already told."""
+        self.state = state
+        self._state_changed()
+
+    def _state_changed(self) -> None:
+        notify = self.on_state_change
+        if notify is None:
+            return
+        try:
+            notify(self.index)
+        except Exception:  # a listener's bug must never stop the vCPU
+            log.exception("vCPU %d: state change listener failed", self.index)
 
     # --- running the guest ----------------------------------------------------------------------
 

@@ -1,4 +1,8 @@
-"""``Console``: the guest's serial output as it arrives."""
+"""``Console``: the guest's serial output as it arrives.
+
+What it follows: the session's clock. Serial output arrives a byte per exit, with no event
+worth waking a thread for; the clock redraws only when ``console.version`` moved, and runs
+only while the machine does (its last frame comes when the machine stops)."""
 
 from __future__ import annotations
 
@@ -23,13 +27,14 @@ class Console(View):
         self.children = [widgets.HTML("<b>serial console (COM1)</b>"), self.output]
         self._version = -1
         self.refresh()
-        self._attach()
+        self._attach(self.refresh)
 
     @property
     def text(self) -> str:
         return self.machine.console.text[-SHOWN:] if not self.machine.closed else ""
 
     def refresh(self) -> None:
+        """Redraws the text if the guest printed since the last frame."""
         if self.machine.closed:
             return
         version = self.machine.console.version

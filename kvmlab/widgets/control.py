@@ -1,12 +1,17 @@
 """``ControlPanel``: a row per vCPU (state, Pause, Resume, Save state, Dump CPU config) and a
 row for all (Start, Pause all, Resume all, Stop), and a line counting accesses to absent
-hardware. Clicks only queue work on the session."""
+hardware. Clicks only queue work on the session.
+
+What it follows: the rows, buttons and phase line observe the session's ``phase``, ``exit``,
+``program``, ``states`` and ``pending`` (they change on events: a transition, a stop, a
+click), the messages observe ``messages``; the absent-hardware line is ``dlink``ed to
+``absent``, which follows the session's clock (its counters change on every exit, with no
+event to follow). The panel itself keeps no clock."""
 
 from __future__ import annotations
 
 import ipywidgets as widgets
 
-from ..lab.absent import absent_summary
 from .base import View, button, escape
 
 PER_VCPU = (
@@ -65,41 +70,42 @@ class ControlPanel(View):
         self.absent = widgets.HTML()
         self.absent.add_class("kvmlab-absent")
         self.children = [self.phase_label, *rows, all_row, self.absent, self.messages]
-        self._seen_messages = -1
+        self._follow(self._render_rows, "phase", "exit", "program", "states", "pending")
+        self._follow(self._render_messages, "messages")
+        self._link("absent", (self.absent, "value"), lambda text: f"<span style='color:#666'>{escape(text)}</span>" if text else "")
         self.refresh()
         self._attach()
 
     def refresh(self) -> None:
-        session, m = self.session, self.machine
-        if m.closed:
-            for buttons in [*self.vcpu_buttons, self.all_buttons]:
-                for b in buttons.values():
-                    b.disabled = True
-            self.phase_label.value = f"<div style='color:#a00'>{'machine closed'}</div>"
-        else:
-            exit_text = f" ({escape(m.exit.reason)}, exit code {int(m.exit)})" if m.exit is not None else ""
-            self.phase_label.value = f"<span class='kvmlab-phase'>machine {escape(m.phase)}{exit_text}</span>"
-            for status, label, buttons in zip(m.states, self.state_labels, self.vcpu_buttons):
-                text = str(status)
+        """Renders everything from the session's traits now."""
+        self._render_rows()
+        self._render_messages()
+
+    def _render_rows(self) -> None:
+        session = self.session
+        with session.lock:
+            if session.phase == "closed":
+                self.phase_label.value = "<div style='color:#a00'>machine closed</div>"
+            else:
+                exit_ = session.exit
+                exit_text = f" ({escape(exit_.reason)}, exit code {int(exit_)})" if exit_ is not None else ""
+                self.phase_label.value = f"<span class='kvmlab-phase'>machine {escape(session.phase)}{exit_text}</span>"
+            for status, label, buttons in zip(session.states, self.state_labels, self.vcpu_buttons):
                 colour = STATE_COLOURS.get(status.state.value, "#333")
-                label.value = f"<span style='color:{colour}'>{escape(text)}</span>"
+                label.value = f"<span style='color:{colour}'>{escape(status)}</span>"
                 allowed = session.vcpu_actions(status.index)
                 for action, b in buttons.items():
                     b.disabled = action not in allowed
             allowed = session.machine_actions()
             for action, b in self.all_buttons.items():
                 b.disabled = action not in allowed or bool(session.pending.get(None))
-        absent = absent_summary(session.registry)
-        shown = f"<span style='color:#666'>{escape(absent)}</span>" if absent else ""
-        if self.absent.value != shown:  # only a change goes to the browser
-            self.absent.value = shown
-        if session.message_version != self._seen_messages:
-            self._seen_messages = session.message_version
-            recent = list(session.messages)[-self._messages_shown :]
-            self.messages.value = "".join(
-                f"<div class='kvmlab-message kvmlab-{m.level}' style='color:{LEVEL_COLOURS[m.level]}'>{escape(m)}</div>" for m in recent
-            )
+
+    def _render_messages(self) -> None:
+        recent = self.session.messages[-self._messages_shown :]
+        self.messages.value = "".join(
+            f"<div class='kvmlab-message kvmlab-{m.level}' style='color:{LEVEL_COLOURS[m.level]}'>{escape(m)}</div>" for m in recent
+        )
 
     def state_text(self, index: int) -> str:
         """The state a row shows, as plain text (for tests and notebooks)."""
-        return str(self.machine.states[index])
+        return str(self.session.states[index])

@@ -3,6 +3,10 @@
 Registers with RIP and RFLAGS decoded, segment and control registers (CR0/CR4/EFER bits, the
 CPU mode named), CPUID leaves and MSRs as tables, the instructions at RIP, and what changed
 since the previous snapshot of the same vCPU. Tables are DataFrames rendered to HTML.
+
+What it follows: the pages observe the session's ``snapshots`` and ``configs`` (and the
+picker), the buttons ``phase``, ``states`` and ``pending``. Nothing in it changes
+continuously, so it keeps no clock.
 """
 
 from __future__ import annotations
@@ -38,8 +42,10 @@ class CpuInspector(View):
             page.add_class(f"kvmlab-inspector-{name.lower().replace(' ', '-')}")
         self.tabs = widgets.Tab(children=list(self.pages.values()), titles=list(TABS))
         self.children = [widgets.HBox([self.vcpu_picker, self.save_button, self.dump_button]), self.summary, self.tabs]
-        self._seen: tuple = ()
-        self.vcpu_picker.observe(lambda _: self.session.poke(), names="value")
+        self._shown: tuple = ()
+        self._follow(self._render_buttons, "phase", "states", "pending")
+        self._follow(self._render_pages, "snapshots", "configs")
+        self.vcpu_picker.observe(lambda _: self.refresh(), names="value")  # the kernel's thread, on a user's choice
         self.refresh()
         self._attach()
 
@@ -48,32 +54,40 @@ class CpuInspector(View):
         (self.session.add_config if hasattr(item, "cpuid") else self.session.add_snapshot)(item)
         if self.vcpu_picker.value != item.vcpu:
             self.vcpu_picker.value = item.vcpu
-        self.refresh()
 
     def refresh(self) -> None:
-        session, vcpu = self.session, self.vcpu_picker.value
-        allowed = session.vcpu_actions(vcpu)
+        """Renders the buttons and pages from the session's traits now."""
+        self._render_buttons()
+        self._render_pages()
+
+    def _render_buttons(self) -> None:
+        allowed = self.session.vcpu_actions(self.vcpu_picker.value)
         self.save_button.disabled = "save_state" not in allowed
         self.dump_button.disabled = "dump_cpu_config" not in allowed
-        key = (vcpu, session.inspect_version)
-        if key == self._seen:
-            return
-        self._seen = key
-        snapshots, configs = session.snapshots.get(vcpu, []), session.configs.get(vcpu, [])
-        if snapshots:
-            self._render_state(snapshots[-1], snapshots[-2] if len(snapshots) > 1 else None)
-        else:
-            self.summary.value = f"<i>no saved state of vCPU {vcpu} yet: pause it and press <b>Save state</b></i>"
-            for name in ("Registers", "Segments", "Code at RIP", "Diff"):
-                self.pages[name].value = ""
-        if configs:
-            config = configs[-1]
-            self.pages["CPUID"].value = f"<div>vendor {escape(config.vendor())}, {len(config.cpuid)} leaves</div>" + frame_html(inspect.cpuid_table(config))
-            unreadable = f"<div><i>not readable here: {', '.join(hex(i) for i in config.unreadable_msrs)}</i></div>" if config.unreadable_msrs else ""
-            self.pages["MSRs"].value = frame_html(inspect.msr_table(config.msrs)) + unreadable
-        else:
-            message = f"<i>no CPU config of vCPU {vcpu} yet: pause it and press <b>Dump CPU config</b></i>"
-            self.pages["CPUID"].value = self.pages["MSRs"].value = message
+
+    def _render_pages(self) -> None:
+        session = self.session
+        with session.lock:
+            vcpu = self.vcpu_picker.value
+            snapshots, configs = session.snapshots.get(vcpu, ()), session.configs.get(vcpu, ())
+            key = (vcpu, id(snapshots[-1]) if snapshots else None, id(configs[-1]) if configs else None)  # kept: ids stay unique
+            if key == self._shown:  # another vCPU's history changed
+                return
+            self._shown = key
+            if snapshots:
+                self._render_state(snapshots[-1], snapshots[-2] if len(snapshots) > 1 else None)
+            else:
+                self.summary.value = f"<i>no saved state of vCPU {vcpu} yet: pause it and press <b>Save state</b></i>"
+                for name in ("Registers", "Segments", "Code at RIP", "Diff"):
+                    self.pages[name].value = ""
+            if configs:
+                config = configs[-1]
+                self.pages["CPUID"].value = f"<div>vendor {escape(config.vendor())}, {len(config.cpuid)} leaves</div>" + frame_html(inspect.cpuid_table(config))
+                unreadable = f"<div><i>not readable here: {', '.join(hex(i) for i in config.unreadable_msrs)}</i></div>" if config.unreadable_msrs else ""
+                self.pages["MSRs"].value = frame_html(inspect.msr_table(config.msrs)) + unreadable
+            else:
+                message = f"<i>no CPU config of vCPU {vcpu} yet: pause it and press <b>Dump CPU config</b></i>"
+                self.pages["CPUID"].value = self.pages["MSRs"].value = message
 
     def _render_state(self, state, previous) -> None:
         mode = inspect.cpu_mode(state.sregs, state.regs["rflags"])

@@ -1,5 +1,9 @@
 """``Lab``: the control panel, the live exit plot, the CPU inspector and the console in one
-layout, plus an export of the run. Starts nothing by itself."""
+layout, plus an export of the run. Starts nothing by itself.
+
+What it follows: nothing itself; each part follows the session as its docstring says (the
+control panel and inspector its traits, the plot and console its clock). The export's result
+comes back through ``session.submit``'s ``done``."""
 
 from __future__ import annotations
 
@@ -57,4 +61,8 @@ class Lab(View):
         self.session.submit("export", lambda: export_run(self.machine, folder), done)
 
     def refresh(self) -> None:
-        """The parts refresh themselves."""
+        """Renders every part now (a closed machine's Lab has only its notice)."""
+        for name in ("control", "plot", "inspector", "console"):
+            part = getattr(self, name, None)
+            if part is not None:
+                part.refresh()

@@ -3,6 +3,11 @@
 The figure and its data come from ``kvmlab.plotting.RatePlot`` (Agg canvas, no pyplot,
 ``set_data`` updates); this view only chooses metrics and a window and shows the PNG, with the
 latest rate of each line as text beside it.
+
+What it follows: its own clock (the session's, ``REFRESH_HZ``), not the model's events. Rates
+change with every sample, so a redraw per event would be either too many frames or too few;
+a frame is drawn only when a new sample arrived. The "final figures" notice observes the
+session's ``phase``.
 """
 
 from __future__ import annotations
@@ -42,18 +47,22 @@ class ExitPlot(View):
         self.window.observe(self._reconfigure, names="value")
         self.refresh()
         if not self.session.closed:
-            self._attach()
+            self._follow(self._render_notice, "phase")
+            self._attach(self.refresh)
 
     def _new_plot(self) -> RatePlot:
         return RatePlot(self.registry, self.metric_picker.value or DEFAULT_METRICS, window_s=self.window.value, size=(self._width, 2.0))
 
     def _reconfigure(self, _change) -> None:
-        # Runs on the kernel thread on a user's change: only rebuild, the refresher redraws.
-        self.plot = self._new_plot()
-        self._seen = ()
-        self.session.poke()
+        # On the kernel thread, on a user's change: redraw now (the clock may not be running:
+        # a stopped machine has none).
+        with self.session.lock:
+            self.plot = self._new_plot()
+            self._seen = ()
+            self.refresh()
 
     def refresh(self) -> None:
+        """A frame, if a sample arrived since the last one (the clock calls it)."""
         plot = self.plot
         key = (id(plot), self.registry.samples, self.registry.ring.last()[1] if self.registry.samples else None)
         if key == self._seen:
@@ -68,6 +77,9 @@ class ExitPlot(View):
             rate = sum(latest[(metric, vcpu)] for metric in plot.metrics)
             parts.append(f"<span class='kvmlab-rate-{vcpu}' data-rate='{rate:.1f}'><b>vCPU {vcpu}</b>: {escape(values)}</span>")
         self.rates.value = " &nbsp; ".join(parts)
+        self._render_notice()
+
+    def _render_notice(self) -> None:
         notes = []
         if self.registry.kernel_stats_absent:
             notes.append(f"<span class='kvmlab-no-kernel-stats'>KVM's own statistics (kvm.*) are not available: {escape(self.registry.kernel_stats_absent)}</span>")
