@@ -23,7 +23,7 @@ LAYERS = [
     {"engines"},
     {"config", "vmm"},
     {"machine"},
-    {"parity", "bench", "lab"},
+    {"parity", "bench", "lab", "exercises"},
     {"widgets"},
     {"cli", "__main__", "kvmlab"},  # the command and the package's front door
 ]
