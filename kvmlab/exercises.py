@@ -15,11 +15,13 @@ import traceback
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from .devices import COM1
+from .devices import COM1, MAILBOX_BASE
+from .guest.modes import PML4_ADDRESS
 from .guest.programs import Program
 from .kvm.constants import IoDirection
 from .machine import Machine
 from .vstate.exit_record import ExitRecord
+from .x86 import Pte
 
 #: port 0x80: the PC's POST-code port, where firmware writes progress codes; no kvmlab device
 #: answers it, so a write there is an exit that only counts as absent hardware
@@ -134,3 +136,92 @@ def reference_serial_bytes(records: Sequence[ExitRecord]) -> bytes:
     return b"".join(
         r.fields["data"] for r in records if r.reason == "IO" and r.fields["direction"] == IoDirection.OUT and r.fields["port"] == COM1
     )
+
+
+# --- the page walk -------------------------------------------------------------------------------
+
+#: free low-RAM pages for the page tables the check adds (below the program and the stacks)
+_NEW_TABLES = (0x20000, 0x21000, 0x22000)
+ENTRY_ADDRESS = 0x000F_FFFF_FFFF_F000
+
+
+def _random_mapping(rng: random.Random) -> tuple[int, list[tuple[int, int]]]:
+    """A virtual address in a 4 KiB page of its own whose physical page is the mailbox's, and
+    the (table, index) of each level's entry on the way: PML4, PDPT, PD, PT."""
+    indices = [rng.randrange(1, 256), rng.randrange(512), rng.randrange(512), rng.randrange(512)]
+    offset = rng.choice((4, 8))  # the mailbox's PING and PONG registers
+    virtual = (indices[0] << 39) | (indices[1] << 30) | (indices[2] << 21) | (indices[3] << 12) | offset
+    tables = [PML4_ADDRESS, *_NEW_TABLES]
+    return virtual, list(zip(tables, indices))
+
+
+def page_walk_machine(virtual_4k: int, levels: list[tuple[int, int]], identity: int, engine: str = "auto") -> Machine:
+    """A long-mode machine whose program writes to ``virtual_4k`` (mapped with a 4 KiB page onto
+    the mailbox) and to ``identity`` (kvmlab's own 2 MiB identity map), then halts."""
+    m = Machine(vcpus=1, memory_mib=1, engine=engine)
+    m.load(f"mov rax, {virtual_4k:#x}\nmov dword ptr [rax], 1\nmov rax, {identity:#x}\nmov dword ptr [rax], 2\nhlt", mode="long")
+    (_, i4), (pdpt, i3), (pd, i2), (pt, i1) = levels
+    memory = m.memory
+    memory.write_u64(PML4_ADDRESS + 8 * i4, pdpt | Pte.PRESENT | Pte.WRITE)
+    memory.write_u64(pdpt + 8 * i3, pd | Pte.PRESENT | Pte.WRITE)
+    memory.write_u64(pd + 8 * i2, pt | Pte.PRESENT | Pte.WRITE)
+    memory.write_u64(pt + 8 * i1, MAILBOX_BASE | Pte.PRESENT | Pte.WRITE)
+    return m
+
+
+def check_page_walk(function: Callable[[object, int, int], int], *, engine: str = "auto", seed: int | None = None) -> Verdict:
+    """Checks ``function(memory, cr3, virtual) -> physical``, a 4-level page walk (4 KiB and
+    2 MiB pages), against the guest-physical addresses the CPU itself reported: the program
+    writes through two virtual addresses, and each write is an MMIO exit naming its physical one."""
+    rng = random.Random(seed)
+    virtual_4k, levels = _random_mapping(rng)
+    identity = MAILBOX_BASE + rng.choice((4, 8))  # in the first 2 MiB page: kvmlab maps it to itself
+    with page_walk_machine(virtual_4k, levels, identity, engine) as m:
+        physical = [r.fields["phys_addr"] for r in (m.step(), m.step()) if r.reason == "MMIO"]
+        if len(physical) != 2:
+            return Verdict(False, "The check's own guest did not make its two MMIO writes; this is a kvmlab bug, please report it")
+        cr3 = m.special_registers(0)["cr3"]
+        answers = []
+        for virtual in (virtual_4k, identity):
+            got, failed = _call(function, m.memory, cr3, virtual)
+            if failed is not None:
+                return failed
+            answers.append(got)
+    (hw_4k, hw_identity), (got_4k, got_identity) = physical, answers
+    if not all(isinstance(a, int) for a in answers):
+        return Verdict(False, "return the physical address as an int")
+    if got_4k == hw_4k and got_identity == hw_identity:
+        return Verdict(
+            True,
+            f"{virtual_4k:#x} is physical {hw_4k:#x} through four levels (PML4 {levels[0][1]}, PDPT {levels[1][1]}, PD "
+            f"{levels[2][1]}, PT {levels[3][1]}), and {identity:#x} is itself through kvmlab's 2 MiB identity map "
+            "(a PD entry with PS set ends the walk a level early). Both are what the CPU reported in the MMIO exits: "
+            "KVM hands the VMM guest-physical addresses (Intel SDM Vol. 3A, section 4.5).",
+        )
+    if got_4k == hw_4k:
+        return Verdict(
+            False,
+            f"Your 4 KiB walk is right, but {identity:#x} should be {hw_identity:#x}, not {got_identity:#x}: a page-directory entry with bit 7 "
+            "(PS) set maps a 2 MiB page; stop there and add virtual & 0x1fffff.",
+        )
+    if got_4k is not None and got_4k & ~0xFFF == hw_4k & ~0xFFF:
+        if got_4k == hw_4k & ~0xFFF:
+            return Verdict(False, "The page is right but not the byte: add the offset within the page, virtual & 0xfff.")
+        return Verdict(False, "The entries' low bits are flags (present, write, ...): keep entry & 0x000f_ffff_ffff_f000 as the next table's address.")
+    return Verdict(
+        False,
+        f"{virtual_4k:#x} should be {hw_4k:#x}, not {got_4k!r}. Each level's index is 9 bits of the virtual address: "
+        "(virtual >> 39) & 0x1ff for the PML4, then >> 30, >> 21 and >> 12; each entry is 8 bytes: table + 8 * index.",
+    )
+
+
+def reference_page_walk(memory, cr3: int, virtual: int) -> int:
+    """The answer ``check_page_walk`` expects (for the tests)."""
+    table = cr3 & ENTRY_ADDRESS
+    for shift in (39, 30, 21, 12):
+        entry = memory.read_u64(table + 8 * ((virtual >> shift) & 0x1FF))
+        if shift in (30, 21) and entry & Pte.HUGE:
+            size = 1 << shift
+            return (entry & ENTRY_ADDRESS & ~(size - 1)) | (virtual & (size - 1))
+        table = entry & ENTRY_ADDRESS
+    return table | (virtual & 0xFFF)

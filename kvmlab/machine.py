@@ -353,13 +353,22 @@ class Machine:
     def registers(self, vcpu: int) -> dict[str, int]:
         """A vCPU's general registers while its thread is not running (before ``start()``,
         while stepping, or after the machine stopped)."""
-        index = self._index(vcpu)
+        self._check_registers_readable(vcpu, "registers()")
+        return self._vmm.vcpus[vcpu].backend.get_regs().to_dict()
+
+    def _check_registers_readable(self, vcpu: int, what: str) -> None:
+        self._index(vcpu)
         if not self.built:
-            raise MachineStateError("registers(): the vCPUs are created by load() or boot(); call one first")
+            raise MachineStateError(f"{what}: the vCPUs are created by load() or boot(); call one first")
         if self._vmm.phase is Phase.STARTED:
-            raise MachineStateError("registers(): the vCPU threads are running; pause a vCPU and use save_state(i)")
-        self._require_open("registers()")
-        return self._vmm.vcpus[index].backend.get_regs().to_dict()
+            raise MachineStateError(f"{what}: the vCPU threads are running; pause a vCPU and use save_state(i)")
+        self._require_open(what)
+
+    def special_registers(self, vcpu: int) -> dict:
+        """A vCPU's special registers (segments, CR0-CR4, EFER, descriptor tables: what
+        ``KVM_GET_SREGS`` returns), under the same rules as ``registers()``."""
+        self._check_registers_readable(vcpu, "special_registers()")
+        return self._vmm.vcpus[vcpu].backend.get_sregs().to_dict()
 
     def handle(self, vcpu: int) -> VcpuHandle:
         """The low-level ``VcpuHandle`` of a started vCPU (send_event/recv, as Firecracker's tests do)."""

@@ -40,3 +40,36 @@ def test_a_guess_cannot_pass(engine):
 def test_the_verdict_shows_as_html():
     html = exercises.Verdict(False, "a hint")._repr_html_()
     assert "Not yet." in html and "a hint" in html and "--jp-" in html
+
+
+# --- the page walk ------------------------------------------------------------------------------
+
+from kvmlab.exercises import ENTRY_ADDRESS, check_page_walk, reference_page_walk  # noqa: E402
+
+
+def _walk(memory, cr3, virtual, *, huge=True, mask=True, offset=True, stride=8):
+    table = cr3 & ENTRY_ADDRESS
+    for shift in (39, 30, 21, 12):
+        entry = memory.read_u64(table + stride * ((virtual >> shift) & 0x1FF))
+        if huge and shift == 21 and entry & 0x80:
+            return (entry & ENTRY_ADDRESS & ~0x1FFFFF) | (virtual & 0x1FFFFF)
+        table = entry & ENTRY_ADDRESS if mask else entry & ~0xFFF if shift != 12 else entry
+    return table | (virtual & 0xFFF) if offset else table
+
+
+def test_the_reference_page_walk_passes(engine):
+    verdict = check_page_walk(reference_page_walk, engine=engine)
+    assert verdict and "what the CPU reported in the MMIO exits" in verdict.message
+
+
+def test_each_usual_page_walk_mistake_gets_its_hint(engine):
+    cases = {
+        "add the offset within the page": dict(offset=False),
+        "bit 7 (PS) set maps a 2 MiB page": dict(huge=False),
+        "low bits are flags": dict(mask=False),
+        "each entry is 8 bytes": dict(stride=1),
+    }
+    for hint, mistake in cases.items():
+        verdict = check_page_walk(lambda m, cr3, v, mistake=mistake: _walk(m, cr3, v, **mistake), engine=engine, seed=7)
+        assert not verdict and hint in verdict.message, (mistake, verdict.message)
+    assert check_page_walk(lambda m, cr3, v: _walk(m, cr3, v), engine=engine, seed=7)
