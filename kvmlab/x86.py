@@ -20,7 +20,7 @@ class Cr0(enum.IntFlag):
     TS = 1 << 3
     ET = 1 << 4  # extension type (always 1 on modern CPUs)
     NE = 1 << 5  # native x87 error reporting
-    WP = 1 << 16  # write protect, also for the kernel
+    WP = 1 << 16  # write protect, also for the kernel (kvmlab's choice in long mode, not a requirement)
     AM = 1 << 18
     NW = 1 << 29  # not write-through
     CD = 1 << 30  # cache disable
@@ -55,7 +55,8 @@ class Cr4(enum.IntFlag):
 class Efer(enum.IntFlag):
     SCE = 1 << 0
     LME = 1 << 8  # long mode enable
-    LMA = 1 << 10  # long mode active (set by the CPU when paging turns on with LME)
+    LMA = 1 << 10  # long mode active: the CPU sets it when paging turns on with LME; a VMM that
+    # enters long mode directly writes it itself (KVM_SET_SREGS refuses LME and PG without LMA)
     NXE = 1 << 11
     SVME = 1 << 12
     LMSLE = 1 << 13
