@@ -225,3 +225,58 @@ def reference_page_walk(memory, cr3: int, virtual: int) -> int:
             return (entry & ENTRY_ADDRESS & ~(size - 1)) | (virtual & (size - 1))
         table = entry & ENTRY_ADDRESS
     return table | (virtual & 0xFFF)
+
+
+# --- the Multiboot memory map --------------------------------------------------------------------
+
+#: Multiboot 0.6.96, section 3.3: the information structure's mmap_length and mmap_addr fields
+MBI_MMAP_LENGTH, MBI_MMAP_ADDR = 44, 48
+MMAP_AVAILABLE = 1
+
+
+def check_multiboot_ram(function: Callable[[object, int], int], *, engine: str = "auto", seed: int | None = None) -> Verdict:
+    """Checks ``function(memory, info) -> bytes of RAM``: reading the memory map a Multiboot
+    loader (kvmlab's ``boot()``) wrote for a kernel, at guest-physical ``info``."""
+    from .guest.kernels import smp_demo
+
+    rng = random.Random(seed)
+    memory_mib = rng.choice((4, 6, 8, 12, 16, 24))
+    with Machine(vcpus=1, memory_mib=memory_mib, engine=engine) as m:
+        m.boot(smp_demo(step_exits=1))  # boot() writes the map; the kernel need not run
+        info = m.registers(0)["rbx"]  # what the kernel gets: the structure's address in EBX
+        ram = sum(r.size for r in m.memory.ranges)
+        got, failed = _call(function, m.memory, info)
+        if failed is not None:
+            return failed
+        length = m.memory.read_u32(info + MBI_MMAP_LENGTH)
+        everything = sum(m.memory.read_u64(m.memory.read_u32(info + MBI_MMAP_ADDR) + at + 12) for at in range(0, length, 24))
+    if got == ram:
+        return Verdict(
+            True,
+            f"{ram:,} bytes: the {memory_mib} MiB machine's RAM below 640 KiB and from 1 MiB up. The map also lists what "
+            "is not RAM (the legacy hole, and with the in-kernel irqchip the IOAPIC and LAPIC pages) as type 2, reserved, "
+            "so a kernel never takes a device's addresses for memory (Multiboot specification 0.6.96, section 3.3).",
+        )
+    if got == everything:
+        return Verdict(False, "You added every entry: count only type 1 (available RAM); type 2 is reserved (the legacy hole, the IOAPIC and LAPIC pages).")
+    if got == memory_mib << 20:
+        return Verdict(False, "That is the machine's memory_mib, not what the map says: the hole from 640 KiB to 1 MiB is not RAM.")
+    if isinstance(got, int) and got * 1024 == ram:
+        return Verdict(False, "Right number, wrong unit: the map's lengths are in bytes (mem_lower and mem_upper are the fields in KiB).")
+    return Verdict(
+        False,
+        f"The map says {ram:,} bytes, you returned {got!r}. Each entry is size (4 bytes), base (8), length (8), type (4); "
+        "size does not count itself, so the next entry starts size + 4 bytes further.",
+    )
+
+
+def reference_multiboot_ram(memory, info: int) -> int:
+    """The answer ``check_multiboot_ram`` expects (for the tests)."""
+    length, at = memory.read_u32(info + MBI_MMAP_LENGTH), memory.read_u32(info + MBI_MMAP_ADDR)
+    total, end = 0, at + length
+    while at < end:
+        size = memory.read_u32(at)
+        if memory.read_u32(at + 20) == MMAP_AVAILABLE:
+            total += memory.read_u64(at + 12)
+        at += size + 4
+    return total

@@ -73,3 +73,29 @@ def test_each_usual_page_walk_mistake_gets_its_hint(engine):
         verdict = check_page_walk(lambda m, cr3, v, mistake=mistake: _walk(m, cr3, v, **mistake), engine=engine, seed=7)
         assert not verdict and hint in verdict.message, (mistake, verdict.message)
     assert check_page_walk(lambda m, cr3, v: _walk(m, cr3, v), engine=engine, seed=7)
+
+
+# --- the Multiboot memory map -------------------------------------------------------------------
+
+from kvmlab.exercises import check_multiboot_ram, reference_multiboot_ram  # noqa: E402
+
+
+def _map_sum(memory, info, *, stride=24, only_ram=True):
+    length, at = memory.read_u32(info + 44), memory.read_u32(info + 48)
+    return sum(memory.read_u64(at + i + 12) for i in range(0, length, stride) if not only_ram or memory.read_u32(at + i + 20) == 1)
+
+
+def test_the_reference_memory_map_reader_passes(engine):
+    assert check_multiboot_ram(reference_multiboot_ram, engine=engine, seed=3)
+
+
+def test_each_usual_memory_map_mistake_gets_its_hint(engine):
+    cases = {
+        "count only type 1": dict(only_ram=False),
+        "size does not count itself": dict(stride=20),
+    }
+    for hint, mistake in cases.items():
+        verdict = check_multiboot_ram(lambda memory, info, mistake=mistake: _map_sum(memory, info, **mistake), engine=engine, seed=3)
+        assert not verdict and hint in verdict.message, (mistake, verdict.message)
+    in_kib = check_multiboot_ram(lambda memory, info: _map_sum(memory, info) // 1024, engine=engine, seed=3)
+    assert not in_kib and "wrong unit" in in_kib.message
