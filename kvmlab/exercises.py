@@ -11,11 +11,13 @@ notebook, and a guess cannot pass: each run draws a new secret for the guest to 
 from __future__ import annotations
 
 import random
+import time
 import traceback
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from .devices import COM1, MAILBOX_BASE
+from .errors import MachineTimeoutError
 from .guest.modes import PML4_ADDRESS
 from .guest.programs import Program
 from .kvm.constants import IoDirection
@@ -280,3 +282,79 @@ def reference_multiboot_ram(memory, info: int) -> int:
             total += memory.read_u64(at + 12)
         at += size + 4
     return total
+
+
+# --- the vCPU protocol ---------------------------------------------------------------------------
+
+#: the states and events the protocol check asks about (Firecracker's vstate/vcpu.rs rules)
+PROTOCOL_STATES = ("Running", "Paused", "Exited")
+PROTOCOL_EVENTS = ("Pause", "Resume", "SaveState", "DumpCpuConfig")
+#: why the vCPU answers what it does, for the hint on a wrong prediction
+_WHY = {
+    ("Running", "SaveState"): "a running vCPU's registers change under you: it must be paused first",
+    ("Running", "DumpCpuConfig"): "the CPU configuration is read while paused, like the state",
+    ("Running", "Resume"): "resuming a running vCPU is harmless and acknowledged",
+    ("Paused", "Pause"): "pausing a paused vCPU is harmless and acknowledged",
+    ("Exited", "Pause"): "an exited vCPU takes nothing but Finish and answers every other event with its exit",
+}
+
+
+def _wait_exited(m: Machine, index: int, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while m.states[index].state.value != "Exited":
+        if time.monotonic() > deadline:
+            raise MachineTimeoutError(f"the check's vCPU {index} did not halt within {timeout} s; this is a kvmlab bug, please report it")
+        time.sleep(0.01)
+
+
+def protocol_answers(engine: str = "auto") -> dict[tuple[str, str], str]:
+    """What a real vCPU thread answers to each event in each state: vCPU 0 spins (Running,
+    then Paused), vCPU 1 halts at once (Exited)."""
+    from .vstate.protocol import VcpuEvent
+
+    events = {event.value: event for event in VcpuEvent}
+    answers = {}
+    with Machine(vcpus=2, memory_mib=1, engine=engine) as m:
+        m.load("cmp di, 1\nje done\nspin: mov ax, [0]\njmp spin\ndone: hlt", mode="real")
+        m.start()
+        _wait_exited(m, 1)
+        for state in PROTOCOL_STATES:
+            index = 1 if state == "Exited" else 0
+            for name in PROTOCOL_EVENTS:
+                if state == "Running":
+                    m.resume(0)
+                elif state == "Paused":
+                    m.pause(0)
+                handle = m.handle(index)
+                answers[(state, name)] = handle.wait_response(handle.send_event(events[name]), timeout=m.timeout).name
+    return answers
+
+
+def check_vcpu_protocol(function: Callable[[str, str], str], *, engine: str = "auto") -> Verdict:
+    """Checks ``function(state, event) -> response name`` against what real vCPU threads answer."""
+    actual = protocol_answers(engine)
+    wrong = []
+    for (state, event), answer in actual.items():
+        guess, failed = _call(function, state, event)
+        if failed is not None:
+            return failed
+        if str(guess).strip().lower() != answer.lower():
+            why = _WHY.get((state, "Pause") if state == "Exited" else (state, event), "")
+            wrong.append(f"{state} + {event}: you said {guess!r}, the vCPU answered {answer}" + (f" ({why})" if why else ""))
+    if not wrong:
+        return Verdict(
+            True,
+            f"All {len(actual)} answers match what the vCPU threads said. This is Firecracker's protocol "
+            "(src/vmm/src/vstate/vcpu.rs): events go in a queue with a kick, exactly one response comes back for each, "
+            "and the state decides the response, so a controller never races the vCPU.",
+        )
+    return Verdict(False, f"{len(wrong)} of {len(actual)} differ: " + "; ".join(wrong[:4]) + ("; ..." if len(wrong) > 4 else ""))
+
+
+def reference_vcpu_protocol(state: str, event: str) -> str:
+    """The answer ``check_vcpu_protocol`` expects (for the tests)."""
+    if state == "Exited":
+        return "Exited"
+    if event in ("SaveState", "DumpCpuConfig"):
+        return "NotAllowed" if state == "Running" else {"SaveState": "SavedState", "DumpCpuConfig": "DumpedCpuConfig"}[event]
+    return {"Pause": "Paused", "Resume": "Resumed"}[event]

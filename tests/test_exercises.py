@@ -99,3 +99,19 @@ def test_each_usual_memory_map_mistake_gets_its_hint(engine):
         assert not verdict and hint in verdict.message, (mistake, verdict.message)
     in_kib = check_multiboot_ram(lambda memory, info: _map_sum(memory, info) // 1024, engine=engine, seed=3)
     assert not in_kib and "wrong unit" in in_kib.message
+
+
+# --- the vCPU protocol --------------------------------------------------------------------------
+
+from kvmlab.exercises import check_vcpu_protocol, reference_vcpu_protocol  # noqa: E402
+
+
+def test_the_reference_protocol_passes(engine):
+    assert check_vcpu_protocol(reference_vcpu_protocol, engine=engine)
+
+
+def test_forgetting_notallowed_and_exited_gets_the_reasons(engine):
+    naive = {"Pause": "Paused", "Resume": "Resumed", "SaveState": "SavedState", "DumpCpuConfig": "DumpedCpuConfig"}
+    verdict = check_vcpu_protocol(lambda state, event: naive[event], engine=engine)
+    assert not verdict and "6 of 12 differ" in verdict.message
+    assert "registers change under you" in verdict.message and "nothing but Finish" in verdict.message
