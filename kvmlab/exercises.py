@@ -23,7 +23,7 @@ from .guest.programs import Program
 from .kvm.constants import IoDirection
 from .machine import Machine
 from .vstate.exit_record import ExitRecord
-from .x86 import Pte
+from .x86 import Cr0, Efer, Pte
 
 #: port 0x80: the PC's POST-code port, where firmware writes progress codes; no kvmlab device
 #: answers it, so a write there is an exit that only counts as absent hardware
@@ -358,3 +358,62 @@ def reference_vcpu_protocol(state: str, event: str) -> str:
     if event in ("SaveState", "DumpCpuConfig"):
         return "NotAllowed" if state == "Running" else {"SaveState": "SavedState", "DumpCpuConfig": "DumpedCpuConfig"}[event]
     return {"Pause": "Paused", "Resume": "Resumed"}[event]
+
+
+# --- the CPU mode ---------------------------------------------------------------------------------
+
+MODES = ("real", "protected", "long", "compatibility")
+
+
+def mode_cases(engine: str = "auto") -> list[tuple[str, dict]]:
+    """The special registers of a vCPU in each mode, as ``Machine.special_registers`` gives them.
+    Compatibility mode is long mode with a 32-bit code segment (CS.L = 0, CS.D = 1): kvmlab
+    makes it by rewriting CS of a long-mode vCPU, as a 64-bit kernel does to run 32-bit code."""
+    cases = []
+    for mode in MODES:
+        with Machine(vcpus=1, memory_mib=1, engine=engine) as m:
+            m.load("hlt", mode="long" if mode == "compatibility" else mode)
+            if mode == "compatibility":
+                backend = m._vmm.vcpus[0].backend  # the vCPU is not running: its registers are ours
+                sregs = backend.get_sregs()
+                sregs.cs.l, sregs.cs.db = 0, 1
+                backend.set_sregs(sregs)
+            read_back = m.special_registers(0)
+            if mode == "compatibility" and read_back["cs"]["l"]:
+                continue  # an engine that cannot run 32-bit code in long mode (the emulator) has no such case
+            cases.append((mode, read_back))
+    return cases
+
+
+def check_cpu_mode(function: Callable[[dict], str], *, engine: str = "auto", seed: int | None = None) -> Verdict:
+    """Checks ``function(sregs) -> mode name`` on vCPUs kvmlab put in each mode, in random order."""
+    cases = mode_cases(engine)
+    random.Random(seed).shuffle(cases)
+    for mode, sregs in cases:
+        got, failed = _call(function, sregs)
+        if failed is not None:
+            return failed
+        if got == mode:
+            continue
+        if mode in ("long", "compatibility") and got == "protected":
+            return Verdict(False, f"This is {mode} mode, and it has CR0.PE set too: look at EFER.LMA (bit 10) before deciding it is protected mode.")
+        if mode == "compatibility" and got == "long":
+            return Verdict(False, "This vCPU has EFER.LMA set but runs 32-bit code: with LMA, CS.L decides; L = 0 is compatibility mode.")
+        if mode == "real":
+            return Verdict(False, f"CR0.PE (bit 0) is clear here ({sregs['cr0']:#x}): that is real mode, whatever else is set.")
+        return Verdict(False, f"A vCPU in {mode} mode (CR0 {sregs['cr0']:#x}, EFER {sregs['efer']:#x}, CS.L {sregs['cs']['l']}) got {got!r}.")
+    return Verdict(
+        True,
+        "Real mode while CR0.PE is 0; protected mode with PE and no EFER.LMA; with LMA, CS.L chooses 64-bit long mode or "
+        "compatibility mode, the two halves of IA-32e mode (Intel SDM Vol. 3A, section 2.2, \"Modes of Operation\"). A VMM sets all of these with "
+        "KVM_SET_SREGS, LMA included.",
+    )
+
+
+def reference_cpu_mode(sregs: dict) -> str:
+    """The answer ``check_cpu_mode`` expects (for the tests)."""
+    if not sregs["cr0"] & Cr0.PE:
+        return "real"
+    if sregs["efer"] & Efer.LMA:
+        return "long" if sregs["cs"]["l"] else "compatibility"
+    return "protected"

@@ -115,3 +115,20 @@ def test_forgetting_notallowed_and_exited_gets_the_reasons(engine):
     verdict = check_vcpu_protocol(lambda state, event: naive[event], engine=engine)
     assert not verdict and "6 of 12 differ" in verdict.message
     assert "registers change under you" in verdict.message and "nothing but Finish" in verdict.message
+
+
+# --- the CPU mode ---------------------------------------------------------------------------------
+
+from kvmlab.exercises import check_cpu_mode, reference_cpu_mode  # noqa: E402
+
+
+def test_the_reference_cpu_mode_passes(engine):
+    assert check_cpu_mode(reference_cpu_mode, engine=engine)
+
+
+def test_each_usual_cpu_mode_mistake_gets_its_hint(engine):
+    pe_only = check_cpu_mode(lambda s: "protected" if s["cr0"] & 1 else "real", engine=engine, seed=2)
+    assert not pe_only and "it has CR0.PE set too: look at EFER.LMA" in pe_only.message
+    if engine == "kvm":  # the emulator cannot run compatibility mode (notebook 04 says so)
+        no_l = check_cpu_mode(lambda s: "real" if not s["cr0"] & 1 else "long" if s["efer"] & 0x400 else "protected", engine=engine, seed=2)
+        assert not no_l and "CS.L decides" in no_l.message

@@ -18,7 +18,7 @@ EXPECTED = {
     "02-vcpu-threads.ipynb": ["-> NotAllowed('save/restore unavailable while running', seq=2)", "-> Paused(seq=3)", "pause(0): vCPU 0 has exited", "closed in", "Not yet. 10 of 12 differ"],
     "03-mmio-exits.ipynb": ["[Running, Paused]", "vCPU 1: 0 exits/s", "[Running, Running]"],
     "04b-paging-and-address-spaces.ipynb": ["0x8004 -> physical 0x8004; kvmlab.guest.paging.translate says 0x8004", "PT[  0] at 0x21000 = 0x00000000000a0003", "KVM_EXIT_MMIO write 4 bytes at 0xa0004, data 0x1234", "PING register now holds 0x1234", "Not yet."],
-    "04-cpu-modes.ipynb": ["64-bit long mode, paging on", "PE ET NE WP PG", "=>"],
+    "04-cpu-modes.ipynb": ["64-bit long mode, paging on", "PE ET NE WP PG", "=>", "Not yet."],
     "05-exit-analysis.ipynb": ["every vCPU halted", "dropped: {0: 0, 1: 0}"],
     "06-write-a-device.ipynb": ["numbers drawn 1000", "drawn: 2000", "the fourth number is cursed"],
     "07-real-kernels.ipynb": ["exit code 0: vCPU 0: debug-exit port write (0)", "kvmlab boot exit status 1", "the kernel will see the command line: 'smp_demo.elf demo loglevel=1'", "Not yet. The map says"],
