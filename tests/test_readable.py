@@ -91,3 +91,42 @@ def test_kernel_statistics_count_in_integers():
 
     assert MetricSpec("kvm.halt_wait_ns", "kernel", True, "sum", "ns", "").integer, "KVM's stats are u64s, whatever the unit"
     assert not MetricSpec("exit_mmio_read_agg.sum_us", "latency", True, "sum", "us", "").integer
+
+
+# --- one-line reprs ---------------------------------------------------------------------------
+
+
+def _one_line(text: str, *names: str) -> None:
+    assert "\n" not in text and len(text) < 200, text
+    for name in names:
+        assert name in text, f"{name!r} not in {text!r}"
+
+
+@pytest.mark.kvm
+def test_snapshots_configs_and_programs_echo_in_one_line(machines):
+    m = machines(vcpus=2, memory_mib=2)
+    loaded = m.load(programs.mailbox_pingpong(rounds=0), mode="real")
+    _one_line(repr(loaded), "mailbox_pingpong.asm", "real mode", "0x8000")
+    m.start()
+    m.pause()
+    state = m.save_state(1)
+    _one_line(repr(state), "vCPU 1", "real mode", f"RIP {state.rip:#x}")
+    assert state.mode == "real"
+    html = state._repr_html_()
+    assert "<details>" in html and f"{state.regs['rsp']:#018x}" in html, "the registers, in hex, folded under the line"
+    config = m.dump_cpu_config(0)
+    _one_line(repr(config), "vCPU 0", f"{len(config.cpuid)} CPUID leaves", f"{len(config.msrs)} MSRs")
+    assert "<details>" in config._repr_html_()
+    _one_line(repr(config.cpuid[0]), "0x0.0", "eax=0x")
+
+
+def test_boot_images_ranges_and_modes_echo_in_hex():
+    from kvmlab.guest import kernels
+    from kvmlab.guest.modes import EntryPoint, Mode
+    from kvmlab.guest.multiboot import plan
+    from kvmlab.vstate.layout import Range
+
+    image = plan(kernels.smp_demo(), "smp_demo.elf")
+    _one_line(repr(image), "smp_demo.elf", f"entry {image.entry:#x}")
+    assert repr(Range(0xA0000, 0xA1000)) == "Range(0xa0000, 0xa1000)"
+    assert repr(EntryPoint(Mode.LONG, 0x8000)) == "EntryPoint(long, 0x8000)"

@@ -30,6 +30,11 @@ class LoadedProgram:
     def entry(self) -> EntryPoint:
         return EntryPoint(self.mode, self.address)
 
+    def __repr__(self) -> str:
+        """One line (the machine code is in ``code``, the text in ``program.source``): the
+        dataclass default printed every byte of the code."""
+        return f"<LoadedProgram {self.program!r}, {self.mode.label} mode, {len(self.code)} bytes at {self.range}>"
+
 
 def as_program(program: Program | str | bytes) -> Program | bytes:
     if isinstance(program, (Program, bytes, bytearray)):
