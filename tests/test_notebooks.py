@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -9,17 +10,29 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
 # Text each notebook must print when it works (one check of substance per notebook).
 EXPECTED = {
     "01-first-vm.ipynb": ["KVM_EXIT_IO out port 0x3f8", "KVM_EXIT_MMIO read 4 bytes at 0xa0000", "KVM_EXIT_HLT", "console: 'Hi'"],
     "02-vcpu-threads.ipynb": ["-> NotAllowed('save/restore unavailable while running', seq=2)", "-> Paused(seq=3)", "pause(0): vCPU 0 has exited", "closed in"],
-    "03-mmio-exits.ipynb": ["[Running, Paused]", "vCPU 1: 0 exits/s", "[Running, Running]"],
+    "03-mmio-exits.ipynb": ["[Running, Paused]", "vCPU 1: 0 exits/s", "[Running, Running]", "[Paused, Paused]", "machine closed: False", "Exercise: not answered yet"],
     "04-cpu-modes.ipynb": ["64-bit long mode, paging on", "PE ET NE WP PG", "=>"],
     "05-exit-analysis.ipynb": ["every vCPU halted", "dropped: {0: 0, 1: 0}"],
     "06-write-a-device.ipynb": ["numbers drawn 1000", "drawn: 2000", "the fourth number is cursed"],
     "07-real-kernels.ipynb": ["exit code 0: vCPU 0: debug-exit port write (0)", "kvmlab boot exit status 1", "the kernel will see the command line: 'smp_demo.elf demo loglevel=1'"],
+}
+
+
+# Code the test runs after a notebook's last cell, in its kernel, and what it must print: what a
+# student finds after Run All (the stored notebook is not changed).
+PROBES = {
+    "03-mmio-exits.ipynb": [
+        ("print('after Run All the machine is', m.phase, 'closed:', m.closed)", "after Run All the machine is started closed: False"),
+        ("check_writes(m.mailbox.ping)", "Exercise: right"),
+        ("check_writes(m.mailbox.ping + 1)", "Exercise: not quite"),
+    ],
 }
 
 
@@ -58,6 +71,8 @@ def notebook_engine(request, monkeypatch):
     Binder (the kernel inherits the environment)."""
     if request.param == "emulated":
         monkeypatch.setenv("KVMLAB_KVM_PATH", "/nonexistent/kvm")
+    # the kernel imports the kvmlab under test (this checkout), not whichever one is installed
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     return request.param
 
 
@@ -66,6 +81,8 @@ def test_notebook_runs_top_to_bottom(path, tmp_path, notebook_engine):
     work = tmp_path / path.name
     shutil.copy(path, work)
     nb = nbformat.read(work, as_version=4)
+    probes = PROBES.get(path.name, [])
+    nb.cells += [nbformat.v4.new_code_cell(code) for code, _ in probes]
     client = NotebookClient(nb, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
     client.execute()
     errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
@@ -74,3 +91,5 @@ def test_notebook_runs_top_to_bottom(path, tmp_path, notebook_engine):
     assert FIRST_LINE[notebook_engine] in text, "the first cell says which engine runs"
     for expected in EXPECTED[path.name]:
         assert expected in text, f"{path.name} did not print {expected!r}"
+    for cell, (code, expected) in zip(nb.cells[len(nb.cells) - len(probes) :], probes):
+        assert expected in _text(nbformat.v4.new_notebook(cells=[cell])), f"{path.name}, then {code!r}: no {expected!r}"
