@@ -15,7 +15,7 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
 # Text each notebook must print when it works (one check of substance per notebook).
 EXPECTED = {
-    "01-first-vm.ipynb": ["KVM_EXIT_IO out port 0x3f8", "KVM_EXIT_MMIO read 4 bytes at 0xa0000", "KVM_EXIT_HLT", "console: 'Hi'"],
+    "01-first-vm.ipynb": ["KVM_EXIT_IO out port 0x3f8", "KVM_EXIT_MMIO read 4 bytes at 0xa0000", "KVM_EXIT_HLT", "console: 'Hi'", "Exercise: not answered yet"],
     "02-vcpu-threads.ipynb": ["-> NotAllowed('save/restore unavailable while running', seq=2)", "-> Paused(seq=3)", "pause(0): vCPU 0 has exited", "closed in"],
     "03-mmio-exits.ipynb": ["[Running, Paused]", "vCPU 1: 0 exits/s", "[Running, Running]", "[Paused, Paused]", "machine closed: False", "Exercise: not answered yet"],
     "04-cpu-modes.ipynb": ["64-bit long mode, paging on", "PE ET NE WP PG", "=>"],
@@ -28,6 +28,10 @@ EXPECTED = {
 # Code the test runs after a notebook's last cell, in its kernel, and what it must print: what a
 # student finds after Run All (the stored notebook is not changed).
 PROBES = {
+    "01-first-vm.ipynb": [
+        ("check_mmio_write((0xA0008, 4))", "Exercise: right, 4 bytes at 0xa0008"),
+        ("check_mmio_write((0xA0004, 2))", "Exercise: not quite"),
+    ],
     "03-mmio-exits.ipynb": [
         ("print('after Run All the machine is', m.phase, 'closed:', m.closed)", "after Run All the machine is started closed: False"),
         ("check_writes(m.mailbox.ping)", "Exercise: right"),
