@@ -19,7 +19,7 @@ EXPECTED = {
     "02-vcpu-threads.ipynb": ["-> NotAllowed('save/restore unavailable while running', seq=2)", "-> Paused(seq=3)", "pause(0): vCPU 0 has exited", "closed in"],
     "03-mmio-exits.ipynb": ["[Running, Paused]", "vCPU 1: 0 exits/s", "[Running, Running]", "[Paused, Paused]", "machine closed: False", "Exercise: not answered yet"],
     "04-cpu-modes.ipynb": ["64-bit long mode, paging on", "PE ET NE WP PG", "=>"],
-    "05-exit-analysis.ipynb": ["every vCPU halted", "dropped: {0: 0, 1: 0}"],
+    "05-exit-analysis.ipynb": ["every vCPU halted", "dropped: {0: 0, 1: 0}", "Exercise: not answered yet"],
     "06-write-a-device.ipynb": ["numbers drawn 1000", "drawn: 2000", "the fourth number is cursed"],
     "07-real-kernels.ipynb": ["exit code 0: vCPU 0: debug-exit port write (0)", "kvmlab boot exit status 1", "the kernel will see the command line: 'smp_demo.elf demo loglevel=1'"],
 }
@@ -31,6 +31,12 @@ PROBES = {
     "01-first-vm.ipynb": [
         ("check_mmio_write((0xA0008, 4))", "Exercise: right, 4 bytes at 0xa0008"),
         ("check_mmio_write((0xA0004, 2))", "Exercise: not quite"),
+    ],
+    "05-exit-analysis.ipynb": [
+        ("print('legend:', [t.get_text() for t in rates_ax.get_legend().get_texts()])", "legend: ['vCPU 0: MMIO reads', 'vCPU 1: MMIO reads', 'vCPU 0: MMIO writes', 'vCPU 1: MMIO writes']"),
+        ("print('x:', latency_ax.get_xlabel(), '| fits:', latency_ax.get_xlim()[1] <= read_latency.max())", "x: device call, microseconds | fits: True"),
+        ("print('integer counts:', all(pd.api.types.is_integer_dtype(t) for t in check.dtypes))", "integer counts: True"),
+        ("check_ping_reads(len(trace[(trace.vcpu == '1') & (trace.reason == 'mmio_read') & (trace.address == 0xA0004)]))", "Exercise: right"),
     ],
     "03-mmio-exits.ipynb": [
         ("print('after Run All the machine is', m.phase, 'closed:', m.closed)", "after Run All the machine is started closed: False"),
