@@ -20,7 +20,7 @@ EXPECTED = {
     "03-mmio-exits.ipynb": ["[Running, Paused]", "vCPU 1: 0 exits/s", "[Running, Running]", "[Paused, Paused]", "machine closed: False", "Exercise: not answered yet"],
     "04-cpu-modes.ipynb": ["64-bit long mode, paging on", "PE ET NE WP PG", "=>"],
     "05-exit-analysis.ipynb": ["every vCPU halted", "dropped: {0: 0, 1: 0}", "Exercise: not answered yet"],
-    "06-write-a-device.ipynb": ["numbers drawn 1000", "drawn: 2000", "the fourth number is cursed"],
+    "06-write-a-device.ipynb": ["numbers drawn 1000", "drawn: 2000", "the fourth number is cursed", "exit code 42: vCPU 1: debug-exit port write (42)", "0xa0100", "Exercise: not answered yet"],
     "07-real-kernels.ipynb": ["exit code 0: vCPU 0: debug-exit port write (0)", "kvmlab boot exit status 1", "the kernel will see the command line: 'smp_demo.elf demo loglevel=1'"],
 }
 
@@ -37,6 +37,10 @@ PROBES = {
         ("print('x:', latency_ax.get_xlabel(), '| fits:', latency_ax.get_xlim()[1] <= read_latency.max())", "x: device call, microseconds | fits: True"),
         ("print('integer counts:', all(pd.api.types.is_integer_dtype(t) for t in check.dtypes))", "integer counts: True"),
         ("check_ping_reads(len(trace[(trace.vcpu == '1') & (trace.reason == 'mmio_read') & (trace.address == 0xA0004)]))", "Exercise: right"),
+    ],
+    "06-write-a-device.ipynb": [
+        ("check_exits(200_000 + 1, m.results(1)['polls'])", "Exercise: right, 200,001"),
+        ("print('machine closed:', m.closed, '| exit code', int(m.exit))", "machine closed: False | exit code 42"),
     ],
     "03-mmio-exits.ipynb": [
         ("print('after Run All the machine is', m.phase, 'closed:', m.closed)", "after Run All the machine is started closed: False"),
