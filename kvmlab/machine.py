@@ -25,7 +25,6 @@ from typing import Callable, Iterable
 from .devices import COM1, DEBUG_EXIT_PORT, MAILBOX_BASE, Console, DebugExit, Mailbox, Serial16550
 from .devices.fw_cfg import FW_CFG_PORT, FwCfg
 from .devices.pci_host import PCI_CONFIG_PORT, PciHost
-from .devices import mailbox as mailbox_regs
 from .config import MachineConfig, check_timeout
 from .engines import open_engine
 from .errors import (
@@ -38,6 +37,7 @@ from .errors import (
     VcpuResponseError,
 )
 from .guest import boot as multiboot_boot
+from .guest.constants import machine_layout
 from .guest.loader import LoadedProgram, load_program, read_results
 from .guest.modes import LOAD_ADDRESS
 from .guest.multiboot import BootImage
@@ -276,16 +276,11 @@ class Machine:
         return target.insert(device, base, size)
 
     def layout(self) -> dict[str, int]:
-        """The constants a program is assembled with (``.equ`` names)."""
-        return {
-            "MAILBOX": MAILBOX_BASE,
-            "MB_ID": mailbox_regs.ID,
-            "MB_PING": mailbox_regs.PING,
-            "MB_PONG": mailbox_regs.PONG,
-            "MB_COUNTERS": mailbox_regs.COUNTERS,
-            "SERIAL": COM1,
-            "DEBUG_EXIT": DEBUG_EXIT_PORT,
-        }
+        """Where this machine's devices are, as the ``.equ`` constants a program is assembled
+        with (``MAILBOX``, ``MB_PING``, ``SERIAL``, ``DEBUG_EXIT``, ...). ``load()`` adds
+        ``BITS``, ``NVCPUS``, ``RESULTS`` and ``RESULTS_STRIDE``; ``programs.describe_layout()``
+        lists all of them with what each is for (README: "Write your own program")."""
+        return machine_layout()
 
     def load(self, program: Program | str | bytes, mode: str = "real", *, address: int = LOAD_ADDRESS) -> LoadedProgram:
         """Loads ``program`` (a bundled ``Program``, assembly text or machine code) for every

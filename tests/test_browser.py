@@ -1,8 +1,9 @@
 """End to end in a real browser: JupyterLab + headless Debian Chromium driven by Playwright.
 
-Opens notebooks/03-mmio-exits.ipynb, runs every cell above the last one (which closes the
-machine), clicks Pause on vCPU 1 in the Lab's control panel, and checks in the page that vCPU
-1 reads Paused and its plotted rate drops to 0 while vCPU 0's does not. Every selector is
+Opens notebooks/03-mmio-exits.ipynb, runs every cell above the one that pauses every vCPU
+(the notebook ends with the machine paused, for the reader to play with, then an exercise),
+clicks Pause on vCPU 1 in the Lab's control panel, and checks in the page that vCPU 1 reads
+Paused and its plotted rate drops to 0 while vCPU 0's does not. Every selector is
 scoped to the output area, so a click can never land on the notebook's source text.
 A screenshot goes to test-artifacts/.
 """
@@ -27,6 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = ROOT / "test-artifacts"
 LAB = ".jp-OutputArea-output .kvmlab-lab"
+#: source text of the notebook cell that pauses every vCPU: the test runs the cells above it
+PAUSE_ALL_CELL = 'all_buttons["pause"].click()'
 
 
 def _require_browser():
@@ -105,8 +108,8 @@ def test_pause_vcpu_1_from_the_lab_in_jupyterlab(jupyter_lab):
             page.wait_for_selector(".jp-Notebook .jp-Cell")
             page.wait_for_selector("#jp-main-statusbar >> text=Idle", timeout=90_000)
 
-            # Select the last cell (it closes the machine) and run everything above it.
-            page.locator(".jp-Notebook .jp-Cell").last.locator(".jp-InputPrompt").click()
+            # Select the cell that pauses every vCPU and run everything above it (vCPU 1 runs).
+            page.locator(".jp-Notebook .jp-Cell", has_text=PAUSE_ALL_CELL).locator(".jp-InputPrompt").click()
             page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
             page.locator(".lm-Menu-itemLabel", has_text="Run All Above Selected Cell").click()
 

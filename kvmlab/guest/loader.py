@@ -9,6 +9,7 @@ from typing import Mapping
 from ..errors import ConfigError
 from ..vstate.layout import Range
 from ..vstate.vm import Vm
+from .constants import load_defines
 from .modes import LOAD_ADDRESS, MAX_RESULTS_VCPUS, RESULTS_ADDRESS, RESULTS_STRIDE, EntryPoint, Mode, check_fits, setup_vcpu, write_tables
 from .programs import Program, from_source
 
@@ -30,6 +31,11 @@ class LoadedProgram:
     def entry(self) -> EntryPoint:
         return EntryPoint(self.mode, self.address)
 
+    def __repr__(self) -> str:
+        """One line (the machine code is in ``code``, the text in ``program.source``): the
+        dataclass default printed every byte of the code."""
+        return f"<LoadedProgram {self.program!r}, {self.mode.label} mode, {len(self.code)} bytes at {self.range}>"
+
 
 def as_program(program: Program | str | bytes) -> Program | bytes:
     if isinstance(program, (Program, bytes, bytearray)):
@@ -47,8 +53,7 @@ def load_program(vm: Vm, program: Program | str | bytes, mode: Mode | str, layou
     if isinstance(program, Program):
         if vcpus < program.min_vcpus:
             raise ConfigError(f"{program.name} needs at least {program.min_vcpus} vCPUs; this machine has {vcpus}")
-        defines = {**layout, "BITS": mode.bits, "NVCPUS": vcpus, "RESULTS": RESULTS_ADDRESS, "RESULTS_STRIDE": RESULTS_STRIDE}
-        code = program.assemble(mode.bits, address, defines)
+        code = program.assemble(mode.bits, address, load_defines(layout, mode, vcpus))
     else:
         code = bytes(program)
         program = Program("<machine code>", "")

@@ -59,6 +59,9 @@ class Mode(enum.Enum):
         self.label = label
         self.bits = bits
 
+    def __repr__(self) -> str:
+        return f"Mode.{self.name}"
+
     @classmethod
     def parse(cls, mode: "Mode | str") -> "Mode":
         if isinstance(mode, Mode):
@@ -130,6 +133,9 @@ def _flat(segment, selector: int, type_: int, *, code64: bool = False) -> None:
 class EntryPoint:
     mode: Mode
     address: int
+
+    def __repr__(self) -> str:
+        return f"EntryPoint({self.mode.label}, {self.address:#x})"
 
 
 def setup_vcpu(backend, memory: GuestMemory, entry: EntryPoint, index: int) -> None:

@@ -86,6 +86,12 @@ class BootImage:
     def kernel_range(self) -> Range:
         return Range(min(a for a, _, _ in self.chunks), max(a + size for a, _, size in self.chunks))
 
+    def __repr__(self) -> str:
+        """One line; the default printed every segment's bytes."""
+        modules = f", {len(self.modules)} module{'s' if len(self.modules) != 1 else ''}" if self.modules else ""
+        chunks = f"{len(self.chunks)} segment{'s' if len(self.chunks) != 1 else ''}"
+        return f"<BootImage {self.name}: {self.format}, entry {self.entry:#x}, kernel at {self.kernel_range}, {chunks}{modules}>"
+
 
 def find_header(data: bytes, name: str = "the kernel") -> MultibootHeader:
     """The first valid multiboot header in the first 8 KiB (4-byte aligned)."""

@@ -3,6 +3,7 @@
 from ..errors import ExportWriteError
 from .counters import ADDRESS_LIMIT, AGGREGATES, COUNTERS, LatencyAgg, VcpuMetrics
 from .export import ExportError
+from .hexint import HexArray, hex_array
 from .registry import ALL, OTHER_ADDRESSES, MetricsRegistry
 
 __all__ = [
@@ -12,8 +13,10 @@ __all__ = [
     "COUNTERS",
     "ExportError",
     "ExportWriteError",
+    "HexArray",
     "LatencyAgg",
     "MetricsRegistry",
     "OTHER_ADDRESSES",
     "VcpuMetrics",
+    "hex_array",
 ]

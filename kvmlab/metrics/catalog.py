@@ -44,6 +44,12 @@ class MetricSpec:
     unit: str
     help: str
 
+    @property
+    def integer(self) -> bool:
+        """Whether every value is a whole number: counts of exits, and KVM's statistics (u64s,
+        whatever their unit). Why it matters: a DataFrame should show 120000, not 1.2e+05."""
+        return self.kind in ("counter", "kernel") or self.name.endswith(".count")
+
 
 def exit_metric_specs() -> list[MetricSpec]:
     specs = [MetricSpec(name, "counter", True, "sum", "exits", COUNTER_HELP[name]) for name in COUNTERS]

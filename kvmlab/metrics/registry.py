@@ -31,6 +31,7 @@ from ..errors import ConfigError, ExportWriteError, MachineStateError, UnknownMe
 from .catalog import MetricSpec, exit_metric_specs, kernel_metric_specs
 from .counters import ADDRESS_LIMIT, AGGREGATES, COUNTERS, NS_PER_US, VcpuMetrics
 from .export import FORMATS, append_json_line, check_output_path, write_frame
+from .hexint import hex_array
 from .ring import RingBuffer
 from .sampler import Sampler
 from .trace import DEFAULT_CAPACITY, KIND_NAMES, TraceBuffer
@@ -215,11 +216,13 @@ class MetricsRegistry:
         return row
 
     def current(self, vcpu: int | None = None) -> dict[str, float]:
-        """Live values of every metric, for one vCPU or combined over all."""
+        """Live values of every metric, for one vCPU or combined over all: counts as ints,
+        latencies as floats (``MetricSpec.integer``)."""
         if vcpu is not None:
-            return dict(zip(self.names, self._row(self.vcpu(vcpu).vcpu)))
-        combined = self._combine(np.array([[self._row(i) for i in range(len(self._metrics))]], dtype=float))[0]
-        return dict(zip(self.names, combined))
+            values = self._row(self.vcpu(vcpu).vcpu)
+        else:
+            values = self._combine(np.array([[self._row(i) for i in range(len(self._metrics))]], dtype=float))[0]
+        return {spec.name: int(value) if spec.integer else float(value) for spec, value in zip(self.specs, values)}
 
     def _combine(self, values: np.ndarray) -> np.ndarray:
         """'all' from per-vCPU values ``[sample, vcpu, metric]`` -> ``[sample, metric]``:
@@ -239,15 +242,15 @@ class MetricsRegistry:
         rows = np.array([self._row(i) for i in range(len(self._metrics))], dtype=float)
         table = np.vstack([rows, self._combine(rows[None])])
         frame = pd.DataFrame(table, columns=self.names, index=pd.Index(self.vcpu_labels + [ALL], name="vcpu"))
-        counts = [s.name for s in self.specs if s.kind == "counter" or s.name.endswith(".count") or (s.kind == "kernel" and s.unit == "count")]
-        return frame.astype({name: "int64" for name in counts})
+        return frame.astype({s.name: "int64" for s in self.specs if s.integer})
 
     def address_counts(self) -> pd.DataFrame:
         """Exits per address (MMIO) or port (PIO): which device register the guest hammers.
 
         Each vCPU keeps at most ``ADDRESS_LIMIT`` addresses per kind; the exits at any others
         are one row with device ``"(other addresses)"`` and no address, so ``count`` still
-        sums to the exits of that kind."""
+        sums to the exits of that kind. ``address`` is an integer column shown in hex
+        (``kvmlab.metrics.hexint``): ``frame.address == 0xa0004`` works, and it reads 0xa0004."""
         records = []
         for index, m in enumerate(self._metrics):
             for kind, bus, name in _ADDRESS_TABLES:
@@ -259,7 +262,7 @@ class MetricsRegistry:
                     records.append((str(index), kind, pd.NA, OTHER_ADDRESSES, f"beyond {ADDRESS_LIMIT} addresses", other))
         frame = pd.DataFrame(records, columns=["vcpu", "kind", "address", "device", "register", "count"])
         frame["vcpu"] = pd.Categorical(frame["vcpu"], categories=self.vcpu_labels)
-        frame["address"] = frame["address"].astype("Int64")
+        frame["address"] = hex_array(frame["address"])
         frame["count"] = frame["count"].astype("int64")
         return frame.sort_values(["vcpu", "count"], ascending=[True, False], ignore_index=True)
 
@@ -365,7 +368,9 @@ class MetricsRegistry:
 
         ``rates=True`` gives per-second rates between consecutive samples, for the cumulative
         metrics only (a rate of a minimum means nothing). ``metrics`` / ``vcpus`` select,
-        ``last_s`` keeps only the most recent seconds.
+        ``last_s`` keeps only the most recent seconds. ``value`` is int64 when every chosen
+        metric counts whole things (no rates, no latencies), so counts print as 120000, not
+        1.2e+05; otherwise float64.
         """
         names = list(metrics) if metrics is not None else self.names
         columns = [self._column(n) for n in names]
@@ -377,6 +382,8 @@ class MetricsRegistry:
         rows = chosen + ([len(self._metrics)] if vcpus is None or ALL in ([vcpus] if isinstance(vcpus, (str, int)) else vcpus) else [])
         wall, elapsed, block = self._window(self.ring.array(), names, rates=rates, last_s=last_s, with_all=True)
         block = block[:, rows]
+        if not rates and all(self.specs[j].integer for j in columns):
+            block = block.astype(np.int64)
         samples, nv, nm = block.shape
         return pd.DataFrame(
             {
@@ -391,7 +398,8 @@ class MetricsRegistry:
     def series(self, metric: str, *, rates: bool = True, last_s: float | None = None, vcpus=None) -> pd.DataFrame:
         """One metric over time, wide: index ``elapsed_s``, one column per vCPU (and 'all')."""
         tidy = self.to_dataframe(rates=rates, metrics=[metric], vcpus=vcpus, last_s=last_s)
-        return tidy.pivot_table(index="elapsed_s", columns="vcpu", values="value", observed=True)
+        # one value per (time, vCPU): "first" keeps it, and its dtype (a mean would turn counts to floats)
+        return tidy.pivot_table(index="elapsed_s", columns="vcpu", values="value", observed=True, aggfunc="first")
 
     # --- trace ----------------------------------------------------------------------------------
 
@@ -421,8 +429,9 @@ class MetricsRegistry:
 
     def trace_dataframe(self) -> pd.DataFrame:
         """One row per exit: ``t`` (UTC), ``elapsed_s``, ``vcpu``, ``reason``, ``address``
-        (or port), ``size``, ``data``, ``latency_us``; oldest first. ``attrs['dropped']``
-        says how many rows each vCPU's full buffer pushed out."""
+        (or port: an integer column shown in hex, ``kvmlab.metrics.hexint``), ``size``,
+        ``data``, ``latency_us``; oldest first. ``attrs['dropped']`` says how many rows each
+        vCPU's full buffer pushed out."""
         parts = []
         for index, trace in enumerate(self.traces):
             if trace is None or not trace.rows:
@@ -442,7 +451,7 @@ class MetricsRegistry:
                 "elapsed_s": (perf - start) / 1e9,
                 "vcpu": pd.Categorical.from_codes(vcpu, categories=self.vcpu_labels),
                 "reason": pd.Categorical.from_codes(rows[:, 1].astype(int), categories=list(KIND_NAMES)),
-                "address": rows[:, 2],
+                "address": hex_array(rows[:, 2]),
                 "size": rows[:, 3].astype("int64"),
                 "data": rows[:, 4],
                 "latency_us": rows[:, 5] / NS_PER_US,

@@ -52,6 +52,9 @@ class Range:
     def __str__(self) -> str:
         return f"[{self.start:#x}, {self.end:#x})"
 
+    def __repr__(self) -> str:
+        return f"Range({self.start:#x}, {self.end:#x})"
+
 
 def ram_ranges(memory_size: int) -> list[Range]:
     """The RAM ranges of a machine whose RAM tops out at ``memory_size``."""

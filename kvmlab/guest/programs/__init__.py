@@ -16,6 +16,8 @@ from typing import Mapping
 
 from ...errors import ConfigError
 from ..asm import assemble
+from ..constants import describe_layout
+from ..modes import RESULTS_STRIDE
 
 U32_MAX = 0xFFFF_FFFF
 
@@ -132,16 +134,23 @@ def exit_cost(iterations: int = 10_000) -> Program:
     )
 
 
-def from_source(source: str, name: str = "<source>", **params: int) -> Program:
-    """A program of your own: assembly text (``;`` comments) and ``.equ`` parameters."""
+def from_source(source: str, name: str = "<source>", *, results: tuple[str, ...] = (), **params: int) -> Program:
+    """A program of your own: assembly text (``;`` comments) and ``.equ`` parameters (``count=10``
+    becomes ``COUNT``). ``results`` names the dwords the program writes at ``RESULTS +
+    RESULTS_STRIDE * vCPU``, so ``m.results()`` reads them back by name, as for a bundled
+    program. What a program can use: ``describe_layout()`` and README "Write your own program"."""
     if not isinstance(source, str):
         raise ConfigError(f"from_source needs assembly text, got {type(source).__name__}")
-    return Program(name, source, params={k.upper(): _count(k, v) for k, v in params.items()})
+    results = tuple(results)
+    if len(results) > RESULTS_STRIDE // 4 or not all(isinstance(r, str) and r for r in results):
+        raise ConfigError(f"results={results!r}: up to {RESULTS_STRIDE // 4} names, one per dword of a vCPU's results")
+    return Program(name, source, params={k.upper(): _count(k, v) for k, v in params.items()}, results_fields=results)
 
 
 __all__ = [
     "Program",
     "busy_loop",
+    "describe_layout",
     "exit_code",
     "exit_cost",
     "from_source",
