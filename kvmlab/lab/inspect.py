@@ -11,9 +11,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from ..errors import GuestMemoryError
 from ..guest.asm import disassemble
-from ..guest.paging import translate
+from ..guest.code import GuestCode, code_at
 from ..kvm.constants import MpState
 from ..vstate.cpu_state import CpuConfiguration, VcpuSnapshot
 from ..vstate.protocol import MP_STATE_NOTES
@@ -49,15 +48,6 @@ def cpu_mode(sregs: dict, rflags: int = 0) -> str:
     if rflags & Rflags.VM:
         return "virtual-8086 mode" + paging
     return ("32-bit" if cs["db"] else "16-bit") + " protected mode" + paging
-
-
-def code_bits(sregs: dict) -> int:
-    cr0, efer, cs = sregs["cr0"], sregs["efer"], sregs["cs"]
-    if efer & Efer.LMA and cs["l"]:
-        return 64
-    if cr0 & Cr0.PE and cs["db"]:
-        return 32
-    return 16
 
 
 def _hex(value: int, width: int = 16) -> str:
@@ -131,17 +121,15 @@ class CodeView:
 
 def code_at_rip(state: VcpuSnapshot, memory, count: int = 8) -> CodeView:
     """Disassembles ``count`` instructions from the vCPU's RIP (CS base added, pages walked)."""
-    s = state.sregs
-    bits = code_bits(s)
-    rip = state.regs["rip"]
-    linear = rip if bits == 64 else (s["cs"]["base"] + rip) & 0xFFFF_FFFF
-    mode = cpu_mode(s, state.regs["rflags"])
-    try:
-        physical = translate(memory, s, linear)
-        code = memory.read_available(physical, 15 * count)
-    except GuestMemoryError as err:
-        return CodeView(mode, linear, None, [], f"no code to show at RIP {rip:#x} (linear {linear:#x}): {err}")
-    return CodeView(mode, linear, physical, disassemble(code, bits, rip, count))
+    return decode_code(state, code_at(memory, state.regs, state.sregs, 15 * count), count)
+
+
+def decode_code(state: VcpuSnapshot, code: GuestCode, count: int = 8) -> CodeView:
+    """Disassembles bytes read at RIP (``GuestCode``: live, or kept in a vCPU's final state)."""
+    mode = cpu_mode(state.sregs, state.regs["rflags"])
+    if code.problem is not None:
+        return CodeView(mode, code.linear, None, [], code.problem)
+    return CodeView(mode, code.linear, code.physical, disassemble(code.data, code.bits, code.rip, count))
 
 
 def _flatten(prefix: str, value, out: dict) -> None:
