@@ -97,7 +97,7 @@ def test_export_creates_its_default_folder_and_shows_the_paths(engine, machines,
     assert written == ["kvmlab-exits.png", "kvmlab-metrics.csv", "kvmlab-metrics.parquet", "kvmlab-totals.csv"]
     for name in written:
         assert f"<code>{folder / name}</code>" in lab.export_result.value, "absolute paths, shown in the Lab"
-    assert texts(lab)[-1].startswith(f"exported 4 files: {folder / 'kvmlab-metrics.csv'}")
+    assert texts(lab)[-1] == f"exported 4 files to {folder}"
     (tmp_path / "a-file").write_text("")
     lab.folder.value = str(tmp_path / "a-file")
     lab.export_button.click()

@@ -54,7 +54,7 @@ class Lab(View):
             if error is None:
                 items = "".join(f"<li><code>{escape(p)}</code></li>" for p in paths)
                 self.export_result.value = f"<div class='kvmlab-export-ok'>written:<ul>{items}</ul></div>"
-                self.session.post("info", f"exported {len(paths)} files: {', '.join(str(p) for p in paths)}")
+                self.session.post("info", f"exported {len(paths)} files to {paths[0].parent}" if paths else "exported nothing")
             else:
                 self.export_result.value = f"<div class='kvmlab-export-error' style='color:#c00'>export failed: {escape(error)}</div>"
             self.export_button.disabled = False
