@@ -22,6 +22,7 @@ from . import __version__
 from .engines.select import CHOICES as ENGINE_CHOICES
 from .errors import KvmlabError
 from .metrics.export import check_output_path
+from .vstate.exits import ExitCode
 
 
 class CliError(KvmlabError):
@@ -290,6 +291,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 #: exit status when the guest never wrote the debug-exit port before --timeout (as timeout(1))
 TIMEOUT_STATUS = 124
+#: exit status after a triple fault: QEMU's with ``-no-reboot`` (how test runners drive it),
+#: which exits 0 on a triple fault. Machine's code is ExitCode.TRIPLE_FAULT, an error; the CLI
+#: keeps QEMU's status so runners see what they would under QEMU. No debug-exit write can give
+#: 0 (``(code << 1) | 1`` is odd), so runners already read 0 as "did not report success".
+TRIPLE_FAULT_STATUS = 0
 
 
 def _cmd_boot(args: argparse.Namespace) -> int:
@@ -314,6 +320,8 @@ def _cmd_boot(args: argparse.Namespace) -> int:
         code = m.exit
         if m.debug_exit.last_code is None:
             print(f"kvmlab boot: the guest stopped without writing the debug-exit port: {code.reason}", file=sys.stderr)
+            if int(code) == ExitCode.TRIPLE_FAULT:
+                return TRIPLE_FAULT_STATUS
             return 1 if int(code) else 0
         # QEMU's isa-debug-exit convention: the process exits with (code << 1) | 1
         return ((m.debug_exit.last_code << 1) | 1) & 0xFF

@@ -17,6 +17,7 @@ machine dropped without ``close()`` is closed by its finalizer.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import threading
 import weakref
@@ -37,6 +38,7 @@ from .errors import (
     VcpuResponseError,
 )
 from .guest import boot as multiboot_boot
+from .guest.code import code_at
 from .guest.constants import machine_layout
 from .guest.loader import LoadedProgram, load_program, read_results
 from .guest.modes import LOAD_ADDRESS
@@ -50,6 +52,7 @@ from .vstate.bus import BusDevice, BusEntry
 from .vstate.cpu_state import CpuConfiguration, VcpuSnapshot
 from .vstate.exit_record import ExitRecord, outcome_of, read_exit
 from .vstate.exits import DeviceFailure, Emulation
+from .vstate.final_state import TRACE_TAIL, FinalState
 from .vstate.vcpu import VcpuHandle
 from .vstate.kick import install_kick_handler
 from .vstate.layout import IRQCHIP_PAGES
@@ -218,6 +221,8 @@ class Machine:
         if irqchip and not vmm.vm.backend.irqchip:
             vmm.vm.enable_irqchip()
         vmm.vm.create_vcpus(self.config.vcpus, on_device_error=vmm.record_device_failure, metrics=list(metrics))
+        for vcpu in vmm.vcpus:  # each vCPU reads its own code at RIP as it ends (final_state)
+            vcpu.read_code = functools.partial(code_at, vmm.vm.memory)
         metrics.attach([vcpu.peripherals for vcpu in vmm.vcpus], [vcpu.backend.kernel_stats() for vcpu in vmm.vcpus])
         return vmm
 
@@ -387,9 +392,31 @@ class Machine:
         self._expect(self._targets(vcpu, "resume"), VcpuEvent.RESUME, Resumed)
 
     def save_state(self, vcpu: int) -> VcpuSnapshot:
-        """The full state of a *paused* vCPU (registers, MSRs, FPU, XSAVE, LAPIC, events, ...)."""
+        """The full state of a *paused* vCPU (registers, MSRs, FPU, XSAVE, LAPIC, events, ...).
+        A vCPU that has exited or finished answers no more (Firecracker's rules): its last
+        state is ``final_state(vcpu)``."""
         (response,) = self._expect([self._index(vcpu)], VcpuEvent.SAVE_STATE, SavedState)
         return response.state
+
+    def final_state(self, vcpu: int) -> FinalState:
+        """The last state of a vCPU that has exited (HLT, a triple fault, an error) or whose
+        thread ended (the machine stopped): its registers, the code at RIP, its last exit and,
+        when tracing, its last exits. Recorded by the vCPU's own thread as it stopped, as
+        plain data: still readable after ``close()``.
+
+        Why a separate call and not ``save_state``: ``save_state`` asks a live vCPU now (it
+        must be paused); this is a record of the moment it died, which never changes."""
+        index = self._index(vcpu)
+        final = self._vmm.final_state(index) if self.built else None
+        if final is None:
+            state = self.states[index]
+            raise MachineStateError(
+                f"final_state({index}): vCPU {index} is {state} and has not stopped for good yet; "
+                f"pause it and call save_state({index}) for its state now"
+            )
+        traces = self.metrics.traces
+        trace = traces[index] if index < len(traces) else None
+        return dataclasses.replace(final, trace=trace.tail(TRACE_TAIL)) if trace is not None else final
 
     def dump_cpu_config(self, vcpu: int) -> CpuConfiguration:
         """The CPUID entries and MSR values set on a *paused* vCPU."""
@@ -510,6 +537,7 @@ class Machine:
             if isinstance(response, Exited):
                 raise VcpuExitedError(
                     f"vCPU {index} has exited with code {response.code} ({response.reason}); it cannot take {event.value}"
+                    f" (its last state is kept: final_state({index}))"
                 )
             if isinstance(response, Error):
                 raise VcpuResponseError(f"vCPU {index}: {event.value} failed: {response.error}") from response.error

@@ -19,6 +19,7 @@ from typing import Callable
 
 from .errors import MachineStateError, VcpuError
 from .vstate.exits import DeviceFailure, ExitCode
+from .vstate.final_state import FinalState
 from .vstate.protocol import VcpuEvent, VcpuState, VcpuStatus
 from .vstate.vcpu import Vcpu, VcpuHandle, request_all
 from .vstate.vm import Vm
@@ -74,6 +75,10 @@ class Vmm:
         #: told of every change a view shows (``watch``): a vCPU's index after its state
         #: transition, None after a phase change (or a program loaded)
         self.observers: list[Callable[[int | None], None]] = []
+        # What stays of the vCPUs once closed (Vm.close drops them with their fds): each
+        # one's last status and final state, plain data.
+        self._closed_statuses: list[VcpuStatus] | None = None
+        self._closed_finals: list[FinalState | None] = []
 
     @property
     def vcpus(self) -> list[Vcpu]:
@@ -148,7 +153,16 @@ class Vmm:
         return f"exit code {int(self.exit)}: {self.exit.reason}" if self.exit is not None else "no exit yet"
 
     def statuses(self) -> list[VcpuStatus]:
+        """Each vCPU's status; after close, the last ones (each vCPU's final status)."""
+        if self._closed_statuses is not None:
+            return list(self._closed_statuses)
         return [vcpu.status() for vcpu in self.vcpus]
+
+    def final_state(self, index: int) -> FinalState | None:
+        """vCPU ``index``'s final state once it has exited or its thread ended (None before)."""
+        if self._closed_statuses is not None:
+            return self._closed_finals[index]
+        return self.vcpus[index].final_state
 
     def wait(self, timeout: float | None) -> MachineExit | None:
         """Blocks until the machine has stopped; None if ``timeout`` passed first."""
@@ -219,6 +233,10 @@ class Vmm:
         with self._teardown:
             if self.phase is not Phase.STOPPED:
                 return
+            self._closed_statuses = [vcpu.status() for vcpu in self.vcpus]
+            self._closed_finals = [vcpu.final_state for vcpu in self.vcpus]
+            for vcpu in self.vcpus:
+                vcpu.read_code = None  # it holds the guest's memory, which goes now
             self.vm.close()
             os.close(self._wake)
             self.phase = Phase.CLOSED

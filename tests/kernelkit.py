@@ -23,6 +23,7 @@ class Kernels:
     spin: Path  # never writes the exit port, interrupts off
     kludge: Path  # a flat binary whose multiboot header gives the load addresses
     absent: Path  # probes PCI, ports and MMIO kvmlab has no device for; exit code 0 if all read as on a PC
+    triple: Path  # triple-faults at once (an empty IDT, then UD2)
 
 
 def _run(*command: str) -> None:
@@ -62,8 +63,9 @@ def build_kernels(directory: Path) -> Kernels:
     smp64 = elf("smp.s", 64, "smp64.elf")
     spin = elf("spin.s", 32, "spin.elf")
     absent = elf("absent.s", 32, "absent.elf")
+    triple = elf("triple.s", 32, "triple.elf")
     kludge_object = directory / "kludge.o"
     _run("as", "--32", "-o", str(kludge_object), str(SOURCES / "kludge.s"))
     kludge = directory / "kludge.bin"
     _run("ld", "-m", "elf_i386", "-Ttext=0x100000", "-e", "entry", "--oformat", "binary", "-o", str(kludge), str(kludge_object))
-    return Kernels(smp32, smp64, directory / "smp32.elf.o", spin, kludge, absent)
+    return Kernels(smp32, smp64, directory / "smp32.elf.o", spin, kludge, absent, triple)

@@ -23,6 +23,7 @@ from kvmlab.guest.multiboot import INFO_AREA, MultibootError, plan
 from kvmlab.lab import record_states
 from kvmlab.kvm.constants import MpState
 from kvmlab.lab.inspect import mp_state_name
+from kvmlab.vstate.exits import ExitCode
 from kvmlab.vstate.protocol import VcpuState, VcpuStatus
 
 from .kernelkit import symbols
@@ -480,6 +481,19 @@ def test_cli_timeout_status_and_message(kernels):
     result = kvmlab_boot(str(kernels.spin), "--timeout", "0.5")
     assert result.returncode == 124
     assert result.stderr == "kvmlab boot: the guest did not write the debug-exit port (0xf4) within 0.5 s; stopped it\n"
+
+
+@pytest.mark.kvm
+def test_cli_triple_fault_keeps_qemus_status_while_machine_says_error(kernels, machines):
+    """Machine reports a triple fault as an error (ExitCode.TRIPLE_FAULT); ``kvmlab boot``
+    keeps QEMU's status for it (0, as ``qemu -no-reboot``), and says why on stderr."""
+    m = machines(vcpus=1, memory_mib=16)
+    m.boot(kernels.triple)
+    m.start()
+    assert m.wait(10) == ExitCode.TRIPLE_FAULT
+    result = kvmlab_boot(str(kernels.triple), "--timeout", "10")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == "kvmlab boot: the guest stopped without writing the debug-exit port: vCPU 0: SHUTDOWN (triple fault)\n"
 
 
 @pytest.mark.kvm

@@ -6,6 +6,10 @@ clicks Pause on vCPU 1 in the Lab's control panel, and checks in the page that v
 Paused and its plotted rate drops to 0 while vCPU 0's does not. Every selector is
 scoped to the output area, so a click can never land on the notebook's source text.
 A screenshot goes to test-artifacts/.
+
+The second test (issue 11) runs a notebook of its own that stops and closes the machine in one
+cell, checks that the Lab then shows no vCPU Running, logs the stop and the close and reads
+rates of 0, and that Export writes its files into a folder it creates (lab-after-close.png).
 """
 
 from __future__ import annotations
@@ -66,6 +70,9 @@ def jupyter_lab(tmp_path):
         json.dumps({"disabledExtensions": {"@jupyterlab/apputils-extension:announcements": True}})
     )
     env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"), "JUPYTER_CONFIG_DIR": str(config)}
+    # The kernel runs in the notebooks' copy, not here: without this it would import whatever
+    # kvmlab the environment installed (another checkout), not the one under test.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     server = subprocess.Popen(
         [sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root", "--ip=127.0.0.1", f"--port={port}",
          "--IdentityProvider.token=", "--ServerApp.password=", "--ServerApp.disable_check_xsrf=True",
@@ -138,5 +145,83 @@ def test_pause_vcpu_1_from_the_lab_in_jupyterlab(jupyter_lab):
             time.sleep(1.5)  # let the plot show vCPU 1 flat for a moment
             lab.screenshot(path=str(ARTIFACTS / "lab.png"))
             page.screenshot(path=str(ARTIFACTS / "jupyterlab.png"), full_page=False)
+        finally:
+            browser.close()
+
+
+#: the notebook the second test runs: a Lab, a start, then stop and close in one cell
+TRUTH_CELLS = [
+    "import time\n"
+    "from kvmlab import Machine, programs\n"
+    "from kvmlab.widgets import Lab\n"
+    "m = Machine(vcpus=2, memory_mib=2, sample_hz=10)\n"
+    "m.load(programs.mmio_counter(iterations=0), mode='protected')\n"
+    "lab = Lab(m)\n"
+    "lab",
+    "lab.control.all_buttons['start'].click()\n"
+    "lab.session.wait_idle()\n"
+    "time.sleep(2)\n"
+    "print('live rates:', [round(lab.plot.latest_rate(i)) for i in range(2)])",
+    "m.stop(); m.close()\n"
+    "print('after close:', m.states)",
+]
+
+
+def _write_notebook(path: Path, cells: list[str]) -> None:
+    notebook = {
+        "cells": [{"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [], "source": source} for source in cells],
+        "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"}},
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
+    path.write_text(json.dumps(notebook, indent=1))
+
+
+def test_after_stop_and_close_the_lab_tells_the_truth_and_exports(jupyter_lab, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    root = tmp_path / "notebooks"  # the fixture's server serves this folder
+    _write_notebook(root / "lab-truth.ipynb", TRUTH_CELLS)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"],
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1300, "height": 1700})
+            page.set_default_timeout(60_000)
+            page.goto(f"{jupyter_lab}/lab/tree/lab-truth.ipynb")
+            page.wait_for_selector(".jp-Notebook .jp-Cell")
+            page.wait_for_selector("#jp-main-statusbar >> text=Idle", timeout=90_000)
+            page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+            page.locator(".lm-Menu-itemLabel").get_by_text("Run All Cells", exact=True).click()
+            page.wait_for_selector(".jp-OutputArea-output >> text=/after close: \\[Finished, Finished\\]/", timeout=180_000)
+
+            lab = page.locator(LAB)
+            expect(lab.locator(".kvmlab-phase, div", has_text="machine closed").first).to_be_visible()
+            for vcpu in (0, 1):
+                state = lab.locator(f".kvmlab-vcpu-{vcpu} .kvmlab-state")
+                expect(state).to_have_text("Finished")
+                assert "Running" not in state.inner_text()
+                expect(lab.locator(f".kvmlab-rate-{vcpu}")).to_have_attribute("data-rate", "0.0")
+                expect(lab.locator(f".kvmlab-rate-{vcpu}")).to_contain_text("0 MMIO writes / s (")
+            messages = lab.locator(".kvmlab-messages")
+            expect(messages).to_contain_text("machine stopped: stopped by the controller — exit code 0")
+            expect(messages).to_contain_text("machine closed")
+
+            export = lab.locator("button.kvmlab-export")
+            expect(export).to_be_enabled()
+            export.click()
+            folder = root / "lab-export"
+            result = lab.locator(".kvmlab-export-result")
+            expect(result).to_contain_text("written:", timeout=30_000)
+            expect(result).to_contain_text(str(folder / "kvmlab-metrics.csv"))
+            written = sorted(path.name for path in folder.iterdir())
+            assert {"kvmlab-exits.png", "kvmlab-metrics.csv", "kvmlab-totals.csv"} <= set(written), written
+            expect(messages).to_contain_text(f"exported {len(written)} files to {folder}")
+
+            lab.screenshot(path=str(ARTIFACTS / "lab-after-close.png"))
+            page.screenshot(path=str(ARTIFACTS / "jupyterlab-after-close.png"), full_page=False)
         finally:
             browser.close()

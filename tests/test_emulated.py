@@ -8,6 +8,7 @@ import time
 import pytest
 
 from kvmlab import ConfigError, programs
+from kvmlab.vstate.exits import ExitCode
 from kvmlab.vstate.protocol import VcpuState
 
 pytestmark = pytest.mark.emulated
@@ -45,7 +46,7 @@ def test_an_exception_the_idt_cannot_deliver_is_a_triple_fault(engine, machines)
     m.load("mov eax, idt\nlidt [eax]\nxor ecx, ecx\nmov eax, 1\ndiv ecx\nhlt\nidt: .word 0\n.quad 0xbf000", mode="protected")
     m.start()
     code = m.wait(10)
-    assert code == 0 and code.reason == "vCPU 0: SHUTDOWN (triple fault or reset)"
+    assert code == ExitCode.TRIPLE_FAULT and code.reason == "vCPU 0: SHUTDOWN (triple fault)"
 
 
 def test_an_interrupt_the_idt_could_deliver_is_an_error_on_the_emulator(machines):

@@ -205,10 +205,12 @@ def test_lab_exports_and_reports_unwritable_folders(engine, machines, tmp_path):
     lab.control.all_buttons["start"].click()
     settle(lab)
     m.wait(10)
-    lab.folder.value = str(tmp_path / "missing")
+    (tmp_path / "in-the-way").write_text("")
+    lab.folder.value = str(tmp_path / "in-the-way" / "sub")
     lab.export_button.click()
     settle(lab)
-    assert "export failed" in lab.export_result.value and "does not exist; create it first" in lab.export_result.value
+    assert "export failed" in lab.export_result.value and "cannot create the folder" in lab.export_result.value
+    (tmp_path / "in-the-way").unlink()
     lab.folder.value = str(tmp_path)
     lab.export_button.click()
     settle(lab)

@@ -10,6 +10,12 @@ What differs from a bare ``keystone.Ks.asm`` call:
   keystone silently drops one of two symbols in a memory operand: ``[MAILBOX + MB_COUNTERS]``
   assembles to ``[0x100]`` (seen in 16, 32 and 64-bit mode, keystone 0.9.2). A memory operand
   that still names two symbols (labels or in-text ``.equ`` constants) is refused with a hint.
+* In 16-bit code, a memory operand whose address does not fit in 16 bits (``[0xa0004]``) is
+  refused: 16-bit addressing has a 16-bit offset, and keystone silently keeps its low 16 bits
+  (``[0x0004]``, the real-mode interrupt table), so the program touches another address and
+  dies much later (a triple fault with no exit before it). Refused rather than warned: no
+  16-bit program can mean the truncated address by writing the long one, a warning scrolls
+  past in a notebook, and the error can say exactly what to write instead (a segment).
 * An error names the line of *your* text it comes from: keystone only says what went wrong,
   so on failure each statement is assembled on its own (with every label and constant defined)
   to find the first one that fails.
@@ -17,6 +23,8 @@ What differs from a bare ``keystone.Ks.asm`` call:
 
 from __future__ import annotations
 
+import ast
+import operator
 import re
 import threading
 
@@ -87,8 +95,11 @@ def assemble(source: str, bits: int, base: int = 0, *, defines: dict[str, int] |
             raise AssemblyError(".include and .incbin are not supported; paste the text in instead", line=number, text=line, program=name)
     defines = {key: int(value) for key, value in (defines or {}).items()}
     lines = [_numbers_in_memory_operands(line, defines) for line in lines]
+    constants = {**_text_constants(lines), **defines}
     for number, line in enumerate(lines, 1):
         _refuse_two_symbol_operands(line, number, name)
+        if bits == 16:
+            _refuse_truncated_addresses(line, number, name, constants)
     prelude = [f".equ {key}, {value}" for key, value in defines.items()]
     text = "\n".join(prelude + lines)
     with _lock:
@@ -126,6 +137,106 @@ def _refuse_two_symbol_operands(line: str, number: int, name: str | None) -> Non
                 f"drop one of them. Give the sum a name (.equ {symbols[0]}_{symbols[1]}, {' + '.join(symbols)}) and use that",
                 line=number, text=line, program=name,
             )  # fmt: skip
+
+
+def _text_constants(lines: list[str]) -> dict[str, int]:
+    """The ``.equ NAME, number`` constants of the text whose value is a plain number expression."""
+    found: dict[str, int] = {}
+    for line in lines:
+        match = _EQU.match(line)
+        if match:
+            value = _evaluate(line[match.end() :], found)
+            if value is not None:
+                found[match.group(1)] = value
+    return found
+
+
+_OPERATORS = {
+    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.LShift: operator.lshift,
+    ast.RShift: operator.rshift, ast.BitOr: operator.or_, ast.BitAnd: operator.and_, ast.BitXor: operator.xor,
+    ast.USub: operator.neg, ast.UAdd: operator.pos, ast.Invert: operator.invert,
+}  # fmt: skip
+
+
+def _evaluate(expression: str, names: dict[str, int]) -> int | None:
+    """The value of an integer expression of numbers and ``names``; None if it is anything
+    else (a label, a float, a syntax kvmlab does not read): then nothing is checked."""
+    try:
+        tree = ast.parse(expression.strip(), mode="eval").body
+    except SyntaxError:
+        return None
+
+    def value(node) -> int | None:
+        if isinstance(node, ast.Constant) and type(node.value) is int:
+            return node.value
+        if isinstance(node, ast.Name):
+            return names.get(node.id)
+        if isinstance(node, ast.BinOp) and type(node.op) in _OPERATORS:
+            left, right = value(node.left), value(node.right)
+            return None if left is None or right is None else _OPERATORS[type(node.op)](left, right)
+        if isinstance(node, ast.UnaryOp) and type(node.op) in _OPERATORS:
+            inner = value(node.operand)
+            return None if inner is None else _OPERATORS[type(node.op)](inner)
+        return None
+
+    try:
+        return value(tree)
+    except (ValueError, OverflowError):  # a negative shift count...
+        return None
+
+
+#: the registers 16-bit addressing can use; with any other (EAX, ...) the CPU uses 32-bit
+#: addressing (an 0x67 prefix), whose displacement is 32 bits and is not truncated
+_ADDRESS_16 = {"bx", "bp", "si", "di"}
+#: real mode reaches the first MiB (plus the HMA): segment * 16 + offset
+REAL_MODE_LIMIT = 0x10_FFEF
+
+
+def _kept_whole(line: str, value: int, constants: dict[str, int]) -> bool:
+    """Whether keystone encodes this statement with the whole address: for some forms it
+    picks 32-bit addressing (an 0x67 prefix, a 32-bit displacement) by itself, and only the
+    16-bit forms (``mov eax, [moffs16]``, ``[bx + disp16]``) truncate. Asked of keystone
+    itself, on the statement alone, rather than guessed from the mnemonic."""
+    statement = _code_part(line).strip()
+    while (match := _LABEL.match(statement)) is not None:
+        statement = statement[match.end() :].strip()
+    statement = _numbers_in_memory_operands(statement, constants)  # the constants as numbers, as assemble() does
+    try:
+        with _lock:
+            encoding = _ks_assemble(16, statement, 0)
+    except keystone.KsError:
+        return True  # not for this check to report: the assembly proper names the error
+    return (value & 0xFFFF_FFFF).to_bytes(4, "little") in encoding
+
+
+def _refuse_truncated_addresses(line: str, number: int, name: str | None, constants: dict[str, int]) -> None:
+    """Refuses a 16-bit memory operand whose address (or displacement) needs more than 16 bits."""
+    for match in _MEMORY_OPERAND.finditer(_code_part(line)):
+        operand = match.group(1)
+        words = {w.lower() for w in _IDENTIFIER.findall(operand)}
+        if words & (_REGISTER_NAMES - _ADDRESS_16 - {"byte", "word", "dword", "qword", "ptr", "offset"}):
+            continue  # 32-bit addressing, or a segment named inside the brackets (keystone refuses it)
+        zeros = {register: 0 for register in _ADDRESS_16}
+        value = _evaluate(re.sub(r"(?i)\b(bx|bp|si|di)\b", lambda m: m.group(1).lower(), operand), {**constants, **zeros})
+        if value is None or -0x8000 <= value <= 0xFFFF or _kept_whole(line, value, constants):
+            continue
+        kept = value & 0xFFFF
+        where = " (in real mode: the interrupt vector table)" if kept < 0x400 else ""
+        if 0 <= value <= REAL_MODE_LIMIT:
+            segment = (value >> 4) & 0xF000 if value <= 0xFFFFF else 0xFFFF
+            registers = " + the registers" if words & _ADDRESS_16 else ""
+            advice = (
+                f"address it through a segment register instead, as segment * 16 + offset: "
+                f"mov ax, {segment:#x} / mov es, ax / then es:[{value - segment * 16:#x}{registers}] (the bundled programs "
+                f"do this for the mailbox: mov ax, MAILBOX >> 4 / mov es, ax)"
+            )
+        else:
+            advice = "real mode cannot reach it at all (segment * 16 + offset ends at 0x10ffef): load the program in protected or long mode"
+        raise AssemblyError(
+            f"the memory operand [{operand.strip()}] is address {value:#x}, which does not fit in 16 bits: 16-bit code "
+            f"addresses memory with a 16-bit offset, and the assembler would silently keep {kept:#x}{where}; {advice}",
+            line=number, text=line, program=name,
+        )  # fmt: skip
 
 
 def _locate_error(lines: list[str], prelude: list[str], bits: int, base: int) -> tuple[int | None, str | None, str | None]:

@@ -11,11 +11,11 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from ..errors import GuestMemoryError
 from ..guest.asm import disassemble
-from ..guest.paging import translate
+from ..guest.code import GuestCode, code_at
 from ..kvm.constants import MpState
 from ..vstate.cpu_state import CpuConfiguration, VcpuSnapshot
+from ..vstate.final_state import FinalState
 from ..vstate.protocol import MP_STATE_NOTES
 from ..x86 import MSR_NAMES, RFLAGS_IOPL_SHIFT, Cr0, Cr4, Efer, Rflags, bit_names  # noqa: F401 (MSR_NAMES: shown here)
 
@@ -49,15 +49,6 @@ def cpu_mode(sregs: dict, rflags: int = 0) -> str:
     if rflags & Rflags.VM:
         return "virtual-8086 mode" + paging
     return ("32-bit" if cs["db"] else "16-bit") + " protected mode" + paging
-
-
-def code_bits(sregs: dict) -> int:
-    cr0, efer, cs = sregs["cr0"], sregs["efer"], sregs["cs"]
-    if efer & Efer.LMA and cs["l"]:
-        return 64
-    if cr0 & Cr0.PE and cs["db"]:
-        return 32
-    return 16
 
 
 def _hex(value: int, width: int = 16) -> str:
@@ -131,17 +122,15 @@ class CodeView:
 
 def code_at_rip(state: VcpuSnapshot, memory, count: int = 8) -> CodeView:
     """Disassembles ``count`` instructions from the vCPU's RIP (CS base added, pages walked)."""
-    s = state.sregs
-    bits = code_bits(s)
-    rip = state.regs["rip"]
-    linear = rip if bits == 64 else (s["cs"]["base"] + rip) & 0xFFFF_FFFF
-    mode = cpu_mode(s, state.regs["rflags"])
-    try:
-        physical = translate(memory, s, linear)
-        code = memory.read_available(physical, 15 * count)
-    except GuestMemoryError as err:
-        return CodeView(mode, linear, None, [], f"no code to show at RIP {rip:#x} (linear {linear:#x}): {err}")
-    return CodeView(mode, linear, physical, disassemble(code, bits, rip, count))
+    return decode_code(state, code_at(memory, state.regs, state.sregs, 15 * count), count)
+
+
+def decode_code(state: VcpuSnapshot, code: GuestCode, count: int = 8) -> CodeView:
+    """Disassembles bytes read at RIP (``GuestCode``: live, or kept in a vCPU's final state)."""
+    mode = cpu_mode(state.sregs, state.regs["rflags"])
+    if code.problem is not None:
+        return CodeView(mode, code.linear, None, [], code.problem)
+    return CodeView(mode, code.linear, code.physical, disassemble(code.data, code.bits, code.rip, count))
 
 
 def _flatten(prefix: str, value, out: dict) -> None:
@@ -185,3 +174,49 @@ def mp_state_name(value: int) -> str:
         return str(value)
     note = MP_STATE_NOTES.get(name)
     return f"{name} ({note})" if note and note.lower() != name.lower() else name
+
+
+# --- a vCPU that stopped for good ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FinalView:
+    """What the inspector shows of a ``FinalState``: a sentence, the registers, the code."""
+
+    summary: str
+    state: VcpuSnapshot | None
+    code: CodeView | None
+
+
+def final_to_show(final: FinalState | None, snapshots: tuple) -> FinalState | None:
+    """The final state, unless a snapshot saved after it is newer (one taken by hand)."""
+    if final is None:
+        return None
+    if snapshots and snapshots[-1].taken_at > final.taken_at:
+        return None
+    return final
+
+
+def final_view(final: FinalState) -> FinalView:
+    """Why the vCPU stopped and its registers and code as they were then: a finished vCPU
+    answers no SaveState, so this is all there is to look at (``Machine.final_state``)."""
+    how = (f"exited: {final.reason}, exit code {final.exit_code}" if final.exited
+           else "finished: the machine stopped it")  # fmt: skip
+    summary = f"vCPU {final.vcpu} {how}. Its final state, recorded as it stopped:"
+    if final.snapshot is None:
+        return FinalView(f"{summary} {final.problem or 'no registers were recorded'}", None, None)
+    code = decode_code(final.snapshot, final.code) if final.code is not None else None
+    return FinalView(summary, final.snapshot, code)
+
+
+def last_exits(final: FinalState) -> pd.DataFrame:
+    """The exits that led to the end: the trace's last rows when tracing, else the last
+    exit the kvm_run page held."""
+    columns = ["exit", "address", "size", "value"]
+    if final.trace:
+        rows = [(r["kind"], _hex(r["address"], 1), r["size"], _hex(r["value"], 1)) for r in final.trace]
+    elif final.last_exit is not None:
+        rows = [(str(final.last_exit), "", "", "")]
+    else:
+        rows = []
+    return pd.DataFrame(rows, columns=columns)

@@ -12,8 +12,11 @@ Where each trait comes from, and so on which thread its observers run:
   close, load) is synced on the thread that made it, so after ``m.stop()`` or ``m.close()``
   returns the views already show it; a vCPU's transition (``Machine.watch``) only wakes the
   updater thread (``kvmlab.lab.updater``), which syncs at once. Never polled for transitions.
-  After close the last known states stay (the vCPU objects keep their final status).
-- ``messages``, ``pending``, ``snapshots``, ``configs``, ``outcome``: set by ``request`` (the
+  After close the machine still reports each vCPU's final status, and ``finals`` holds each
+  stopped vCPU's final state (registers, code at RIP, last exits) for the inspector.
+- ``messages``: the answers to actions, and what the machine did by itself (each vCPU exit,
+  the stop, the close: ``kvmlab.lab.journal``), told once each.
+- ``messages`` (the answers), ``pending``, ``snapshots``, ``configs``, ``outcome``: set by ``request`` (the
   kernel's thread) and by the action worker when an action finishes.
 - ``absent``: the absent-hardware summary. Counters change on every exit and have no event,
   so it follows the clock (``REFRESH_HZ``, on the updater), like the views that ``attach`` a
@@ -45,6 +48,7 @@ from ..vstate.protocol import VcpuState
 from . import updater
 from .absent import absent_summary
 from .actions import ActionOutcome, ActionQueue, CallOutcome
+from .journal import Journal
 
 log = logging.getLogger("kvmlab.lab")
 
@@ -108,6 +112,8 @@ class LabSession(HasTraits):
     snapshots = Dict()
     #: vCPU -> its dumped CPU configurations, oldest first
     configs = Dict()
+    #: vCPU -> its ``FinalState`` once it exited or its thread ended (``Machine.final_state``)
+    finals = Dict()
     #: "absent hardware: 12 port reads, ..." or "" (follows the clock)
     absent = Unicode("")
     #: the latest ``ActionOutcome`` or ``CallOutcome`` (every one notifies: records compare by identity)
@@ -143,6 +149,7 @@ class LabSession(HasTraits):
         self._updater: threading.Thread | None = None
         self._next_tick = 0.0
         self._unwatch: Callable[[], None] | None = None
+        self._journal = Journal()
         if machine is not None:
             self._bind(machine)
         self._count_absent()
@@ -161,6 +168,14 @@ class LabSession(HasTraits):
             return self.machine.closed
         return self.registry.start_perf_ns is not None and (self.registry.sampler is None or not self.registry.sampler.running)
 
+    @property
+    def running(self) -> bool:
+        """Whether the machine runs (as the traits say; a plot alone: whether its metrics
+        still change). A machine that does not run makes no exits: its rates read zero."""
+        if self.machine is not None:
+            return self.phase == "started"
+        return not self.closed
+
     def sync(self) -> None:
         """Reads the machine into the traits; observers run (once each) for what changed."""
         m = self.machine
@@ -168,14 +183,30 @@ class LabSession(HasTraits):
             return
         with self.lock, self.hold_trait_notifications():
             phase = m.phase
-            if phase != "closed":  # a closed machine has no vCPUs left: keep the last known states
-                try:  # (the stop before a close was synced, on the closing thread, before they went)
-                    self.states = tuple(m.states)
-                except Exception:
-                    log.debug("could not read the vCPU states", exc_info=True)
+            try:  # after close, each vCPU's final status (the machine keeps them)
+                self.states = tuple(m.states)
+            except Exception:
+                log.debug("could not read the vCPU states", exc_info=True)
             self.exit = m.exit
             self.program = m.program.program.name if m.program is not None else ""
             self.phase = phase
+            self._collect_finals()
+            for level, text in self._journal.news(phase, self.exit, self.states):
+                self.post(level, text)
+
+    def _collect_finals(self) -> None:
+        """Keeps the final state of every vCPU that stopped for good (``Machine.final_state``),
+        once: the inspector shows it for a vCPU that can no longer be paused and saved."""
+        ended = (VcpuState.EXITED, VcpuState.FINISHED)
+        new = {}
+        for status in self.states:
+            if status.state in ended and status.index not in self.finals:
+                try:
+                    new[status.index] = self.machine.final_state(status.index)
+                except Exception:  # a vCPU that never ran has none
+                    log.debug("no final state for vCPU %d", status.index, exc_info=True)
+        if new:
+            self.finals = {**self.finals, **new}
 
     def post(self, level: str, text: str, outcome: ActionOutcome | None = None) -> None:
         with self.lock:

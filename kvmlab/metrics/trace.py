@@ -43,6 +43,14 @@ class TraceBuffer:
         """A row for an exit that touches no device (HLT, kick, shutdown...)."""
         self.record(kind, address, 0, 0, perf_counter_ns(), 0)
 
+    def tail(self, count: int) -> tuple[dict, ...]:
+        """The last ``count`` rows as plain dicts, oldest first (a final state keeps them)."""
+        rows = list(self.rows)[-count:] if count > 0 else []
+        return tuple(
+            {"kind": KIND_NAMES[kind], "address": address, "size": size, "value": value, "latency_us": latency_ns / 1000}
+            for _, kind, address, size, value, latency_ns in rows
+        )
+
     @property
     def dropped(self) -> int:
         """Rows pushed out because the buffer was full."""

@@ -78,14 +78,24 @@ class DebugExitInfo:
 
 class ExitCode(enum.IntEnum):
     """vCPU exit codes, as Firecracker's ``FcExitCode`` for the ones kvmlab produces.
-    A guest's debug-exit port write gives its own code instead."""
+    A guest's debug-exit port write gives its own code instead.
+
+    One difference from Firecracker: ``KVM_EXIT_SHUTDOWN`` is an error here. Firecracker maps
+    it to success (``Ok``) because a Linux guest reboots by triple-faulting on purpose
+    (``reboot=t``), and a microVM's reboot is its shutdown. kvmlab's programs never reboot:
+    a triple fault is a crash (an exception the IDT could not deliver), and reporting it as
+    code 0 told students a dead program had succeeded. So it gets its own code, which
+    ``kvmlab boot`` turns back into QEMU's status (``kvmlab.cli``)."""
 
     OK = 0
     GENERIC_ERROR = 1
+    #: KVM_EXIT_SHUTDOWN: the CPU triple-faulted (Firecracker: Ok; see above). 3 is free in
+    #: Firecracker's table (0 Ok, 1 GenericError, 2 UnexpectedError, 148+ signals and setup).
+    TRIPLE_FAULT = 3
 
 
 STOPPED_HLT = Stopped(ExitCode.OK, "HLT", machine_wide=False)
-STOPPED_SHUTDOWN = Stopped(ExitCode.OK, "SHUTDOWN (triple fault or reset)", machine_wide=True)
+STOPPED_SHUTDOWN = Stopped(ExitCode.TRIPLE_FAULT, "SHUTDOWN (triple fault)", machine_wide=True)
 
 
 @dataclass

@@ -44,13 +44,15 @@ import queue
 import threading
 import time
 import weakref
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from ..errors import VcpuError, VcpuFinishedError, VcpuTimeoutError
 from ..kvm.constants import MpState
 from ..kvm.run import IMMEDIATE_EXIT_U8
 from ..metrics import trace as trace_kinds
+from .exit_record import read_exit
 from .exits import DebugExitInfo, Emulation, ExitCode, Peripherals, Stopped
+from .final_state import FinalState
 from .protocol import (
     DumpedCpuConfig,
     Error,
@@ -65,6 +67,9 @@ from .protocol import (
     VcpuState,
     VcpuStatus,
 )
+
+if TYPE_CHECKING:
+    from ..guest.code import GuestCode
 
 log = logging.getLogger("kvmlab.vcpu")
 
@@ -103,6 +108,12 @@ class Vcpu:
         #: called with this vCPU's index after each state transition (never per exit), on
         #: this vCPU's thread: it must return at once; what it raises is logged and dropped
         self.on_state_change: Callable[[int], None] | None = None
+        #: reads the code at RIP from guest memory for the final state (set by whoever owns
+        #: the memory and knows the guest's page tables: ``Machine``); None: no code kept
+        self.read_code: Callable[[dict, dict], "GuestCode"] | None = None
+        #: what this vCPU looked like when it stopped for good (its thread recorded it on
+        #: exiting, or as it ended after Finish); None while it may still run
+        self.final_state: FinalState | None = None
 
     # --- thread entry -------------------------------------------------------------------------
 
@@ -123,9 +134,11 @@ class Vcpu:
             state = self.paused
             while state is not None:
                 state = state()
+            self._capture_final()  # after Finish (an exited vCPU recorded it on exiting)
         except BaseException as exc:  # a bug must not leave a controller waiting forever
             log.exception("vCPU %d: state machine crashed", self.index)
             self.exit_status = Stopped(ExitCode.GENERIC_ERROR, f"vCPU thread crashed: {exc!r}", machine_wide=True)
+            self._capture_final()
             self.responses.put(Exited(ExitCode.GENERIC_ERROR, self.exit_status.reason))
             self._signal_exit()
         finally:
@@ -226,8 +239,10 @@ class Vcpu:
         return None
 
     def exit(self, status: Stopped):
-        """The Exited state: tell the VMM, then answer ``Exited`` until ``Finish`` comes."""
+        """The Exited state: tell the VMM, then answer ``Exited`` until ``Finish`` comes.
+        The final state is recorded first, so whoever hears of the exit can read it."""
         self.exit_status = status
+        self._capture_final()
         self._become(VcpuState.EXITED)
         log.info("vCPU %d exited with code %d: %s", self.index, status.code, status.reason)
         self._signal_exit()
@@ -237,6 +252,34 @@ class Vcpu:
             event, seq = self.events.get()
             if event is VcpuEvent.FINISH or event is DISCONNECTED:
                 return None
+
+    def _capture_final(self) -> None:
+        """Records the final state once, on this vCPU's own thread (the only one that may
+        touch its registers, as in Firecracker), while the guest's memory still exists.
+        Never raises: a vCPU must end whatever its engine can still read."""
+        if self.final_state is not None:
+            return
+        status = self.exit_status
+        snapshot = code = last_exit = None
+        problem = None
+        try:
+            snapshot = self.backend.save_state()
+        except Exception as err:
+            log.warning("vCPU %d: could not read its final registers: %s", self.index, err)
+            problem = f"the engine could not read the registers as the vCPU ended: {err}"
+        if snapshot is not None and self.read_code is not None:
+            try:
+                code = self.read_code(snapshot.regs, snapshot.sregs)
+            except Exception as err:
+                log.warning("vCPU %d: could not read the code at RIP: %s", self.index, err)
+        try:
+            last_exit = read_exit(self.peripherals, f"stopped: {status.reason}" if status is not None else "")
+        except Exception:
+            log.debug("vCPU %d: no last exit to record", self.index, exc_info=True)
+        self.final_state = FinalState(
+            self.index, int(status.code) if status is not None else None, status.reason if status is not None else None,
+            snapshot, code, last_exit, problem=problem,
+        )  # fmt: skip
 
     def _become(self, state: VcpuState) -> None:
         """A transition: the new state, then the notification (so a listener that reads the

@@ -44,7 +44,7 @@ class CpuInspector(View):
         self.children = [widgets.HBox([self.vcpu_picker, self.save_button, self.dump_button]), self.summary, self.tabs]
         self._shown: tuple = ()
         self._follow(self._render_buttons, "phase", "states", "pending")
-        self._follow(self._render_pages, "snapshots", "configs")
+        self._follow(self._render_pages, "snapshots", "configs", "finals")
         self.vcpu_picker.observe(lambda _: self.refresh(), names="value")  # the kernel's thread, on a user's choice
         self.refresh()
         self._attach()
@@ -70,11 +70,14 @@ class CpuInspector(View):
         with session.lock:
             vcpu = self.vcpu_picker.value
             snapshots, configs = session.snapshots.get(vcpu, ()), session.configs.get(vcpu, ())
-            key = (vcpu, id(snapshots[-1]) if snapshots else None, id(configs[-1]) if configs else None)  # kept: ids stay unique
+            final = inspect.final_to_show(session.finals.get(vcpu), snapshots)
+            key = (vcpu, id(snapshots[-1]) if snapshots else None, id(configs[-1]) if configs else None, id(final))  # kept: ids stay unique
             if key == self._shown:  # another vCPU's history changed
                 return
             self._shown = key
-            if snapshots:
+            if final is not None:
+                self._render_final(final, snapshots[-1] if snapshots else None)
+            elif snapshots:
                 self._render_state(snapshots[-1], snapshots[-2] if len(snapshots) > 1 else None)
             else:
                 self.summary.value = f"<i>no saved state of vCPU {vcpu} yet: pause it and press <b>Save state</b></i>"
@@ -89,7 +92,20 @@ class CpuInspector(View):
                 message = f"<i>no CPU config of vCPU {vcpu} yet: pause it and press <b>Dump CPU config</b></i>"
                 self.pages["CPUID"].value = self.pages["MSRs"].value = message
 
-    def _render_state(self, state, previous) -> None:
+    def _render_final(self, final, previous) -> None:
+        """A vCPU that stopped for good: its final state (``inspect.final_view``), and
+        under the code, the exits that led there."""
+        view = inspect.final_view(final)
+        if view.state is not None:
+            self._render_state(view.state, previous, view.code)
+        else:
+            for name in ("Registers", "Segments", "Code at RIP", "Diff"):
+                self.pages[name].value = ""
+        self.summary.value = f"<div class='kvmlab-final'>{escape(view.summary)}</div>" + self.summary.value
+        exits = inspect.last_exits(final)
+        self.pages["Code at RIP"].value += f"<div class='kvmlab-last-exits'><b>last exits</b>{frame_html(exits)}</div>"
+
+    def _render_state(self, state, previous, code=None) -> None:
         mode = inspect.cpu_mode(state.sregs, state.regs["rflags"])
         rip = state.regs["rip"]
         saved = time.strftime("%H:%M:%S", time.localtime(state.taken_at))
@@ -105,7 +121,7 @@ class CpuInspector(View):
             + "</div>"
         )
         self.pages["Segments"].value = frame_html(inspect.segments(state))
-        code = inspect.code_at_rip(state, self.machine.memory)
+        code = code if code is not None else inspect.code_at_rip(state, self.machine.memory)
         self.pages["Code at RIP"].value = f"<pre class='kvmlab-code'>{escape(code.text())}</pre>"
         if previous is None:
             self.pages["Diff"].value = "<i>one snapshot so far: save the state again to see what changed</i>"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipywidgets as widgets
 
-from ..lab.export import export_run
+from ..lab.export import DEFAULT_FOLDER, export_run
 from .base import View, button, escape
 from .console import Console
 from .control import ControlPanel
@@ -20,7 +20,7 @@ from .plot import ExitPlot
 class Lab(View):
     css_class = "kvmlab-lab"
 
-    def __init__(self, machine, *, export_folder: str = "lab-export"):
+    def __init__(self, machine, *, export_folder: str = DEFAULT_FOLDER):
         super().__init__(machine)
         self.machine = machine
         program = machine.program.program.name if getattr(machine, "program", None) else "nothing loaded"
@@ -54,6 +54,7 @@ class Lab(View):
             if error is None:
                 items = "".join(f"<li><code>{escape(p)}</code></li>" for p in paths)
                 self.export_result.value = f"<div class='kvmlab-export-ok'>written:<ul>{items}</ul></div>"
+                self.session.post("info", f"exported {len(paths)} files to {paths[0].parent}" if paths else "exported nothing")
             else:
                 self.export_result.value = f"<div class='kvmlab-export-error' style='color:#c00'>export failed: {escape(error)}</div>"
             self.export_button.disabled = False

@@ -15,7 +15,8 @@ from __future__ import annotations
 import ipywidgets as widgets
 
 from ..errors import ConfigError
-from ..plotting import DEFAULT_METRICS, TITLES, RatePlot
+from ..lab import rates
+from ..plotting import DEFAULT_METRICS, RatePlot
 from .base import View, escape
 
 
@@ -48,6 +49,7 @@ class ExitPlot(View):
         self.refresh()
         if not self.session.closed:
             self._follow(self._render_notice, "phase")
+            self._follow(self._render_rates, "phase")
             self._attach(self.refresh)
 
     def _new_plot(self) -> RatePlot:
@@ -70,14 +72,18 @@ class ExitPlot(View):
         self._seen = key
         plot.update()
         self.image.value = plot.png()
-        latest = plot.latest()
+        self._render_rates()
+        self._render_notice()
+
+    def _render_rates(self) -> None:
+        """The figures beside the plot (``kvmlab.lab.rates``: zero once the machine stopped,
+        with the totals); also on a phase change, as a stop brings no new sample."""
         parts = []
-        for vcpu in plot.vcpus:
-            values = ", ".join(f"{latest[(metric, vcpu)]:,.0f} {TITLES.get(metric, metric + ' / s')}" for metric in plot.metrics)
-            rate = sum(latest[(metric, vcpu)] for metric in plot.metrics)
+        for vcpu, shown in rates.figures(self.plot, self.registry, self.session.running).items():
+            values = ", ".join(f"{f.rate:,.0f} {f.title} ({f.total:,.0f} in all)" for f in shown)
+            rate = rates.vcpu_rate(shown)
             parts.append(f"<span class='kvmlab-rate-{vcpu}' data-rate='{rate:.1f}'><b>vCPU {vcpu}</b>: {escape(values)}</span>")
         self.rates.value = " &nbsp; ".join(parts)
-        self._render_notice()
 
     def _render_notice(self) -> None:
         notes = []
@@ -88,6 +94,5 @@ class ExitPlot(View):
         self.notice.value = "<i>" + "<br>".join(notes) + "</i>"
 
     def latest_rate(self, vcpu: int) -> float:
-        """Sum of the chosen metrics' newest rates for one vCPU, as the text shows it."""
-        latest = self.plot.latest()
-        return sum(latest[(metric, str(vcpu))] for metric in self.plot.metrics)
+        """Sum of the chosen metrics' rates for one vCPU, as the text shows it (0 once stopped)."""
+        return rates.vcpu_rate(rates.figures(self.plot, self.registry, self.session.running)[str(vcpu)])

@@ -4,8 +4,9 @@
 ; (limit 0, placed at NO_MEMORY, a guest address where there is neither RAM nor a device) and
 ; executes UD2, an instruction defined to be invalid. The CPU tries to deliver #UD through the
 ; table and cannot; it tries #GP, then #DF, and gives up: a triple fault, which on a PC resets
-; the machine. KVM reports it as KVM_EXIT_SHUTDOWN; kvmlab stops the machine (code 0, reason
-; SHUTDOWN), as Firecracker does.
+; the machine. KVM reports it as KVM_EXIT_SHUTDOWN; kvmlab stops the machine with exit code 3
+; (ExitCode.TRIPLE_FAULT, reason "SHUTDOWN (triple fault)"): a crash. (Firecracker reports 0,
+; since its Linux guests reboot by triple-faulting; these programs never do.)
 ;
 ; Why the table is put where no memory is: a CPU with VT-x checks the limit and faults at once,
 ; but KVM's own instruction emulator (used for real mode on some hosts, and for everything under
