@@ -23,7 +23,7 @@ LAYERS = [
     {"engines"},
     {"config", "vmm"},
     {"machine"},
-    {"parity", "bench", "lab", "exercises"},
+    {"parity", "bench", "lab", "exercises", "diagrams"},
     {"widgets"},
     {"cli", "__main__", "kvmlab"},  # the command and the package's front door
 ]
