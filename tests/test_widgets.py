@@ -439,3 +439,72 @@ def test_a_dropped_lab_lets_its_machine_be_finalized(engine):
     ref = weakref.ref(m)
     del lab, m
     assert wait_until(lambda: (gc.collect(), ref() is None)[1]), "the machine is still referenced"
+
+
+# --- the Lab as a student meets it (issue 11, parts 4, 5 and 7) -----------------------------------
+
+
+def test_the_log_has_a_fixed_height(engine, machines):
+    from kvmlab.widgets.style import LOG_HEIGHT, STYLESHEET
+
+    m = machines(engine=engine, vcpus=1)
+    m.load(programs.busy_loop(), mode="real")
+    panel = ControlPanel(m)
+    assert panel.messages.layout.height == LOG_HEIGHT and "kvmlab-log" in panel.messages.value
+    for i in range(30):
+        panel.session.post("info", f"message {i}")
+    assert panel.messages.layout.height == LOG_HEIGHT and "message 29" in panel.messages.value
+    rule = STYLESHEET.split(".kvmlab-view .kvmlab-log {")[1].split("}")[0]
+    assert f"height: {LOG_HEIGHT}" in rule and "overflow-y: auto" in rule
+    panel.close()
+
+
+def test_states_read_by_shape_and_word_not_colour_alone(engine, machines):
+    from kvmlab.lab.badges import state_badge
+    from kvmlab.vstate.protocol import VcpuState, VcpuStatus
+
+    assert str(state_badge(VcpuStatus(0, VcpuState.EXITED, 3, "debug exit"))).startswith("✖ Exited(3: debug exit)")
+    assert state_badge(VcpuStatus(0, VcpuState.EXITED, 3, "debug exit")).tone == "error"
+    assert str(state_badge(VcpuStatus(0, VcpuState.EXITED, 0, "HLT"))) == "■ Exited(0: HLT)"
+    m = machines(engine=engine, vcpus=2, memory_mib=2)
+    m.load(programs.mmio_counter(iterations=0), mode="protected")
+    panel = ControlPanel(m)
+    panel.all_buttons["start"].click()
+    settle(panel)
+    panel.vcpu_buttons[1]["pause"].click()
+    settle(panel)
+    assert "▶ Running" in panel.state_labels[0].value and "kvmlab-tone-ok" in panel.state_labels[0].value
+    assert "⏸ Paused" in panel.state_labels[1].value and "kvmlab-tone-warn" in panel.state_labels[1].value
+    panel.close()
+
+
+def test_the_views_use_the_themes_colours_not_fixed_ones():
+    import re
+    from pathlib import Path
+
+    import kvmlab.widgets
+    from kvmlab.widgets.style import STYLESHEET
+
+    for path in Path(kvmlab.widgets.__file__).parent.glob("*.py"):
+        source = path.read_text()
+        assert not re.findall(r"#[0-9a-fA-F]{3,8}\b|style='[^']*colou?r", source), f"{path.name} has a fixed colour"
+    values = re.findall(r"(?:^|[;{\s])(?:color|background|border(?:-color)?)\s*:\s*([^;}]+)", STYLESHEET)
+    assert values and all("var(--jp-" in v or v.strip() in ("transparent", "none") for v in values), values
+    for var in ("--jp-ui-font-color1", "--jp-layout-color1", "--jp-brand-color1", "--jp-warn-color0", "--jp-error-color1"):
+        assert var in STYLESHEET
+    assert "button.jupyter-button:disabled" in STYLESHEET and "dashed" in STYLESHEET.split("button.jupyter-button:disabled")[1].split("}")[0]
+
+
+def test_one_stylesheet_per_lab_and_one_per_lone_view(engine, machines):
+    m = machines(engine=engine, vcpus=1)
+    m.load(programs.busy_loop(), mode="real")
+    lab, panel = Lab(m), ControlPanel(m)
+
+    def sheets(widget) -> int:
+        own = int("kvmlab-stylesheet" in getattr(widget, "_dom_classes", ()))
+        return own + sum(sheets(child) for child in getattr(widget, "children", ()))
+
+    assert sheets(lab) == 1 and sheets(panel) == 1
+    assert "<style>" in panel.children[0].value
+    lab.close()
+    panel.close()

@@ -15,8 +15,10 @@ import html
 from typing import Callable
 
 import ipywidgets as widgets
+from traitlets import validate
 
 from ..lab.session import LabSession
+from .style import stylesheet
 
 CLOSED_TEXT = "This machine is closed: its vCPUs and memory are gone. Create a new <code>Machine</code> to run again."
 
@@ -25,12 +27,24 @@ def escape(text) -> str:
     return html.escape(str(text))
 
 
-def frame_html(frame, max_rows: int = 200) -> str:
-    """A DataFrame as a compact HTML table (rendered by the browser, not by an Output widget)."""
+SCROLL_ROWS = 24  # a table longer than this scrolls inside a visible scroller
+
+
+def frame_html(frame, max_rows: int = 200, scroll: bool | None = None) -> str:
+    """A DataFrame as a compact HTML table (rendered by the browser, not by an Output widget).
+
+    A short table (the registers) is shown whole: cutting it in a box hides its last rows
+    (rip, rflags) from anyone who does not think of scrolling. A long one (CPUID, MSRs)
+    scrolls in a box that always shows its scrollbar and says how many rows it holds."""
     shown = frame if len(frame) <= max_rows else frame.head(max_rows)
     table = shown.to_html(classes="kvmlab-table", border=0, max_rows=max_rows)
     more = f"<div><i>{len(frame) - max_rows} more rows</i></div>" if len(frame) > max_rows else ""
-    return f"<div style='max-height:360px; overflow:auto; font-size:12px'>{table}</div>{more}"
+    if scroll is None:
+        scroll = len(shown) > SCROLL_ROWS
+    if not scroll:
+        return f"<div class='kvmlab-table-box'>{table}</div>{more}"
+    hint = f"<div class='kvmlab-hint'>{len(shown)} rows: scroll the box for all of them</div>"
+    return f"{hint}<div class='kvmlab-table-box kvmlab-scroll'>{table}</div>{more}"
 
 
 class View(widgets.VBox):
@@ -40,14 +54,33 @@ class View(widgets.VBox):
 
     def __init__(self, target, **kwargs):
         super().__init__(**kwargs)
+        self.add_class("kvmlab-view")
         self.add_class(self.css_class)
+        self._stylesheet: widgets.HTML | None = stylesheet()
+        self.children = ()
         self.session = LabSession.of(target)
         self._token: int | None = None
         self._followed: list[tuple[Callable, tuple[str, ...]]] = []
         self._links: list[widgets.dlink] = []
 
+    @validate("children")
+    def _styled(self, proposal) -> tuple:
+        """Keeps the stylesheet first among the children, whatever a view assigns: a view
+        shown on its own is styled, and its code need not remember the sheet."""
+        children = tuple(c for c in proposal["value"] if c is not getattr(self, "_stylesheet", None))
+        sheet = getattr(self, "_stylesheet", None)
+        return (sheet, *children) if sheet is not None else children
+
+    def _nest(self) -> None:
+        """Drops this view's stylesheet: it sits inside another view (a ``Lab``) whose sheet
+        covers it, and one sheet per page is enough."""
+        sheet, self._stylesheet = self._stylesheet, None
+        if sheet is not None:
+            self.children = tuple(c for c in self.children if c is not sheet)
+            sheet.close()
+
     def _closed_notice(self, what: str) -> widgets.HTML:
-        notice = widgets.HTML(f"<div style='color:#a00'><b>{escape(what)}</b>: {CLOSED_TEXT}</div>")
+        notice = widgets.HTML(f"<div class='kvmlab-closed'><b>{escape(what)}</b>: {CLOSED_TEXT}</div>")
         notice.add_class("kvmlab-closed")
         return notice
 

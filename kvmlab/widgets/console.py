@@ -43,5 +43,5 @@ class Console(View):
         self._version = version
         body = escape(self.text) or "<i>(nothing printed yet)</i>"
         self.output.value = (
-            "<pre style='background:#111; color:#ddd; padding:6px; max-height:240px; overflow:auto; margin:0'>" + body + "</pre>"
+            "<pre class='kvmlab-serial'>" + body + "</pre>"
         )

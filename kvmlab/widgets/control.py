@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import ipywidgets as widgets
 
+from ..lab.badges import state_badge
 from .base import View, button, escape
+from .style import LOG_HEIGHT, badge_html, tone_class
 
 PER_VCPU = (
     ("pause", "Pause", "Pause this vCPU (kicks it out of KVM_RUN)"),
@@ -26,14 +28,15 @@ ALL_VCPUS = (
     ("resume", "Resume all", "Resume every paused vCPU"),
     ("stop", "Stop", "Finish every vCPU thread (the machine cannot restart)"),
 )
-LEVEL_COLOURS = {"info": "#333", "warning": "#a60", "error": "#c00"}
-STATE_COLOURS = {"Running": "#080", "Paused": "#a60", "Exited": "#c00", "Finished": "#666", "Created": "#666"}
+LOG_EMPTY = "actions you take here, and what came of them, are logged here"
 
 
 class ControlPanel(View):
     css_class = "kvmlab-control-panel"
 
-    def __init__(self, machine, messages: int = 6):
+    def __init__(self, machine, messages: int = 50):
+        """``messages``: how many of the latest messages the log holds (it scrolls; its
+        height is fixed, so the views under it stay where they are)."""
         super().__init__(machine)
         self.machine = machine
         self._messages_shown = messages
@@ -44,7 +47,7 @@ class ControlPanel(View):
         self.vcpu_buttons: list[dict[str, widgets.Button]] = []
         rows = []
         for index in range(machine.vcpu_count):
-            label = widgets.HTML(layout=widgets.Layout(width="190px"))
+            label = widgets.HTML(layout=widgets.Layout(min_width="190px"))
             label.add_class("kvmlab-state")
             buttons = {}
             for action, text, tip in PER_VCPU:
@@ -65,14 +68,14 @@ class ControlPanel(View):
         all_row = widgets.HBox([widgets.HTML("<b>all</b>", layout=widgets.Layout(width="60px")), *self.all_buttons.values()])
         all_row.add_class("kvmlab-all")
         self.phase_label = widgets.HTML()
-        self.messages = widgets.HTML()
+        self.messages = widgets.HTML(layout=widgets.Layout(height=LOG_HEIGHT))
         self.messages.add_class("kvmlab-messages")
         self.absent = widgets.HTML()
         self.absent.add_class("kvmlab-absent")
         self.children = [self.phase_label, *rows, all_row, self.absent, self.messages]
         self._follow(self._render_rows, "phase", "exit", "program", "states", "pending")
         self._follow(self._render_messages, "messages")
-        self._link("absent", (self.absent, "value"), lambda text: f"<span style='color:#666'>{escape(text)}</span>" if text else "")
+        self._link("absent", (self.absent, "value"), lambda text: f"<span class='kvmlab-tone-quiet'>{escape(text)}</span>" if text else "")
         self.refresh()
         self._attach()
 
@@ -85,14 +88,13 @@ class ControlPanel(View):
         session = self.session
         with session.lock:
             if session.phase == "closed":
-                self.phase_label.value = "<div style='color:#a00'>machine closed</div>"
+                self.phase_label.value = "<div class='kvmlab-closed'>machine closed</div>"
             else:
                 exit_ = session.exit
                 exit_text = f" ({escape(exit_.reason)}, exit code {int(exit_)})" if exit_ is not None else ""
                 self.phase_label.value = f"<span class='kvmlab-phase'>machine {escape(session.phase)}{exit_text}</span>"
             for status, label, buttons in zip(session.states, self.state_labels, self.vcpu_buttons):
-                colour = STATE_COLOURS.get(status.state.value, "#333")
-                label.value = f"<span style='color:{colour}'>{escape(status)}</span>"
+                label.value = badge_html(state_badge(status))
                 allowed = session.vcpu_actions(status.index)
                 for action, b in buttons.items():
                     b.disabled = action not in allowed
@@ -102,10 +104,18 @@ class ControlPanel(View):
 
     def _render_messages(self) -> None:
         recent = self.session.messages[-self._messages_shown :]
-        self.messages.value = "".join(
-            f"<div class='kvmlab-message kvmlab-{m.level}' style='color:{LEVEL_COLOURS[m.level]}'>{escape(m)}</div>" for m in recent
-        )
+        self.messages.value = log_html([(m.level, str(m)) for m in recent])
 
     def state_text(self, index: int) -> str:
         """The state a row shows, as plain text (for tests and notebooks)."""
         return str(self.session.states[index])
+
+
+def log_html(lines: list[tuple[str, str]]) -> str:
+    """(level, text) lines, oldest first, as the fixed-height log. The box is a reversed
+    flex column around one block of lines: a browser keeps such a box scrolled to its end,
+    so the newest line shows at the bottom without any script scrolling it."""
+    if not lines:
+        return f"<div class='kvmlab-log'><div class='kvmlab-log-empty'>{escape(LOG_EMPTY)}</div></div>"
+    rows = "".join(f"<div class='kvmlab-message kvmlab-{level} {tone_class(level)}'>{escape(text)}</div>" for level, text in lines)
+    return f"<div class='kvmlab-log'><div>{rows}</div></div>"

@@ -25,7 +25,7 @@ class Lab(View):
         self.machine = machine
         program = machine.program.program.name if getattr(machine, "program", None) else "nothing loaded"
         title = widgets.HTML(
-            f"<h3 style='margin:4px 0'>kvmlab: {machine.vcpu_count} vCPU(s), {escape(program)}, "
+            f"<h3>kvmlab: {machine.vcpu_count} vCPU(s), {escape(program)}, "
             f"engine {escape(getattr(machine, 'engine', 'kvm'))}</h3>"
         )
         if machine.closed:
@@ -35,6 +35,8 @@ class Lab(View):
         self.plot = ExitPlot(machine)
         self.inspector = CpuInspector(machine)
         self.console = Console(machine)
+        for part in (self.control, self.plot, self.inspector, self.console):
+            part._nest()
         self.tabs = widgets.Tab(children=[self.plot, self.inspector, self.console], titles=["Exits", "CPU inspector", "Console"])
         self.folder = widgets.Text(value=export_folder, description="folder")
         self.export_button = button("Export", "kvmlab-export", "Write the metrics (CSV, Parquet), totals, trace and plot (PNG)")
@@ -56,7 +58,7 @@ class Lab(View):
                 self.export_result.value = f"<div class='kvmlab-export-ok'>written:<ul>{items}</ul></div>"
                 self.session.post("info", f"exported {len(paths)} files to {paths[0].parent}" if paths else "exported nothing")
             else:
-                self.export_result.value = f"<div class='kvmlab-export-error' style='color:#c00'>export failed: {escape(error)}</div>"
+                self.export_result.value = f"<div class='kvmlab-export-error kvmlab-tone-error'>export failed: {escape(error)}</div>"
             self.export_button.disabled = False
 
         self.session.submit("export", lambda: export_run(self.machine, folder), done)
