@@ -78,3 +78,31 @@ def test_flag_decoding():
     assert inspect.decode_rflags(0x3002) == "IOPL=3"
     assert inspect.flag_names(0x80050033, inspect.CR0_BITS) == ["PE", "MP", "ET", "NE", "WP", "AM", "PG"]
     assert inspect.flag_names(0x500, inspect.EFER_BITS) == ["LME", "LMA"]
+
+
+# --- code at RIP stops where the program ends (issue 11, part 4) ------------------------------------
+
+
+def test_code_at_rip_stops_at_the_end_of_the_loaded_program(memory):
+    from types import SimpleNamespace
+
+    from kvmlab.vstate.layout import Range
+
+    code = bytes.fromhex("90 90 f4")  # nop; nop; hlt, then zeros
+    memory.write(0x1000, code)
+    state = SimpleNamespace(regs={"rip": 0x1000, "rflags": 2}, sregs={**sregs(), "cs": {"l": 0, "db": 0, "base": 0}})
+    view = inspect.code_at_rip(state, memory, program=Range(0x1000, 0x1000 + len(code)))
+    assert [text for _, _, text in view.instructions] == ["nop", "nop", "hlt"]
+    assert view.program_end == 0x1003
+    assert "add byte ptr" not in view.text(), "the zeros after the program are not shown as code"
+    assert view.text().splitlines()[-1].strip() == "0x00001003  -- end of the loaded program: what follows is not code"
+    # RIP outside the program: the listing says its bytes may not be code
+    outside = inspect.code_at_rip(SimpleNamespace(regs={"rip": 0x2000, "rflags": 2}, sregs=state.sregs), memory, program=Range(0x1000, 0x1003))
+    assert "is outside the loaded program [0x1000, 0x1003)" in outside.text()
+
+
+def test_newly_saved_names_the_vcpu_whose_history_grew():
+    a, b, c = object(), object(), object()
+    assert inspect.newly_saved({}, {1: (a,)}) == 1
+    assert inspect.newly_saved({0: (a,), 1: (b,)}, {0: (a,), 1: (b, c)}) == 1
+    assert inspect.newly_saved({0: (a,)}, {0: (a,)}) is None

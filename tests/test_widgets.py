@@ -444,6 +444,55 @@ def test_a_dropped_lab_lets_its_machine_be_finalized(engine):
 # --- the Lab as a student meets it (issue 11, parts 4, 5 and 7) -----------------------------------
 
 
+def test_the_register_table_is_shown_whole_up_to_rflags(engine, machines):
+    m = machines(engine=engine, vcpus=1)
+    m.load(programs.busy_loop(), mode="long")
+    m.start()
+    m.pause()
+    inspector = CpuInspector(m)
+    inspector.show(m.save_state(0))
+    registers = inspector.pages["Registers"].value
+    for name in ("r9", "r15", "rip", "rflags"):
+        assert f"<th>{name}</th>" in registers
+    assert "max-height" not in registers and "overflow" not in registers and "kvmlab-scroll" not in registers, "no box cuts the table"
+    cpuid = inspector.pages["CPUID"].value
+    inspector.dump_button.click()
+    settle(inspector)
+    cpuid = inspector.pages["CPUID"].value
+    assert "kvmlab-scroll" in cpuid and "scroll the box" in cpuid, "a long table says it scrolls"
+    inspector.close()
+
+
+def test_the_inspector_follows_the_vcpu_just_saved_unless_the_user_picked_one(engine, machines):
+    m = machines(engine=engine, vcpus=2, memory_mib=2)
+    m.load(programs.mmio_counter(iterations=0), mode="protected")
+    lab = Lab(m)
+    lab.control.all_buttons["start"].click()
+    settle(lab)
+    lab.control.vcpu_buttons[1]["pause"].click()
+    lab.control.vcpu_buttons[1]["save_state"].click()
+    settle(lab)
+    assert lab.inspector.vcpu_picker.value == 1, "the inspector shows the state just saved"
+    assert "vCPU 1: <b>" in lab.inspector.summary.value
+    lab.inspector.vcpu_picker.value = 0  # the user's choice
+    lab.control.vcpu_buttons[1]["save_state"].click()
+    settle(lab)
+    assert lab.inspector.vcpu_picker.value == 0, "a vCPU the user picked stays"
+    lab.close()
+
+
+def test_code_at_rip_in_the_inspector_ends_with_the_program(engine, machines):
+    m = machines(engine=engine, vcpus=1)
+    m.load(programs.busy_loop(), mode="real")
+    m.start()
+    m.pause()
+    inspector = CpuInspector(m)
+    inspector.show(m.save_state(0))
+    code = inspector.pages["Code at RIP"].value
+    assert "end of the loaded program" in code and "add byte ptr [bx + si], al" not in code
+    inspector.close()
+
+
 def test_the_log_has_a_fixed_height(engine, machines):
     from kvmlab.widgets.style import LOG_HEIGHT, STYLESHEET
 

@@ -13,8 +13,10 @@ from ..errors import GuestMemoryError
 from ..x86 import Cr0, Efer
 from .paging import translate
 
-#: bytes read at RIP: the longest x86 instruction is 15 bytes; 8 of them
-CODE_BYTES = 15 * 8
+#: the longest x86 instruction, in bytes
+MAX_INSTRUCTION = 15
+#: bytes read at RIP: 8 of the longest instructions
+CODE_BYTES = MAX_INSTRUCTION * 8
 
 
 @dataclass(frozen=True)

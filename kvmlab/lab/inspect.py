@@ -12,10 +12,11 @@ from dataclasses import dataclass
 import pandas as pd
 
 from ..guest.asm import disassemble
-from ..guest.code import GuestCode, code_at
+from ..guest.code import MAX_INSTRUCTION, GuestCode, code_at
 from ..kvm.constants import MpState
 from ..vstate.cpu_state import CpuConfiguration, VcpuSnapshot
 from ..vstate.final_state import FinalState
+from ..vstate.layout import Range
 from ..vstate.protocol import MP_STATE_NOTES
 from ..x86 import MSR_NAMES, RFLAGS_IOPL_SHIFT, Cr0, Cr4, Efer, Rflags, bit_names  # noqa: F401 (MSR_NAMES: shown here)
 
@@ -102,35 +103,69 @@ def msr_table(msrs: dict[int, int]) -> pd.DataFrame:
 
 @dataclass(frozen=True)
 class CodeView:
-    """The instructions at RIP, or why they cannot be shown."""
+    """The instructions at RIP, or why they cannot be shown.
+
+    ``program_end`` is the address (in RIP's terms) where the loaded program ends, when it
+    ends within the bytes read: what follows it is whatever memory holds (zeros, mostly),
+    and capstone would happily decode ``00 00`` as ``add [rax], al``. ``note`` says why
+    the listing may not be code at all (RIP outside the loaded program)."""
 
     mode: str
     linear: int
     physical: int | None
     instructions: list[tuple[int, bytes, str]]
     problem: str | None = None
+    program_end: int | None = None
+    #: bytes at the end of the program that capstone could not decode as an instruction
+    undecoded: int = 0
+    note: str | None = None
 
     def text(self) -> str:
         if self.problem:
             return self.problem
-        lines = []
+        lines = [self.note] if self.note else []
         for i, (address, raw, text) in enumerate(self.instructions):
             marker = "=>" if i == 0 else "  "
             lines.append(f"{marker} {address:#010x}  {raw.hex(' '):<24} {text}")
+        if self.undecoded:
+            lines.append(f"   {'':10}  ({self.undecoded} more byte(s) of the program that are not an instruction)")
+        if self.program_end is not None:
+            lines.append(f"   {self.program_end:#010x}  -- end of the loaded program: what follows is not code")
         return "\n".join(lines)
 
 
-def code_at_rip(state: VcpuSnapshot, memory, count: int = 8) -> CodeView:
-    """Disassembles ``count`` instructions from the vCPU's RIP (CS base added, pages walked)."""
-    return decode_code(state, code_at(memory, state.regs, state.sregs, 15 * count), count)
+def code_at_rip(state: VcpuSnapshot, memory, count: int = 8, program: Range | None = None) -> CodeView:
+    """Disassembles up to ``count`` instructions from the vCPU's RIP (CS base added, pages
+    walked), stopping where ``program`` (the machine's loaded range) ends."""
+    return decode_code(state, code_at(memory, state.regs, state.sregs, MAX_INSTRUCTION * count), count, program)
 
 
-def decode_code(state: VcpuSnapshot, code: GuestCode, count: int = 8) -> CodeView:
-    """Disassembles bytes read at RIP (``GuestCode``: live, or kept in a vCPU's final state)."""
+def decode_code(state: VcpuSnapshot, code: GuestCode, count: int = 8, program: Range | None = None) -> CodeView:
+    """Disassembles bytes read at RIP (``GuestCode``: live, or kept in a vCPU's final state).
+    With ``program`` (``m.program.range``) the listing stops where the program ends instead
+    of decoding the memory after it (zeros, mostly: ``add [rax], al``) as instructions."""
     mode = cpu_mode(state.sregs, state.regs["rflags"])
     if code.problem is not None:
         return CodeView(mode, code.linear, None, [], code.problem)
-    return CodeView(mode, code.linear, code.physical, disassemble(code.data, code.bits, code.rip, count))
+    data, note, program_end = code.data, None, None
+    if program is not None and program.contains(code.physical):
+        if program.end - code.physical <= len(data):
+            data = data[: program.end - code.physical]
+            program_end = code.rip + len(data)
+    elif program is not None:
+        note = f"(RIP {code.rip:#x}, physical {code.physical:#x}, is outside the loaded program {program}: these bytes may not be code)"
+    instructions = disassemble(data, code.bits, code.rip, count)
+    decoded = sum(len(raw) for _, raw, _ in instructions)
+    undecoded = len(data) - decoded if program_end is not None and len(instructions) < count else 0
+    return CodeView(mode, code.linear, code.physical, instructions, program_end=program_end, undecoded=undecoded, note=note)
+
+
+def newly_saved(before: dict, after: dict) -> int | None:
+    """The vCPU whose history (``LabSession.snapshots`` or ``configs``) gained an entry
+    between two values of the trait, if one did: the inspector shows the state just saved,
+    whichever button (its own, the control panel's, ``inspector.show``) saved it."""
+    gained = [vcpu for vcpu, items in after.items() if items and (vcpu not in before or before[vcpu][-1] is not items[-1])]
+    return gained[-1] if gained else None
 
 
 def _flatten(prefix: str, value, out: dict) -> None:
@@ -197,7 +232,7 @@ def final_to_show(final: FinalState | None, snapshots: tuple) -> FinalState | No
     return final
 
 
-def final_view(final: FinalState) -> FinalView:
+def final_view(final: FinalState, program: Range | None = None) -> FinalView:
     """Why the vCPU stopped and its registers and code as they were then: a finished vCPU
     answers no SaveState, so this is all there is to look at (``Machine.final_state``)."""
     how = (f"exited: {final.reason}, exit code {final.exit_code}" if final.exited
@@ -205,7 +240,7 @@ def final_view(final: FinalState) -> FinalView:
     summary = f"vCPU {final.vcpu} {how}. Its final state, recorded as it stopped:"
     if final.snapshot is None:
         return FinalView(f"{summary} {final.problem or 'no registers were recorded'}", None, None)
-    code = decode_code(final.snapshot, final.code) if final.code is not None else None
+    code = decode_code(final.snapshot, final.code, program=program) if final.code is not None else None
     return FinalView(summary, final.snapshot, code)
 
 

@@ -45,15 +45,42 @@ class CpuInspector(View):
         self._shown: tuple = ()
         self._follow(self._render_buttons, "phase", "states", "pending")
         self._follow(self._render_pages, "snapshots", "configs", "finals")
-        self.vcpu_picker.observe(lambda _: self.refresh(), names="value")  # the kernel's thread, on a user's choice
+        self._picked = False  # the user chose a vCPU: stay on it
+        self._moving = False  # the inspector is moving the picker itself
+        self._follow_saves()
+        self.vcpu_picker.observe(self._picker_moved, names="value")  # the kernel's thread, on a user's choice
         self.refresh()
         self._attach()
 
     def show(self, item) -> None:
         """Shows a ``VcpuSnapshot`` or ``CpuConfiguration`` taken elsewhere (``m.save_state(i)``)."""
         (self.session.add_config if hasattr(item, "cpuid") else self.session.add_snapshot)(item)
-        if self.vcpu_picker.value != item.vcpu:
-            self.vcpu_picker.value = item.vcpu
+        self._show_vcpu(item.vcpu)
+
+    def _follow_saves(self) -> None:
+        """Moves the picker to the vCPU whose state (or CPU config) was just saved, by any
+        button, unless the user picked a vCPU: pressing Save state on vCPU 1 in the control
+        panel must not leave the inspector showing vCPU 0's old state."""
+
+        def saved(change) -> None:
+            vcpu = inspect.newly_saved(change["old"], change["new"])
+            if vcpu is not None and not self._picked:
+                self._show_vcpu(vcpu)
+
+        names = ("snapshots", "configs")
+        self.session.observe(saved, names=list(names))
+        self._followed.append((saved, names))
+
+    def _show_vcpu(self, vcpu: int) -> None:
+        self._moving = True
+        try:
+            self.vcpu_picker.value = vcpu
+        finally:
+            self._moving = False
+
+    def _picker_moved(self, _change) -> None:
+        self._picked = self._picked or not self._moving
+        self.refresh()
 
     def refresh(self) -> None:
         """Renders the buttons and pages from the session's traits now."""
@@ -95,7 +122,7 @@ class CpuInspector(View):
     def _render_final(self, final, previous) -> None:
         """A vCPU that stopped for good: its final state (``inspect.final_view``), and
         under the code, the exits that led there."""
-        view = inspect.final_view(final)
+        view = inspect.final_view(final, self._program_range())
         if view.state is not None:
             self._render_state(view.state, previous, view.code)
         else:
@@ -104,6 +131,11 @@ class CpuInspector(View):
         self.summary.value = f"<div class='kvmlab-final'>{escape(view.summary)}</div>" + self.summary.value
         exits = inspect.last_exits(final)
         self.pages["Code at RIP"].value += f"<div class='kvmlab-last-exits'><b>last exits</b>{frame_html(exits)}</div>"
+
+    def _program_range(self):
+        """Where the loaded program lies (code at RIP stops at its end), or None."""
+        program = self.machine.program
+        return program.range if program is not None else None
 
     def _render_state(self, state, previous, code=None) -> None:
         mode = inspect.cpu_mode(state.sregs, state.regs["rflags"])
@@ -115,13 +147,13 @@ class CpuInspector(View):
             f"saved {saved}</div>"
         )
         self.pages["Registers"].value = (
-            "<div style='display:flex; gap:24px'>"
-            + frame_html(inspect.general_registers(state))
-            + frame_html(inspect.control_registers(state))
+            "<div class='kvmlab-side-by-side'>"
+            + frame_html(inspect.general_registers(state), scroll=False)
+            + frame_html(inspect.control_registers(state), scroll=False)
             + "</div>"
         )
         self.pages["Segments"].value = frame_html(inspect.segments(state))
-        code = code if code is not None else inspect.code_at_rip(state, self.machine.memory)
+        code = code if code is not None else inspect.code_at_rip(state, self.machine.memory, program=self._program_range())
         self.pages["Code at RIP"].value = f"<pre class='kvmlab-code'>{escape(code.text())}</pre>"
         if previous is None:
             self.pages["Diff"].value = "<i>one snapshot so far: save the state again to see what changed</i>"
