@@ -493,6 +493,77 @@ def test_code_at_rip_in_the_inspector_ends_with_the_program(engine, machines):
     inspector.close()
 
 
+def test_the_plot_window_fits_a_short_run(engine, machines):
+    m = machines(engine=engine, vcpus=1, sample_hz=20)
+    m.load(programs.busy_loop(), mode="real")
+    m.start()
+    plot = ExitPlot(m, choose=("interrupted", "exit_mmio_read"), window_s=30)
+    time.sleep(1.2)
+    plot.session.refresh_now()
+    low, high = plot.plot.x_limits()
+    run = float(m.metrics.window(["interrupted"], rates=False)[0][-1])
+    assert high == 0 and run <= high - low <= 1.34 * max(run, 1.0), f"a {run:.2f} s run in a {high - low} s window"
+    m.stop()
+    plot.session.refresh_now()
+    run = float(m.metrics.window(["interrupted"], rates=False)[0][-1])
+    assert plot.plot.x_limits() == pytest.approx((0.0, run)), "a finished short run fills the window exactly"
+    assert plot.plot.axes[-1].get_xlabel() == "seconds since start"
+    assert f"spans {plot.plot.span[0]:.1f} s" in plot.rates.value
+    plot.close()
+
+
+def test_panels_with_no_data_are_not_drawn(engine, machines):
+    m = machines(engine=engine, vcpus=1, sample_hz=20)
+    m.load(programs.hello(), mode="real")  # port writes only
+    m.start()
+    m.wait(5)
+    plot = ExitPlot(m)  # MMIO reads and writes: none
+    plot.session.refresh_now()
+    assert len(plot.plot.figure.axes) == 1 and not plot.plot.figure.axes[0].axison
+    assert "no MMIO reads or MMIO writes in this run" in plot.plot.figure.axes[0].texts[0].get_text()
+    plot.metric_picker.value = ["exit_io_out", "exit_mmio_read"]
+    plot.session.refresh_now()
+    assert [a.get_ylabel() for a in plot.plot.figure.axes] == ["port writes / s"], "only the panel with data"
+    assert "no panel for MMIO reads: none so far" in plot.rates.value
+    plot.close()
+
+
+def test_identical_lines_differ_in_style_and_the_numbers_are_the_lines_ends(engine, machines):
+    m = machines(engine=engine, vcpus=2, memory_mib=2, sample_hz=20)
+    m.load(programs.mailbox_pingpong(rounds=0), mode="protected")
+    m.start()
+    plot = ExitPlot(m)
+    wait_for_samples(m.metrics, 6)
+    plot.session.refresh_now()
+    lines = [plot.plot.lines[("exit_mmio_write", v)] for v in ("0", "1")]
+    styles = {(line.get_linestyle(), line.get_marker(), line.get_linewidth()) for line in lines}
+    assert len(styles) == 2, "a line drawn over an identical one does not hide it"
+    text = plot.rates.value
+    for vcpu in ("0", "1"):
+        for metric, name in (("exit_mmio_read", "MMIO reads / s"), ("exit_mmio_write", "MMIO writes / s")):
+            end = float(plot.plot.lines[(metric, vcpu)].get_ydata()[-1])
+            assert f"{end:,.0f} {name}" in text.split(f"kvmlab-rate-{vcpu}")[1].split("</span>")[0]
+    assert "over the last sample interval (0.05 s), the right end of each line" in text, "says which quantity"
+    plot.close()
+
+
+def test_the_metric_picker_shows_its_choice_and_offers_presets(engine, machines):
+    m = machines(engine=engine, vcpus=1, sample_hz=20)
+    m.load(programs.hello(), mode="real")
+    m.start()
+    m.wait(5)
+    plot = ExitPlot(m)
+    assert list(plot.metric_picker.value) == ["exit_mmio_read", "exit_mmio_write"], "the chosen metrics are the tags shown"
+    assert plot.preset_picker.value == "MMIO"
+    assert ("kernel" in plot.preset_picker.options) == (engine == "kvm"), "presets only of metrics this engine has"
+    plot.preset_picker.value = "port I/O"
+    plot.session.refresh_now()
+    assert plot.plot.metrics == ["exit_io_in", "exit_io_out"] and list(plot.metric_picker.value) == ["exit_io_in", "exit_io_out"]
+    plot.metric_picker.value = ["exit_io_out"]
+    assert plot.preset_picker.value is None, "a custom choice is no preset"
+    plot.close()
+
+
 def test_the_log_has_a_fixed_height(engine, machines):
     from kvmlab.widgets.style import LOG_HEIGHT, STYLESHEET
 

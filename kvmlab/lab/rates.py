@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..plotting import TITLES
+from ..plotting import title
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,7 @@ class Figure:
 
     @property
     def title(self) -> str:
-        return TITLES.get(self.metric, f"{self.metric} / s")
+        return title(self.metric)
 
 
 def figures(plot, registry, running: bool) -> dict[str, list[Figure]]:
