@@ -10,12 +10,18 @@ A screenshot goes to test-artifacts/.
 The second test (issue 11) runs a notebook of its own that stops and closes the machine in one
 cell, checks that the Lab then shows no vCPU Running, logs the stop and the close and reads
 rates of 0, and that Export writes its files into a folder it creates (lab-after-close.png).
+
+A third test looks at the Lab as a newcomer would (issue 11): the inspector's last
+register rows are not hidden in a box, the plot's window fits the short run, the log keeps
+its height, and the Lab is screenshotted in JupyterLab's light and dark themes
+(test-artifacts/lab-*-light.png, lab-*-dark.png).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -69,10 +75,11 @@ def jupyter_lab(tmp_path):
     (config / "labconfig" / "page_config.json").write_text(
         json.dumps({"disabledExtensions": {"@jupyterlab/apputils-extension:announcements": True}})
     )
-    env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"), "JUPYTER_CONFIG_DIR": str(config)}
-    # The kernel runs in the notebooks' copy, not here: without this it would import whatever
-    # kvmlab the environment installed (another checkout), not the one under test.
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    # User settings (a theme switched by a test) stay in the test's folder, not in ~/.jupyter;
+    # the kernel imports the kvmlab under test (this checkout), not whichever one is installed.
+    env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"), "JUPYTER_CONFIG_DIR": str(config),
+           "JUPYTERLAB_SETTINGS_DIR": str(tmp_path / "user-settings"), "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "workspaces"),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}  # fmt: skip
     server = subprocess.Popen(
         [sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root", "--ip=127.0.0.1", f"--port={port}",
          "--IdentityProvider.token=", "--ServerApp.password=", "--ServerApp.disable_check_xsrf=True",
@@ -97,6 +104,9 @@ def jupyter_lab(tmp_path):
             server.wait(10)
         except subprocess.TimeoutExpired:
             server.kill()
+
+
+BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 
 def test_pause_vcpu_1_from_the_lab_in_jupyterlab(jupyter_lab):
@@ -223,5 +233,111 @@ def test_after_stop_and_close_the_lab_tells_the_truth_and_exports(jupyter_lab, t
 
             lab.screenshot(path=str(ARTIFACTS / "lab-after-close.png"))
             page.screenshot(path=str(ARTIFACTS / "jupyterlab-after-close.png"), full_page=False)
+        finally:
+            browser.close()
+
+
+#: JS: is ``element`` clipped by any ancestor inside the Lab that scrolls or hides overflow?
+#: Returns the first such ancestor's classes, or "" when nothing cuts it.
+CLIPPED_BY = """(element) => {
+  const rect = element.getBoundingClientRect();
+  for (let node = element.parentElement; node && !node.classList.contains('kvmlab-lab'); node = node.parentElement) {
+    const style = getComputedStyle(node);
+    if (style.overflowY === 'visible' && style.overflowX === 'visible') continue;
+    const box = node.getBoundingClientRect();
+    if (rect.top < box.top - 1 || rect.bottom > box.bottom + 1) return node.className || node.tagName;
+  }
+  return '';
+}"""
+
+
+def _run_notebook_above_last_cell(page, url: str) -> None:
+    page.goto(f"{url}/lab/tree/03-mmio-exits.ipynb")
+    page.wait_for_selector(".jp-Notebook .jp-Cell")
+    page.wait_for_selector("#jp-main-statusbar >> text=Idle", timeout=90_000)
+    page.locator(".jp-Notebook .jp-Cell").last.locator(".jp-InputPrompt").click()
+    page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+    page.locator(".lm-Menu-itemLabel", has_text="Run All Above Selected Cell").click()
+    page.wait_for_selector(".jp-OutputArea-output >> text=/\\[Running, Running\\] rounds: \\d+/", timeout=180_000)
+
+
+def _lab_tab(lab, name: str):
+    return lab.locator(".lm-TabBar-tab", has_text=name).first
+
+
+def test_the_lab_as_a_newcomer_sees_it_in_light_and_dark(jupyter_lab):
+    from playwright.sync_api import expect, sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1300, "height": 1700})
+            page.set_default_timeout(60_000)
+            _run_notebook_above_last_cell(page, jupyter_lab)
+            lab = page.locator(LAB)
+
+            # The plot's window fits the run (a few seconds so far), not a fixed 30 s.
+            window = lab.locator(".kvmlab-rates [data-window]")
+            expect(window).to_have_count(1, timeout=15_000)
+            span = float(window.get_attribute("data-window"))
+            assert 1 <= span <= 15, f"a run of a few seconds is plotted over {span} s"
+
+            # Enabled and disabled buttons differ by more than a shade: solid against dashed.
+            enabled = lab.locator(".kvmlab-vcpu-1 button.kvmlab-pause")
+            disabled = lab.locator(".kvmlab-vcpu-1 button.kvmlab-resume")
+            expect(disabled).to_be_disabled()
+            style = lambda b: b.evaluate("b => getComputedStyle(b).borderTopStyle")  # noqa: E731
+            assert (style(enabled), style(disabled)) == ("solid", "dashed")
+            expect(lab.locator(".kvmlab-vcpu-1 .kvmlab-state")).to_contain_text("▶ Running")
+
+            # Pause and save vCPU 1 from the control panel; the log keeps its height.
+            log = lab.locator(".kvmlab-messages")
+            plot_top = lab.locator(".kvmlab-plot-image").bounding_box()["y"]
+            log_height = log.bounding_box()["height"]
+            enabled.click()
+            expect(lab.locator(".kvmlab-vcpu-1 .kvmlab-state")).to_contain_text("❚❚ Paused", timeout=15_000)
+            save = lab.locator(".kvmlab-vcpu-1 button.kvmlab-save-state")
+            expect(save).to_be_enabled()
+            save.click()
+            expect(log).to_contain_text("vCPU 1: state saved", timeout=15_000)
+            assert log.bounding_box()["height"] == log_height, "the log keeps its height"
+            assert lab.locator(".kvmlab-plot-image").bounding_box()["y"] == plot_top, "a new message does not push the plot down"
+            time.sleep(1.0)
+            lab.screenshot(path=str(ARTIFACTS / "lab-exits-light.png"))
+
+            # The inspector followed vCPU 1, and shows its registers down to rflags.
+            _lab_tab(lab, "CPU inspector").click()
+            inspector = lab.locator(".kvmlab-inspector")
+            expect(inspector.locator(".kvmlab-inspector-summary")).to_contain_text("vCPU 1:")
+            inspector.locator(".lm-TabBar").first.evaluate("e => e.scrollIntoView({block: 'start'})")  # the inspector's top at the top
+            registers = inspector.locator(".kvmlab-inspector-registers")
+            for name in ("r15", "rip", "rflags"):
+                row = registers.locator("table").first.locator("tr", has=page.locator("th", has_text=re.compile(f"^{name}$")))
+                expect(row).to_be_visible()
+                assert row.evaluate(CLIPPED_BY) == "", f"the {name} row is cut off by a box"
+            rflags = registers.locator("table").first.locator("tr", has=page.locator("th", has_text=re.compile("^rflags$")))
+            box = rflags.bounding_box()
+            assert box["y"] >= 0 and box["y"] + box["height"] <= 1700, "the rflags row is on screen"
+            hit = page.evaluate("([x, y]) => document.elementFromPoint(x, y).closest('tr')?.textContent", [box["x"] + 10, box["y"] + box["height"] / 2])
+            assert hit and "rflags" in hit, f"nothing covers the rflags row (found {hit!r})"
+            lab.screenshot(path=str(ARTIFACTS / "lab-inspector-light.png"))
+            _lab_tab(inspector, "Code at RIP").click()
+            expect(inspector.locator(".kvmlab-inspector-code-at-rip")).to_contain_text("end of the loaded program")
+
+            # JupyterLab's dark theme (Settings > Theme), kept in the test's settings folder.
+            page.locator(".lm-MenuBar-itemLabel", has_text="Settings").first.click()
+            page.locator(".lm-Menu-itemLabel", has_text="Theme").first.hover()
+            page.locator(".lm-Menu-itemLabel", has_text="JupyterLab Dark").first.click()
+            page.wait_for_selector("body[data-jp-theme-light='false']", state="attached")
+            time.sleep(1.0)  # the theme's stylesheet settles
+            _lab_tab(inspector, "Registers").click()
+            lab.screenshot(path=str(ARTIFACTS / "lab-inspector-dark.png"))
+            colour = lambda loc: loc.evaluate("e => getComputedStyle(e).color")  # noqa: E731
+            text, background = colour(inspector.locator(".kvmlab-inspector-summary")), page.evaluate("getComputedStyle(document.body).backgroundColor")
+            assert text != background and text.startswith(("rgba(255, 255, 255", "rgb(255")), f"light text on the dark page, not {text} on {background}"
+            _lab_tab(lab, "Exits").click()
+            time.sleep(0.5)
+            lab.screenshot(path=str(ARTIFACTS / "lab-exits-dark.png"))
         finally:
             browser.close()

@@ -594,7 +594,7 @@ def test_states_read_by_shape_and_word_not_colour_alone(engine, machines):
     panel.vcpu_buttons[1]["pause"].click()
     settle(panel)
     assert "▶ Running" in panel.state_labels[0].value and "kvmlab-tone-ok" in panel.state_labels[0].value
-    assert "⏸ Paused" in panel.state_labels[1].value and "kvmlab-tone-warn" in panel.state_labels[1].value
+    assert "❚❚ Paused" in panel.state_labels[1].value and "kvmlab-tone-warn" in panel.state_labels[1].value
     panel.close()
 
 

@@ -1,8 +1,8 @@
 """How a vCPU's state reads at a glance: a symbol, the state's words and a tone.
 
 Colour alone fails one reader in twelve (red against green is the common confusion), so every
-state carries a shape too: ▶ running, ⏸ paused, ■ finished or exited cleanly, ✖ exited with
-an error. The tone names what the colour means ("ok", "warn", "error", "quiet"); the views
+state carries a shape too: ▶ running, ❚❚ paused, ■ finished or exited cleanly, ✖ exited
+with an error. (Not ⏸: few fonts have it, and a browser without one draws an empty box.) The tone names what the colour means ("ok", "warn", "error", "quiet"); the views
 turn it into their theme's colour, so the same state reads the same in light and dark.
 """
 
@@ -32,12 +32,12 @@ def failed(status: VcpuStatus) -> bool:
 
 
 def state_badge(status: VcpuStatus) -> Badge:
-    """``▶ Running``, ``⏸ Paused``, ``■ Exited(0: HLT)``, ``✖ Exited(3: ...) with an error``."""
+    """``▶ Running``, ``❚❚ Paused``, ``■ Exited(0: HLT)``, ``✖ Exited(3: ...) with an error``."""
     text = str(status)
     if status.state is VcpuState.RUNNING:
         return Badge("▶", text, "ok")
     if status.state is VcpuState.PAUSED:
-        return Badge("⏸", text, "warn")
+        return Badge("❚❚", text, "warn")
     if failed(status):
         return Badge("✖", f"{text}, an error", "error")
     if status.state in (VcpuState.EXITED, VcpuState.FINISHED):

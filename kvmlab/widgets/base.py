@@ -37,7 +37,7 @@ def frame_html(frame, max_rows: int = 200, scroll: bool | None = None) -> str:
     (rip, rflags) from anyone who does not think of scrolling. A long one (CPUID, MSRs)
     scrolls in a box that always shows its scrollbar and says how many rows it holds."""
     shown = frame if len(frame) <= max_rows else frame.head(max_rows)
-    table = shown.to_html(classes="kvmlab-table", border=0, max_rows=max_rows)
+    table = shown.to_html(classes="kvmlab-table", border=0, max_rows=max_rows, index_names=False)  # no second header row
     more = f"<div><i>{len(frame) - max_rows} more rows</i></div>" if len(frame) > max_rows else ""
     if scroll is None:
         scroll = len(shown) > SCROLL_ROWS

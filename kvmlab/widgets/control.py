@@ -47,7 +47,7 @@ class ControlPanel(View):
         self.vcpu_buttons: list[dict[str, widgets.Button]] = []
         rows = []
         for index in range(machine.vcpu_count):
-            label = widgets.HTML(layout=widgets.Layout(min_width="190px"))
+            label = widgets.HTML(layout=widgets.Layout(min_width="160px"))
             label.add_class("kvmlab-state")
             buttons = {}
             for action, text, tip in PER_VCPU:

@@ -58,6 +58,7 @@ class ExitPlot(View):
         self._presets = presets(self.registry)
         choices = [spec.name for spec in self.registry.specs if spec.cumulative]
         self.preset_picker = widgets.ToggleButtons(options=list(self._presets), value=preset_of(self.registry, choose), description="show",
+                                                   style={"button_width": "auto"},
                                                    tooltips=[", ".join(names) for names in self._presets.values()])  # fmt: skip
         self.preset_picker.add_class("kvmlab-presets")
         self.metric_picker = widgets.TagsInput(value=list(choose), allowed_tags=choices, allow_duplicates=False,

@@ -81,7 +81,7 @@ STYLESHEET = f"""
   opacity: 1;
   cursor: not-allowed;
 }}
-.kvmlab-view button.kvmlab-all-start:enabled {{
+.kvmlab-view button.jupyter-button.mod-active, .kvmlab-view button.kvmlab-all-start:enabled {{
   background: var(--jp-brand-color1);
   color: var(--jp-ui-inverse-font-color0);
 }}
@@ -101,6 +101,7 @@ STYLESHEET = f"""
 .kvmlab-view .kvmlab-closed {{ color: var(--jp-error-color1); }}
 .kvmlab-view .kvmlab-log {{
   height: {LOG_HEIGHT};
+  line-height: 1.4;
   overflow-y: auto;
   display: flex;
   flex-direction: column-reverse;
@@ -119,7 +120,7 @@ STYLESHEET = f"""
   overflow-y: scroll;
   border: 1px solid var(--jp-border-color2);
 }}
-.kvmlab-view table.kvmlab-table {{ border-collapse: collapse; color: var(--jp-ui-font-color1); }}
+.kvmlab-view table.kvmlab-table {{ border-collapse: collapse; color: var(--jp-ui-font-color1); line-height: 1.3; }}
 .kvmlab-view table.kvmlab-table th, .kvmlab-view table.kvmlab-table td {{
   padding: 1px 8px;
   text-align: left;
@@ -145,7 +146,7 @@ STYLESHEET = f"""
 /* the plot: a PNG with a white background, inverted (hues kept) in a dark theme */
 body[data-jp-theme-light="false"] .kvmlab-view .kvmlab-plot-image {{ filter: invert(0.88) hue-rotate(180deg); }}
 .kvmlab-view .kvmlab-rates {{ font-variant-numeric: tabular-nums; }}
-.kvmlab-view .kvmlab-presets .jupyter-button {{ padding: 0 8px; }}
+.kvmlab-view .kvmlab-presets .widget-toggle-buttons {{ gap: 4px; }}
 """
 
 
