@@ -212,7 +212,7 @@ def test_after_stop_and_close_the_lab_tells_the_truth_and_exports(jupyter_lab, t
             expect(lab.locator(".kvmlab-phase, div", has_text="machine closed").first).to_be_visible()
             for vcpu in (0, 1):
                 state = lab.locator(f".kvmlab-vcpu-{vcpu} .kvmlab-state")
-                expect(state).to_have_text("Finished")
+                expect(state).to_have_text("■ Finished")  # the state badge: symbol and word
                 assert "Running" not in state.inner_text()
                 expect(lab.locator(f".kvmlab-rate-{vcpu}")).to_have_attribute("data-rate", "0.0")
                 expect(lab.locator(f".kvmlab-rate-{vcpu}")).to_contain_text("0 MMIO writes / s (")

@@ -88,7 +88,9 @@ class ExitPlot(View):
     def refresh(self) -> None:
         """A frame, if a sample arrived since the last one (the clock calls it)."""
         plot = self.plot
-        key = (id(plot), self.registry.samples, self.registry.ring.last()[1] if self.registry.samples else None)
+        # final: the stop's last sample can be drawn before the registry says it is the last,
+        # and a finished run is drawn differently (fitted exactly, "seconds since start")
+        key = (id(plot), self.registry.samples, self.registry.ring.last()[1] if self.registry.samples else None, self.registry.final)
         if key == self._seen:
             return
         self._seen = key
