@@ -294,6 +294,11 @@ class Machine:
         Creates the vCPUs, without the in-kernel irqchip unless the machine was created with
         ``irqchip=True`` (the small programs end with HLT, which must reach kvmlab)."""
         self._require_unloaded("load()")
+        if self.built and self.irqchip and self.config.irqchip is not True:
+            raise MachineStateError(
+                "load(): this machine's vCPUs were created with KVM's in-kernel irqchip for a boot() that failed, "
+                "and a program's HLT would never reach kvmlab with it; make a new Machine for the program"
+            )
         if not self.built:
             self._create_vcpus(bool(self.config.irqchip))
         self.program = load_program(self._vmm.vm, program, mode, self.layout(), address)
@@ -321,8 +326,10 @@ class Machine:
                 "create a new Machine, with irqchip=True, and call boot() first"
             )
         request = multiboot_boot.prepare(kernel, cmdline, initrd, memory_size=self.config.memory)
+        reserved = IRQCHIP_PAGES if irqchip else ()
+        multiboot_boot.check(self._vmm.vm, request, reserved)  # a refusal here leaves no irqchip, no vCPUs
         vmm = self._vmm if self.built else self._create_vcpus(irqchip)
-        self.program = multiboot_boot.install(vmm.vm, request, self.fw_cfg, IRQCHIP_PAGES if irqchip else ())
+        self.program = multiboot_boot.install(vmm.vm, request, self.fw_cfg, reserved)
         self.kernel = request.image
         vmm.notify()
         return request.image

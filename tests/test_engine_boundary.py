@@ -224,3 +224,30 @@ def test_the_first_line_of_a_notebook_needs_no_engine_name():
     line = summary()
     assert line.startswith("Machines run on ") and any(engine.note()[:20] in line for engine in ENGINES)
     assert os.environ.get("KVMLAB_ENGINE") or "emulated" not in resolve("auto") or "KVM:" in line
+
+
+@pytest.mark.kvm
+def test_a_boot_refused_for_a_device_leaves_no_irqchip_behind(machines, kernels):
+    from kvmlab.devices import Mailbox
+    from kvmlab.errors import DeviceOverlapError
+
+    m = machines(vcpus=1, memory_mib=8)
+    m.add_device(Mailbox("on the lapic"), 0xFEE00000)
+    with pytest.raises(DeviceOverlapError):
+        m.boot(kernels.smp32)
+    assert m.irqchip is None and not m.built
+    m.load("hlt")  # the program's HLT reaches kvmlab: no in-kernel LAPIC swallowed it
+    assert m.step().reason == "HLT"
+
+
+@pytest.mark.kvm
+def test_a_kernel_that_does_not_fit_is_refused_before_the_vcpus_exist(machines, kernels):
+    from kvmlab.guest.kernels import smp_demo
+    from kvmlab.guest.multiboot import MultibootError
+
+    m = machines(vcpus=1, memory_mib=1)
+    with pytest.raises(MultibootError, match="outside guest RAM"):
+        m.boot(smp_demo())
+    assert not m.built and m.irqchip is None
+    m.load("hlt")
+    assert m.step().reason == "HLT"

@@ -57,6 +57,12 @@ def prepare(kernel, cmdline: str = "", initrd=None, *, memory_size: int) -> Boot
     return BootRequest(multiboot.plan(data, name, modules), name, cmdline)
 
 
+def check(vm: "Vm", request: BootRequest, reserved=()) -> None:
+    """Whether ``request`` fits ``vm``'s memory (segments in RAM, clear of the information
+    area and the hole; the strings fit): run before the vCPUs exist, so a refusal costs nothing."""
+    multiboot.check(vm.memory, request.image, request.full_cmdline, list(reserved))
+
+
 def install(vm: "Vm", request: BootRequest, fw_cfg: "FwCfg", reserved=()) -> LoadedProgram:
     """Writes the kernel into ``vm`` and sets vCPU 0 at its entry. ``reserved``: address
     ranges the memory map must show as reserved (the in-kernel IOAPIC/LAPIC pages)."""

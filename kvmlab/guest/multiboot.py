@@ -165,9 +165,15 @@ def memory_map(memory, extra_reserved: list[Range] = ()) -> list[tuple[int, int,
     return sorted(entries)
 
 
-def write(memory, image: BootImage, cmdline: str, extra_reserved: list[Range] = ()) -> int:
+def check(memory, image: BootImage, cmdline: str, extra_reserved: list[Range] = ()) -> None:
+    """Every check ``write`` makes, writing nothing: a VMM can refuse a kernel before it
+    commits to anything for it (``boot()`` runs this before the vCPUs and the irqchip exist)."""
+    write(memory, image, cmdline, extra_reserved, dry_run=True)
+
+
+def write(memory, image: BootImage, cmdline: str, extra_reserved: list[Range] = (), *, dry_run: bool = False) -> int:
     """Checks, then writes the kernel, its modules and the information structure into
-    ``memory``; returns the structure's address (for EBX)."""
+    ``memory``; returns the structure's address (for EBX). ``dry_run``: check only."""
     ram = " and ".join(str(r) for r in memory.ranges)
     placed = [(addr, size, f"{image.name} segment") for addr, _, size in image.chunks]
     placed += [(addr, len(data), f"module {name}") for addr, data, name in image.modules]
@@ -217,6 +223,8 @@ def write(memory, image: BootImage, cmdline: str, extra_reserved: list[Range] = 
     info[MBI_SIZE : MBI_SIZE + len(strings)] = strings
     info[mods_addr - INFO_AREA.start : mods_addr - INFO_AREA.start + len(module_table)] = module_table
     info[mmap_addr - INFO_AREA.start : mmap_addr - INFO_AREA.start + len(mmap)] = mmap
+    if dry_run:
+        return INFO_AREA.start
     for addr, data, size in image.chunks:
         memory.write(addr, data)
         if size > len(data):

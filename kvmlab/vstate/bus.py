@@ -78,14 +78,16 @@ class Bus:
     def entries(self) -> list[BusEntry]:
         return list(self._entries)
 
+    def check_free(self, rng: Range, what: str) -> None:
+        """Refuses, naming it, a device mapped where ``what`` must go."""
+        for entry in self._entries:
+            if entry.range.overlaps(rng):
+                raise DeviceOverlapError(f"{entry.name!r} at {entry.range} lies where {what} must be ({rng}); map it elsewhere")
+
     def forbid(self, rng: Range, what: str) -> None:
         """Reserves ``rng`` for ``what`` (say, KVM's in-kernel IOAPIC): no device may be mapped
         there from now on, and a device already there is refused now."""
-        for entry in self._entries:
-            if entry.range.overlaps(rng):
-                raise DeviceOverlapError(
-                    f"{entry.name!r} at {entry.range} lies where {what} must be ({rng}); map it elsewhere"
-                )
+        self.check_free(rng, what)
         self._forbidden = (*self._forbidden, (rng, what))
 
     def insert(self, device: BusDevice, base: int, length: int, name: str | None = None) -> BusEntry:

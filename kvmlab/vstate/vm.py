@@ -57,6 +57,8 @@ class Vm:
         KVM_CREATE_IRQCHIP requires) and keeps devices off the pages they answer."""
         if self.vcpus:
             raise MachineStateError("the in-kernel irqchip can only be created before the vCPUs (KVM_CREATE_IRQCHIP)")
+        for rng in IRQCHIP_PAGES:  # every page checked before anything changes: a refusal leaves no irqchip
+            self.mmio_bus.check_free(rng, IRQCHIP_OWNER)
         self.backend.create_irqchip()
         for rng in IRQCHIP_PAGES:
             self.mmio_bus.forbid(rng, IRQCHIP_OWNER)
@@ -74,12 +76,21 @@ class Vm:
             raise MachineStateError("this VM already has its vCPUs")
         for index in range(count):
             backend = self.backend.create_vcpu(index, count)
-            peripherals = Peripherals(
-                index, backend.run_views, self.mmio_bus, self.pio_bus, metrics=metrics[index] if metrics else None,
-                on_device_error=on_device_error, unhandled=self.unhandled,
-            )  # fmt: skip
-            self.vcpus.append(Vcpu(backend, peripherals, self.exit_evt))
+            try:
+                vcpu = self._wrap_vcpu(backend, index, on_device_error, metrics)
+            except BaseException:
+                backend.close()  # not in self.vcpus yet: close() would never see it
+                raise
+            self.vcpus.append(vcpu)
         return self.vcpus
+
+    def _wrap_vcpu(self, backend, index: int, on_device_error, metrics) -> Vcpu:
+        """The shared vCPU (state machine, exit handling) around an engine's vCPU."""
+        peripherals = Peripherals(
+            index, backend.run_views, self.mmio_bus, self.pio_bus, metrics=metrics[index] if metrics else None,
+            on_device_error=on_device_error, unhandled=self.unhandled,
+        )  # fmt: skip
+        return Vcpu(backend, peripherals, self.exit_evt)
 
     def close(self) -> None:
         """Releases vCPUs, the VM and memory, in that order. Threads must be joined first."""
