@@ -9,6 +9,7 @@ maximum number of vCPUs) is checked by ``check_engine`` against the engine's ``C
 from __future__ import annotations
 
 import math
+import os
 import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -84,16 +85,19 @@ class MachineConfig:
             raise ConfigError(f"sample_hz={hz!r}: need 0 (no sampler) to {MAX_SAMPLE_HZ} samples a second")
         if not is_finite_number(self.history_s) or self.history_s <= 0 or (hz and self.history_s * hz < 1):
             raise ConfigError(f"history_s={self.history_s!r}: need a finite number of seconds with room for at least one sample at {hz} Hz")
-        if not isinstance(self.trace, bool):
+        if self.trace not in (True, False):  # 0 and 1 too, as before this was checked
             raise ConfigError(f"trace={self.trace!r}: True or False")
+        object.__setattr__(self, "trace", bool(self.trace))
         if not _is_whole(self.trace_capacity) or self.trace_capacity < 1:
             raise ConfigError(f"trace_capacity={self.trace_capacity!r}: need a positive number of rows")
         if self.irqchip not in (None, True, False):
             raise ConfigError(f"irqchip={self.irqchip!r}: True, False, or None (off for programs, on for boot())")
         if not isinstance(self.strict, bool):
             raise ConfigError(f"strict={self.strict!r}: True or False")
-        if self.kvm_path is not None and not isinstance(self.kvm_path, str):
-            raise ConfigError(f"kvm_path={self.kvm_path!r}: need a path, or None for $KVMLAB_KVM_PATH or /dev/kvm")
+        if self.kvm_path is not None:
+            if not isinstance(self.kvm_path, (str, os.PathLike)):
+                raise ConfigError(f"kvm_path={self.kvm_path!r}: need a path, or None for $KVMLAB_KVM_PATH or /dev/kvm")
+            object.__setattr__(self, "kvm_path", os.fspath(self.kvm_path))
         object.__setattr__(self, "cpuid_mask", validate_mask(self.cpuid_mask))
 
     @property

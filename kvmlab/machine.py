@@ -184,6 +184,7 @@ class Machine:
         self._finalizer = weakref.finalize(self, parts.close)  # from here on, nothing can leak
         parts.metrics = metrics = MetricsRegistry(
             vcpus=config.vcpus,
+            kernel_stats_expected=caps.kernel_stats,
             sample_hz=config.sample_hz,
             history_s=config.history_s,
             # not a bound method: nothing the threads reach may hold the Machine itself

@@ -50,7 +50,7 @@ class KvmEngine(Engine):
                 irqchip=bool(kvm.check_extension(Cap.IRQCHIP)),
                 cpuid_mask=True,
                 kernel_stats=bool(kvm.check_extension(Cap.BINARY_STATS_FD)),
-                mp_state=True,
+                mp_state=bool(kvm.check_extension(Cap.MP_STATE)),  # tracked when the VM has an irqchip
                 single_step=bool(kvm.check_extension(Cap.SET_GUEST_DEBUG)),
             )
         except BaseException:

@@ -46,6 +46,10 @@ class OwnedFd:
         self._what = what
         # os.close and the number, not a bound method: the finalizer must not keep self alive.
         self._finalizer = weakref.finalize(self, os.close, fd)
+        # Not at interpreter exit: finalizers run newest first there, so this would close a vCPU's
+        # fd under the Machine whose (older) finalizer still tears it down in order. The OS closes
+        # every fd when the process ends anyway.
+        self._finalizer.atexit = False
 
     @property
     def fd(self) -> int:

@@ -47,6 +47,8 @@ _ADDRESS_TABLES = (
     ("io_in", "pio", "io_in_by_port"),
     ("io_out", "pio", "io_out_by_port"),
 )
+#: why a registry has no kvm.* metrics
+NO_KERNEL_STATS = "this engine has no KVM binary stats fd"
 #: the ``device`` of the row holding the exits at addresses a full table did not keep
 OTHER_ADDRESSES = "(other addresses)"
 
@@ -85,6 +87,7 @@ class MetricsRegistry:
         kernel_stats: Sequence | None = None,
         *,
         vcpus: int | None = None,
+        kernel_stats_expected: bool = True,
         sample_hz: float = DEFAULT_SAMPLE_HZ,
         history_s: float = DEFAULT_HISTORY_S,
         describe_address: Callable[[str, int], tuple[str, str]] | None = None,
@@ -97,7 +100,8 @@ class MetricsRegistry:
         self._metrics: list[VcpuMetrics] = [p.metrics for p in peripherals] if peripherals is not None else [VcpuMetrics(i) for i in range(vcpus)]
         self._kernel: list | None = None
         #: why kernel statistics are missing (None when they are present)
-        self.kernel_stats_absent: str | None = "this engine has no KVM binary stats fd"
+        # unknown until attach() for a registry made before its vCPUs, unless the engine said so
+        self.kernel_stats_absent: str | None = None if peripherals is None and kernel_stats_expected else NO_KERNEL_STATS
         self._kernel_picks: tuple[int, ...] = ()
         self._stopped = False
         #: KVM's statistics read when the machine stopped (their fds close with the machine)
@@ -150,6 +154,8 @@ class MetricsRegistry:
             self._kernel = stats
             self.kernel_stats_absent = None
             self._set_specs()
+        else:
+            self.kernel_stats_absent = NO_KERNEL_STATS
         if self._trace_on:
             for p, trace in zip(peripherals, self.traces):
                 p.trace = trace.record

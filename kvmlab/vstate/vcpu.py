@@ -240,9 +240,11 @@ class Vcpu:
 
     def exit(self, status: Stopped):
         """The Exited state: tell the VMM, then answer ``Exited`` until ``Finish`` comes.
-        The final state is recorded first, so whoever hears of the exit can read it."""
+        The final state is recorded first, so whoever hears of the exit can read it; the exit
+        status and the Exited state are published together after it, so no observer sees a
+        Running vCPU with an exit code while its registers are being read."""
+        self._capture_final(status)
         self.exit_status = status
-        self._capture_final()
         self._become(VcpuState.EXITED)
         log.info("vCPU %d exited with code %d: %s", self.index, status.code, status.reason)
         self._signal_exit()
@@ -253,13 +255,13 @@ class Vcpu:
             if event is VcpuEvent.FINISH or event is DISCONNECTED:
                 return None
 
-    def _capture_final(self) -> None:
+    def _capture_final(self, status: Stopped | None = None) -> None:
         """Records the final state once, on this vCPU's own thread (the only one that may
         touch its registers, as in Firecracker), while the guest's memory still exists.
         Never raises: a vCPU must end whatever its engine can still read."""
         if self.final_state is not None:
             return
-        status = self.exit_status
+        status = status if status is not None else self.exit_status
         snapshot = code = last_exit = None
         problem = None
         try:
