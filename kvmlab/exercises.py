@@ -89,13 +89,12 @@ def _exits_of(program: Program, engine: str) -> tuple[list[ExitRecord], str]:
         return records, m.console.text
 
 
-def _call(function: Callable, *args) -> tuple[object, Verdict | None]:
+def _call(function: Callable, *args, hint: str = "Print what your function is given to see what it holds.") -> tuple[object, Verdict | None]:
     try:
         return function(*args), None
     except Exception as err:
         where = traceback.extract_tb(err.__traceback__)[-1]
-        return None, Verdict(False, f"Your function raised {type(err).__name__}: {err} (line {where.lineno}). "
-                                    "Print one record (print(records[0].fields)) to see what it holds.")  # fmt: skip
+        return None, Verdict(False, f"Your function raised {type(err).__name__}: {err} (line {where.lineno}). {hint}")
 
 
 def check_serial_bytes(function: Callable[[Sequence[ExitRecord]], bytes], *, engine: str = "auto") -> Verdict:
@@ -103,7 +102,7 @@ def check_serial_bytes(function: Callable[[Sequence[ExitRecord]], bytes], *, eng
     printed on the serial port (COM1's transmit register, port 0x3f8)."""
     secret = random.choice(WORDS)
     records, console = _exits_of(serial_guest(secret), engine)
-    got, failed = _call(function, records)
+    got, failed = _call(function, records, hint="Print one record (print(records[0].fields)) to see what it holds.")
     if failed is not None:  # a Verdict that did not pass is falsy: test for None
         return failed
     if isinstance(got, str):
@@ -147,27 +146,56 @@ _NEW_TABLES = (0x20000, 0x21000, 0x22000)
 ENTRY_ADDRESS = 0x000F_FFFF_FFFF_F000
 
 
-def _random_mapping(rng: random.Random) -> tuple[int, list[tuple[int, int]]]:
-    """A virtual address in a 4 KiB page of its own whose physical page is the mailbox's, and
-    the (table, index) of each level's entry on the way: PML4, PDPT, PD, PT."""
+#: where the check's probe device may go: pages of the legacy hole above the mailbox's
+_PROBE_PAGES = range(MAILBOX_BASE + 0x1000, 0xC0000, 0x1000)
+
+
+class _Probe:
+    """A page of MMIO that accepts any access: where the check's writes land, so that their
+    exits name a guest-physical address the learner cannot know in advance."""
+
+    size = 0x1000
+
+    def read(self, offset: int, size: int) -> int:
+        return 0
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        pass
+
+
+class _GuestMemoryReader:
+    """What the learner's walk gets: reads of guest memory, and nothing that says the answer."""
+
+    def __init__(self, memory):
+        self.read_u32, self.read_u64 = memory.read_u32, memory.read_u64
+
+
+def _random_mapping(rng: random.Random) -> tuple[int, int, list[tuple[int, int]]]:
+    """A virtual address in a 4 KiB page of its own, the physical page it maps to (a random page
+    of the legacy hole), and the (table, index) of each level's entry: PML4, PDPT, PD, PT."""
     indices = [rng.randrange(1, 256), rng.randrange(512), rng.randrange(512), rng.randrange(512)]
-    offset = rng.choice((4, 8))  # the mailbox's PING and PONG registers
+    offset = rng.randrange(0, 0x1000, 8)
     virtual = (indices[0] << 39) | (indices[1] << 30) | (indices[2] << 21) | (indices[3] << 12) | offset
     tables = [PML4_ADDRESS, *_NEW_TABLES]
-    return virtual, list(zip(tables, indices))
+    return virtual, rng.choice(_PROBE_PAGES), list(zip(tables, indices))
 
 
-def page_walk_machine(virtual_4k: int, levels: list[tuple[int, int]], identity: int, engine: str = "auto") -> Machine:
+def page_walk_machine(virtual_4k: int, page: int, levels: list[tuple[int, int]], identity: int, engine: str = "auto") -> Machine:
     """A long-mode machine whose program writes to ``virtual_4k`` (mapped with a 4 KiB page onto
-    the mailbox) and to ``identity`` (kvmlab's own 2 MiB identity map), then halts."""
+    the probe page at ``page``) and to ``identity`` (kvmlab's own 2 MiB identity map), then halts."""
     m = Machine(vcpus=1, memory_mib=1, engine=engine)
-    m.load(f"mov rax, {virtual_4k:#x}\nmov dword ptr [rax], 1\nmov rax, {identity:#x}\nmov dword ptr [rax], 2\nhlt", mode="long")
-    (_, i4), (pdpt, i3), (pd, i2), (pt, i1) = levels
-    memory = m.memory
-    memory.write_u64(PML4_ADDRESS + 8 * i4, pdpt | Pte.PRESENT | Pte.WRITE)
-    memory.write_u64(pdpt + 8 * i3, pd | Pte.PRESENT | Pte.WRITE)
-    memory.write_u64(pd + 8 * i2, pt | Pte.PRESENT | Pte.WRITE)
-    memory.write_u64(pt + 8 * i1, MAILBOX_BASE | Pte.PRESENT | Pte.WRITE)
+    try:
+        m.add_device(_Probe(), page, bus="mmio")
+        m.load(f"mov rax, {virtual_4k:#x}\nmov dword ptr [rax], 1\nmov rax, {identity:#x}\nmov dword ptr [rax], 2\nhlt", mode="long")
+        (_, i4), (pdpt, i3), (pd, i2), (pt, i1) = levels
+        memory = m.memory
+        memory.write_u64(PML4_ADDRESS + 8 * i4, pdpt | Pte.PRESENT | Pte.WRITE)
+        memory.write_u64(pdpt + 8 * i3, pd | Pte.PRESENT | Pte.WRITE)
+        memory.write_u64(pd + 8 * i2, pt | Pte.PRESENT | Pte.WRITE)
+        memory.write_u64(pt + 8 * i1, page | Pte.PRESENT | Pte.WRITE)
+    except BaseException:
+        m.close()
+        raise
     return m
 
 
@@ -176,16 +204,17 @@ def check_page_walk(function: Callable[[object, int, int], int], *, engine: str 
     2 MiB pages), against the guest-physical addresses the CPU itself reported: the program
     writes through two virtual addresses, and each write is an MMIO exit naming its physical one."""
     rng = random.Random(seed)
-    virtual_4k, levels = _random_mapping(rng)
-    identity = MAILBOX_BASE + rng.choice((4, 8))  # in the first 2 MiB page: kvmlab maps it to itself
-    with page_walk_machine(virtual_4k, levels, identity, engine) as m:
+    virtual_4k, page, levels = _random_mapping(rng)
+    identity = rng.choice([p for p in _PROBE_PAGES if p != page]) + rng.randrange(0, 0x1000, 8)  # another probe page, below 2 MiB
+    with page_walk_machine(virtual_4k, page, levels, identity, engine) as m:
+        m.add_device(_Probe(), identity & ~0xFFF, bus="mmio")
         physical = [r.fields["phys_addr"] for r in (m.step(), m.step()) if r.reason == "MMIO"]
         if len(physical) != 2:
             return Verdict(False, "The check's own guest did not make its two MMIO writes; this is a kvmlab bug, please report it")
         cr3 = m.special_registers(0)["cr3"]
         answers = []
         for virtual in (virtual_4k, identity):
-            got, failed = _call(function, m.memory, cr3, virtual)
+            got, failed = _call(function, _GuestMemoryReader(m.memory), cr3, virtual, hint="memory has read_u32(address) and read_u64(address), nothing else.")
             if failed is not None:
                 return failed
             answers.append(got)
@@ -247,7 +276,7 @@ def check_multiboot_ram(function: Callable[[object, int], int], *, engine: str =
         m.boot(smp_demo(step_exits=1))  # boot() writes the map; the kernel need not run
         info = m.registers(0)["rbx"]  # what the kernel gets: the structure's address in EBX
         ram = sum(r.size for r in m.memory.ranges)
-        got, failed = _call(function, m.memory, info)
+        got, failed = _call(function, _GuestMemoryReader(m.memory), info, hint="memory has read_u32(address) and read_u64(address), nothing else.")
         if failed is not None:
             return failed
         length = m.memory.read_u32(info + MBI_MMAP_LENGTH)
@@ -388,6 +417,9 @@ def mode_cases(engine: str = "auto") -> list[tuple[str, dict]]:
 def check_cpu_mode(function: Callable[[dict], str], *, engine: str = "auto", seed: int | None = None) -> Verdict:
     """Checks ``function(sregs) -> mode name`` on vCPUs kvmlab put in each mode, in random order."""
     cases = mode_cases(engine)
+    untested = "" if any(mode == "compatibility" for mode, _ in cases) else (
+        " (This engine cannot run compatibility mode, so that case was not asked: does your function tell it from long mode by CS.L?)"
+    )
     random.Random(seed).shuffle(cases)
     for mode, sregs in cases:
         got, failed = _call(function, sregs)
@@ -406,7 +438,7 @@ def check_cpu_mode(function: Callable[[dict], str], *, engine: str = "auto", see
         True,
         "Real mode while CR0.PE is 0; protected mode with PE and no EFER.LMA; with LMA, CS.L chooses 64-bit long mode or "
         "compatibility mode, the two halves of IA-32e mode (Intel SDM Vol. 3A, section 2.2, \"Modes of Operation\"). A VMM sets all of these with "
-        "KVM_SET_SREGS, LMA included.",
+        "KVM_SET_SREGS, LMA included." + untested,
     )
 
 
