@@ -19,6 +19,7 @@ its height, and the Lab is screenshotted in JupyterLab's light and dark themes
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -109,54 +110,65 @@ def jupyter_lab(tmp_path):
 BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 
-def test_pause_vcpu_1_from_the_lab_in_jupyterlab(jupyter_lab):
-    from playwright.sync_api import expect, sync_playwright
+@contextlib.contextmanager
+def _browser_page():
+    """A page of Debian's Chromium, headless, with room for the whole Lab; closed afterwards."""
+    from playwright.sync_api import sync_playwright
 
-    ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"],
-        )
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1300, "height": 1700})
             page.set_default_timeout(60_000)
-            page.goto(f"{jupyter_lab}/lab/tree/03-mmio-exits.ipynb")
-            page.wait_for_selector(".jp-Notebook .jp-Cell")
-            page.wait_for_selector("#jp-main-statusbar >> text=Idle", timeout=90_000)
-
-            # Select the cell that pauses every vCPU and run everything above it (vCPU 1 runs).
-            page.locator(".jp-Notebook .jp-Cell", has_text=PAUSE_ALL_CELL).locator(".jp-InputPrompt").click()
-            page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
-            page.locator(".lm-Menu-itemLabel", has_text="Run All Above Selected Cell").click()
-
-            # The notebook paused and resumed vCPU 1 itself; wait for its last cell above.
-            page.wait_for_selector(".jp-OutputArea-output >> text=/\\[Running, Running\\] rounds: \\d+/", timeout=180_000)
-            lab = page.locator(LAB)
-            expect(lab.locator(".kvmlab-vcpu-1 .kvmlab-state")).to_contain_text("Running")
-            image = lab.locator(".kvmlab-plot-image")
-            before = image.get_attribute("src")
-
-            pause = lab.locator(".kvmlab-vcpu-1 button.kvmlab-pause")
-            expect(pause).to_be_enabled()
-            pause.click()
-
-            expect(lab.locator(".kvmlab-vcpu-1 .kvmlab-state")).to_contain_text("Paused", timeout=15_000)
-            expect(lab.locator(".kvmlab-vcpu-0 .kvmlab-state")).to_contain_text("Running")
-            expect(lab.locator(".kvmlab-messages")).to_contain_text("vCPU 1: paused")
-            # Rates are per sample interval: wait for a whole interval with vCPU 1 paused.
-            expect(lab.locator(".kvmlab-rate-1")).to_have_attribute("data-rate", "0.0", timeout=15_000)
-            rate_0 = float(lab.locator(".kvmlab-rate-0").get_attribute("data-rate"))
-            assert rate_0 > 1000, f"vCPU 0 kept running: {rate_0} exits/s"
-            assert image.get_attribute("src") != before, "the plot was redrawn"
-            expect(lab.locator(".kvmlab-vcpu-1 button.kvmlab-resume")).to_be_enabled()
-            expect(pause).to_be_disabled()
-
-            time.sleep(1.5)  # let the plot show vCPU 1 flat for a moment
-            lab.screenshot(path=str(ARTIFACTS / "lab.png"))
-            page.screenshot(path=str(ARTIFACTS / "jupyterlab.png"), full_page=False)
+            yield page
         finally:
             browser.close()
+
+
+def _open(page, url: str, notebook: str) -> None:
+    """Opens ``notebook`` in JupyterLab and waits for its kernel."""
+    page.goto(f"{url}/lab/tree/{notebook}")
+    page.wait_for_selector(".jp-Notebook .jp-Cell")
+    page.wait_for_selector("#jp-main-statusbar >> text=Idle", timeout=90_000)
+
+
+def test_pause_vcpu_1_from_the_lab_in_jupyterlab(jupyter_lab):
+    from playwright.sync_api import expect
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with _browser_page() as page:
+        _open(page, jupyter_lab, "03-mmio-exits.ipynb")
+
+        # Select the cell that pauses every vCPU and run everything above it (vCPU 1 runs).
+        page.locator(".jp-Notebook .jp-Cell", has_text=PAUSE_ALL_CELL).locator(".jp-InputPrompt").click()
+        page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+        page.locator(".lm-Menu-itemLabel", has_text="Run All Above Selected Cell").click()
+
+        # The notebook paused and resumed vCPU 1 itself; wait for its last cell above.
+        page.wait_for_selector(".jp-OutputArea-output >> text=/\\[Running, Running\\] rounds: \\d+/", timeout=180_000)
+        lab = page.locator(LAB)
+        expect(lab.locator(".kvmlab-vcpu-1 .kvmlab-state")).to_contain_text("Running")
+        image = lab.locator(".kvmlab-plot-image")
+        before = image.get_attribute("src")
+
+        pause = lab.locator(".kvmlab-vcpu-1 button.kvmlab-pause")
+        expect(pause).to_be_enabled()
+        pause.click()
+
+        expect(lab.locator(".kvmlab-vcpu-1 .kvmlab-state")).to_contain_text("Paused", timeout=15_000)
+        expect(lab.locator(".kvmlab-vcpu-0 .kvmlab-state")).to_contain_text("Running")
+        expect(lab.locator(".kvmlab-messages")).to_contain_text("vCPU 1: paused")
+        # Rates are per sample interval: wait for a whole interval with vCPU 1 paused.
+        expect(lab.locator(".kvmlab-rate-1")).to_have_attribute("data-rate", "0.0", timeout=15_000)
+        rate_0 = float(lab.locator(".kvmlab-rate-0").get_attribute("data-rate"))
+        assert rate_0 > 1000, f"vCPU 0 kept running: {rate_0} exits/s"
+        assert image.get_attribute("src") != before, "the plot was redrawn"
+        expect(lab.locator(".kvmlab-vcpu-1 button.kvmlab-resume")).to_be_enabled()
+        expect(pause).to_be_disabled()
+
+        time.sleep(1.5)  # let the plot show vCPU 1 flat for a moment
+        lab.screenshot(path=str(ARTIFACTS / "lab.png"))
+        page.screenshot(path=str(ARTIFACTS / "jupyterlab.png"), full_page=False)
 
 
 #: the notebook the second test runs: a Lab, a start, then stop and close in one cell
@@ -188,53 +200,42 @@ def _write_notebook(path: Path, cells: list[str]) -> None:
 
 
 def test_after_stop_and_close_the_lab_tells_the_truth_and_exports(jupyter_lab, tmp_path):
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     ARTIFACTS.mkdir(exist_ok=True)
     root = tmp_path / "notebooks"  # the fixture's server serves this folder
     _write_notebook(root / "lab-truth.ipynb", TRUTH_CELLS)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"],
-        )
-        try:
-            page = browser.new_page(viewport={"width": 1300, "height": 1700})
-            page.set_default_timeout(60_000)
-            page.goto(f"{jupyter_lab}/lab/tree/lab-truth.ipynb")
-            page.wait_for_selector(".jp-Notebook .jp-Cell")
-            page.wait_for_selector("#jp-main-statusbar >> text=Idle", timeout=90_000)
-            page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
-            page.locator(".lm-Menu-itemLabel").get_by_text("Run All Cells", exact=True).click()
-            page.wait_for_selector(".jp-OutputArea-output >> text=/after close: \\[Finished, Finished\\]/", timeout=180_000)
+    with _browser_page() as page:
+        _open(page, jupyter_lab, "lab-truth.ipynb")
+        page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+        page.locator(".lm-Menu-itemLabel").get_by_text("Run All Cells", exact=True).click()
+        page.wait_for_selector(".jp-OutputArea-output >> text=/after close: \\[Finished, Finished\\]/", timeout=180_000)
 
-            lab = page.locator(LAB)
-            expect(lab.locator(".kvmlab-phase, div", has_text="machine closed").first).to_be_visible()
-            for vcpu in (0, 1):
-                state = lab.locator(f".kvmlab-vcpu-{vcpu} .kvmlab-state")
-                expect(state).to_have_text("■ Finished")  # the state badge: symbol and word
-                assert "Running" not in state.inner_text()
-                expect(lab.locator(f".kvmlab-rate-{vcpu}")).to_have_attribute("data-rate", "0.0")
-                expect(lab.locator(f".kvmlab-rate-{vcpu}")).to_contain_text("0 MMIO writes / s (")
-            messages = lab.locator(".kvmlab-messages")
-            expect(messages).to_contain_text("machine stopped: stopped by the controller — exit code 0")
-            expect(messages).to_contain_text("machine closed")
+        lab = page.locator(LAB)
+        expect(lab.locator(".kvmlab-phase, div", has_text="machine closed").first).to_be_visible()
+        for vcpu in (0, 1):
+            state = lab.locator(f".kvmlab-vcpu-{vcpu} .kvmlab-state")
+            expect(state).to_have_text("■ Finished")  # the state badge: symbol and word
+            assert "Running" not in state.inner_text()
+            expect(lab.locator(f".kvmlab-rate-{vcpu}")).to_have_attribute("data-rate", "0.0")
+            expect(lab.locator(f".kvmlab-rate-{vcpu}")).to_contain_text("0 MMIO writes / s (")
+        messages = lab.locator(".kvmlab-messages")
+        expect(messages).to_contain_text("machine stopped: stopped by the controller — exit code 0")
+        expect(messages).to_contain_text("machine closed")
 
-            export = lab.locator("button.kvmlab-export")
-            expect(export).to_be_enabled()
-            export.click()
-            folder = root / "lab-export"
-            result = lab.locator(".kvmlab-export-result")
-            expect(result).to_contain_text("written:", timeout=30_000)
-            expect(result).to_contain_text(str(folder / "kvmlab-metrics.csv"))
-            written = sorted(path.name for path in folder.iterdir())
-            assert {"kvmlab-exits.png", "kvmlab-metrics.csv", "kvmlab-totals.csv"} <= set(written), written
-            expect(messages).to_contain_text(f"exported {len(written)} files to {folder}")
+        export = lab.locator("button.kvmlab-export")
+        expect(export).to_be_enabled()
+        export.click()
+        folder = root / "lab-export"
+        result = lab.locator(".kvmlab-export-result")
+        expect(result).to_contain_text("written:", timeout=30_000)
+        expect(result).to_contain_text(str(folder / "kvmlab-metrics.csv"))
+        written = sorted(path.name for path in folder.iterdir())
+        assert {"kvmlab-exits.png", "kvmlab-metrics.csv", "kvmlab-totals.csv"} <= set(written), written
+        expect(messages).to_contain_text(f"exported {len(written)} files to {folder}")
 
-            lab.screenshot(path=str(ARTIFACTS / "lab-after-close.png"))
-            page.screenshot(path=str(ARTIFACTS / "jupyterlab-after-close.png"), full_page=False)
-        finally:
-            browser.close()
+        lab.screenshot(path=str(ARTIFACTS / "lab-after-close.png"))
+        page.screenshot(path=str(ARTIFACTS / "jupyterlab-after-close.png"), full_page=False)
 
 
 #: JS: is ``element`` clipped by any ancestor inside the Lab that scrolls or hides overflow?
@@ -253,9 +254,7 @@ CLIPPED_BY = """(element) => {
 
 def _run_notebook_up_to_the_pause(page, url: str) -> None:
     """Runs the cells above the one that pauses every vCPU: both vCPUs run."""
-    page.goto(f"{url}/lab/tree/03-mmio-exits.ipynb")
-    page.wait_for_selector(".jp-Notebook .jp-Cell")
-    page.wait_for_selector("#jp-main-statusbar >> text=Idle", timeout=90_000)
+    _open(page, url, "03-mmio-exits.ipynb")
     page.locator(".jp-Notebook .jp-Cell", has_text=PAUSE_ALL_CELL).locator(".jp-InputPrompt").click()
     page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
     page.locator(".lm-Menu-itemLabel", has_text="Run All Above Selected Cell").click()
@@ -267,79 +266,73 @@ def _lab_tab(lab, name: str):
 
 
 def test_the_lab_as_a_newcomer_sees_it_in_light_and_dark(jupyter_lab):
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1300, "height": 1700})
-            page.set_default_timeout(60_000)
-            _run_notebook_up_to_the_pause(page, jupyter_lab)
-            lab = page.locator(LAB)
+    with _browser_page() as page:
+        _run_notebook_up_to_the_pause(page, jupyter_lab)
+        lab = page.locator(LAB)
 
-            # The plot's window fits the run (a few seconds so far), not a fixed 30 s.
-            window = lab.locator(".kvmlab-rates [data-window]")
-            expect(window).to_have_count(1, timeout=15_000)
-            span = float(window.get_attribute("data-window"))
-            assert 1 <= span <= 15, f"a run of a few seconds is plotted over {span} s"
+        # The plot's window fits the run (a few seconds so far), not a fixed 30 s.
+        window = lab.locator(".kvmlab-rates [data-window]")
+        expect(window).to_have_count(1, timeout=15_000)
+        span = float(window.get_attribute("data-window"))
+        assert 1 <= span <= 15, f"a run of a few seconds is plotted over {span} s"
 
-            # Enabled and disabled buttons differ by more than a shade: solid against dashed.
-            enabled = lab.locator(".kvmlab-vcpu-1 button.kvmlab-pause")
-            disabled = lab.locator(".kvmlab-vcpu-1 button.kvmlab-resume")
-            expect(disabled).to_be_disabled()
-            style = lambda b: b.evaluate("b => getComputedStyle(b).borderTopStyle")  # noqa: E731
-            assert (style(enabled), style(disabled)) == ("solid", "dashed")
-            expect(lab.locator(".kvmlab-vcpu-1 .kvmlab-state")).to_contain_text("▶ Running")
+        # Enabled and disabled buttons differ by more than a shade: solid against dashed.
+        enabled = lab.locator(".kvmlab-vcpu-1 button.kvmlab-pause")
+        disabled = lab.locator(".kvmlab-vcpu-1 button.kvmlab-resume")
+        expect(disabled).to_be_disabled()
+        style = lambda b: b.evaluate("b => getComputedStyle(b).borderTopStyle")  # noqa: E731
+        assert (style(enabled), style(disabled)) == ("solid", "dashed")
+        expect(lab.locator(".kvmlab-vcpu-1 .kvmlab-state")).to_contain_text("▶ Running")
 
-            # Pause and save vCPU 1 from the control panel; the log keeps its height.
-            log = lab.locator(".kvmlab-messages")
-            plot_top = lambda: lab.locator(".kvmlab-plot-image").bounding_box()["y"] - lab.bounding_box()["y"]  # noqa: E731 (the page may scroll)
-            plot_before = plot_top()
-            log_height = log.bounding_box()["height"]
-            enabled.click()
-            expect(lab.locator(".kvmlab-vcpu-1 .kvmlab-state")).to_contain_text("❚❚ Paused", timeout=15_000)
-            save = lab.locator(".kvmlab-vcpu-1 button.kvmlab-save-state")
-            expect(save).to_be_enabled()
-            save.click()
-            expect(log).to_contain_text("vCPU 1: state saved", timeout=15_000)
-            assert log.bounding_box()["height"] == log_height, "the log keeps its height"
-            assert plot_top() == plot_before, "a new message does not push the plot down"
-            time.sleep(1.0)
-            lab.screenshot(path=str(ARTIFACTS / "lab-exits-light.png"))
+        # Pause and save vCPU 1 from the control panel; the log keeps its height.
+        log = lab.locator(".kvmlab-messages")
+        plot_top = lambda: lab.locator(".kvmlab-plot-image").bounding_box()["y"] - lab.bounding_box()["y"]  # noqa: E731 (the page may scroll)
+        plot_before = plot_top()
+        log_height = log.bounding_box()["height"]
+        enabled.click()
+        expect(lab.locator(".kvmlab-vcpu-1 .kvmlab-state")).to_contain_text("❚❚ Paused", timeout=15_000)
+        save = lab.locator(".kvmlab-vcpu-1 button.kvmlab-save-state")
+        expect(save).to_be_enabled()
+        save.click()
+        expect(log).to_contain_text("vCPU 1: state saved", timeout=15_000)
+        assert log.bounding_box()["height"] == log_height, "the log keeps its height"
+        assert plot_top() == plot_before, "a new message does not push the plot down"
+        time.sleep(1.0)
+        lab.screenshot(path=str(ARTIFACTS / "lab-exits-light.png"))
 
-            # The inspector followed vCPU 1, and shows its registers down to rflags.
-            _lab_tab(lab, "CPU inspector").click()
-            inspector = lab.locator(".kvmlab-inspector")
-            expect(inspector.locator(".kvmlab-inspector-summary")).to_contain_text("vCPU 1:")
-            inspector.locator(".lm-TabBar").first.evaluate("e => e.scrollIntoView({block: 'start'})")  # the inspector's top at the top
-            registers = inspector.locator(".kvmlab-inspector-registers")
-            for name in ("r15", "rip", "rflags"):
-                row = registers.locator("table").first.locator("tr", has=page.locator("th", has_text=re.compile(f"^{name}$")))
-                expect(row).to_be_visible()
-                assert row.evaluate(CLIPPED_BY) == "", f"the {name} row is cut off by a box"
-            rflags = registers.locator("table").first.locator("tr", has=page.locator("th", has_text=re.compile("^rflags$")))
-            box = rflags.bounding_box()
-            assert box["y"] >= 0 and box["y"] + box["height"] <= 1700, "the rflags row is on screen"
-            hit = page.evaluate("([x, y]) => document.elementFromPoint(x, y).closest('tr')?.textContent", [box["x"] + 10, box["y"] + box["height"] / 2])
-            assert hit and "rflags" in hit, f"nothing covers the rflags row (found {hit!r})"
-            lab.screenshot(path=str(ARTIFACTS / "lab-inspector-light.png"))
-            _lab_tab(inspector, "Code at RIP").click()
-            expect(inspector.locator(".kvmlab-inspector-code-at-rip")).to_contain_text("end of the loaded program")
+        # The inspector followed vCPU 1, and shows its registers down to rflags.
+        _lab_tab(lab, "CPU inspector").click()
+        inspector = lab.locator(".kvmlab-inspector")
+        expect(inspector.locator(".kvmlab-inspector-summary")).to_contain_text("vCPU 1:")
+        inspector.locator(".lm-TabBar").first.evaluate("e => e.scrollIntoView({block: 'start'})")  # the inspector's top at the top
+        registers = inspector.locator(".kvmlab-inspector-registers")
+        for name in ("r15", "rip", "rflags"):
+            row = registers.locator("table").first.locator("tr", has=page.locator("th", has_text=re.compile(f"^{name}$")))
+            expect(row).to_be_visible()
+            assert row.evaluate(CLIPPED_BY) == "", f"the {name} row is cut off by a box"
+        rflags = registers.locator("table").first.locator("tr", has=page.locator("th", has_text=re.compile("^rflags$")))
+        box = rflags.bounding_box()
+        assert box["y"] >= 0 and box["y"] + box["height"] <= 1700, "the rflags row is on screen"
+        hit = page.evaluate("([x, y]) => document.elementFromPoint(x, y).closest('tr')?.textContent", [box["x"] + 10, box["y"] + box["height"] / 2])
+        assert hit and "rflags" in hit, f"nothing covers the rflags row (found {hit!r})"
+        lab.screenshot(path=str(ARTIFACTS / "lab-inspector-light.png"))
+        _lab_tab(inspector, "Code at RIP").click()
+        expect(inspector.locator(".kvmlab-inspector-code-at-rip")).to_contain_text("end of the loaded program")
 
-            # JupyterLab's dark theme (Settings > Theme), kept in the test's settings folder.
-            page.locator(".lm-MenuBar-itemLabel", has_text="Settings").first.click()
-            page.locator(".lm-Menu-itemLabel", has_text="Theme").first.hover()
-            page.locator(".lm-Menu-itemLabel", has_text="JupyterLab Dark").first.click()
-            page.wait_for_selector("body[data-jp-theme-light='false']", state="attached")
-            time.sleep(1.0)  # the theme's stylesheet settles
-            _lab_tab(inspector, "Registers").click()
-            lab.screenshot(path=str(ARTIFACTS / "lab-inspector-dark.png"))
-            colour = lambda loc: loc.evaluate("e => getComputedStyle(e).color")  # noqa: E731
-            text, background = colour(inspector.locator(".kvmlab-inspector-summary")), page.evaluate("getComputedStyle(document.body).backgroundColor")
-            assert text != background and text.startswith(("rgba(255, 255, 255", "rgb(255")), f"light text on the dark page, not {text} on {background}"
-            _lab_tab(lab, "Exits").click()
-            time.sleep(0.5)
-            lab.screenshot(path=str(ARTIFACTS / "lab-exits-dark.png"))
-        finally:
-            browser.close()
+        # JupyterLab's dark theme (Settings > Theme), kept in the test's settings folder.
+        page.locator(".lm-MenuBar-itemLabel", has_text="Settings").first.click()
+        page.locator(".lm-Menu-itemLabel", has_text="Theme").first.hover()
+        page.locator(".lm-Menu-itemLabel", has_text="JupyterLab Dark").first.click()
+        page.wait_for_selector("body[data-jp-theme-light='false']", state="attached")
+        time.sleep(1.0)  # the theme's stylesheet settles
+        _lab_tab(inspector, "Registers").click()
+        lab.screenshot(path=str(ARTIFACTS / "lab-inspector-dark.png"))
+        colour = lambda loc: loc.evaluate("e => getComputedStyle(e).color")  # noqa: E731
+        text, background = colour(inspector.locator(".kvmlab-inspector-summary")), page.evaluate("getComputedStyle(document.body).backgroundColor")
+        assert text != background and text.startswith(("rgba(255, 255, 255", "rgb(255")), f"light text on the dark page, not {text} on {background}"
+        _lab_tab(lab, "Exits").click()
+        time.sleep(0.5)
+        lab.screenshot(path=str(ARTIFACTS / "lab-exits-dark.png"))
