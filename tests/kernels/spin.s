@@ -1,11 +1,7 @@
 # spin.s: a Multiboot kernel that never ends: interrupts off, a loop with no exits.
 # For the never-hang rules: the boot timeout must end it, Pause and close must still work.
 .intel_syntax noprefix
-.section .multiboot, "a"
-.align 4
-.long 0x1BADB002
-.long 0x00000003
-.long -(0x1BADB002 + 0x00000003)
+.include "multiboot_header.s"
 .section .text, "ax"
 .code32
 .global _start

@@ -2,11 +2,7 @@
 # exit status `kvmlab boot` gives a crash: QEMU's with -no-reboot (0), not a debug-exit code.
 # The IDT's base is where there is no memory (see kvmlab's triple_fault.asm for why).
 .intel_syntax noprefix
-.section .multiboot, "a"
-.align 4
-.long 0x1BADB002
-.long 0x00000003
-.long -(0x1BADB002 + 0x00000003)
+.include "multiboot_header.s"
 .section .text, "ax"
 .code32
 .global _start
