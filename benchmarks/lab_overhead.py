@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
-"""The observer effect of the notebook lab: exits/s with a Lab refreshing against without.
+"""The observer effect of the notebook lab: exits/s with a Lab on screen against without.
 
     .venv/bin/python benchmarks/lab_overhead.py [--seconds 3] [--rounds 5]
 
 Two vCPUs run mmio_counter (each on its own register, an MMIO exit per iteration; the
 ping-pong program is too sensitive to scheduling to measure with) for --seconds, once with a
-``Lab(m)`` attached (its refresher redraws the live plot, the control panel and the console a
-few times a second, on the same GIL the vCPU threads need) and once without, interleaved;
+``Lab(m)`` attached (its updater redraws the live plot and the console a few times a second,
+and the control panel at each state change, on the same GIL the vCPU threads need) and once
+without, interleaved;
 prints the median of the per-round ratios of MMIO exits/s. Also prints the cost of one live
 plot frame (update + PNG).
 """
@@ -74,7 +75,7 @@ def main() -> int:
         print(f"  without {without:,.0f} exits/s, with Lab {with_lab:,.0f} exits/s ({with_lab / without:.3f}), {drawn} plot frames", file=sys.stderr)
     update, png = frame_cost()
     print(f"2 vCPUs, mmio_counter, {args.seconds:g} s a run, {args.rounds} interleaved rounds")
-    print(f"  MMIO exits/s with a Lab refreshing / without: median {statistics.median(ratios):.3f} (min {min(ratios):.3f}, max {max(ratios):.3f})")
+    print(f"  MMIO exits/s with a Lab / without: median {statistics.median(ratios):.3f} (min {min(ratios):.3f}, max {max(ratios):.3f})")
     print(f"  live plot frames drawn per run: median {statistics.median(frames):g}")
     print(f"  one live frame: update {update * 1e3:.2f} ms + PNG {png * 1e3:.2f} ms (wall time; Pillow compresses without the GIL)")
     return 0
