@@ -9,9 +9,16 @@ whatever the guest's RFLAGS.IF says; a second ``KVM_INTERRUPT`` before the guest
 first replaces it (measured here: two calls, one handler run, the second vector's). So a
 vector may go in only when the last exit said ``ready_for_interrupt_injection`` (the guest can
 take one now and none is queued). Otherwise the thread sets ``request_interrupt_window`` and
-KVM ends the run with ``KVM_EXIT_IRQ_WINDOW_OPEN`` as soon as the guest can take one, as
-kvmtool and QEMU do without an irqchip. Injecting right before ``KVM_RUN``, in the only thread
-that runs it, is what makes every raised vector go in exactly once.
+KVM ends the run with ``KVM_EXIT_IRQ_WINDOW_OPEN`` as soon as the guest can take one, as QEMU
+does without an in-kernel irqchip (``kvm_arch_pre_run`` in ``target/i386/kvm/kvm.c``).
+Injecting right before ``KVM_RUN``, in the only thread that runs it, is what makes every
+raised vector go in exactly once.
+
+"As soon as" differs by KVM. On hardware KVM the window exit follows the STI's shadow. Under
+``kvm_pvm`` (nested, its guest code run by KVM's instruction emulator) it came about 1,000
+guest instructions after the STI (measured: the same count on every run), so a shorter window
+(``sti; nop; cli``) can pass unreported and the vector waits for the next window, or for the
+next exit with IF=1: late, still pending, never dropped or doubled.
 
 ``ready_for_interrupt_injection`` is an out field KVM rewrites each time ``KVM_RUN`` returns
 (an EINTR return included). Between an injection and that return it would still read 1
