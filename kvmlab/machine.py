@@ -24,6 +24,7 @@ import weakref
 from typing import Callable, Iterable
 
 from .devices import COM1, DEBUG_EXIT_PORT, MAILBOX_BASE, Console, DebugExit, Mailbox, Serial16550
+from .devices.base import Device
 from .devices.fw_cfg import FW_CFG_PORT, FwCfg
 from .devices.pci_host import PCI_CONFIG_PORT, PciHost
 from .config import MachineConfig, check_timeout
@@ -271,7 +272,8 @@ class Machine:
         return self._vmm.vm.pio_bus
 
     def add_device(self, device: BusDevice, base: int, size: int | None = None, *, bus: str = "mmio") -> BusEntry:
-        """Maps ``device`` at ``base`` on the ``"mmio"`` or ``"pio"`` bus; overlaps are refused."""
+        """Maps ``device`` at ``base`` on the ``"mmio"`` or ``"pio"`` bus; overlaps are refused.
+        A ``Device`` can then raise interrupts at this machine (``device.raise_irq``)."""
         self._require_open("add_device()")
         if bus not in ("mmio", "pio"):
             raise ConfigError(f"bus={bus!r}: choose 'mmio' or 'pio'")
@@ -279,7 +281,10 @@ class Machine:
         if size is None:
             raise ConfigError(f"{device!r} has no size attribute; pass size=")
         target = self.mmio_bus if bus == "mmio" else self.pio_bus
-        return target.insert(device, base, size)
+        entry = target.insert(device, base, size)
+        if isinstance(device, Device):
+            device.irq_raiser = self._vmm.raise_irq  # the Vmm, never the Machine: threads reach devices
+        return entry
 
     def layout(self) -> dict[str, int]:
         """Where this machine's devices are, as the ``.equ`` constants a program is assembled
@@ -377,6 +382,21 @@ class Machine:
         ``KVM_GET_SREGS`` returns), under the same rules as ``registers()``."""
         self._check_registers_readable(vcpu, "special_registers()")
         return self._vmm.vcpus[vcpu].backend.get_sregs().to_dict()
+
+    def raise_irq(self, vector: int, vcpu: int = 0) -> None:
+        """Raises hardware interrupt ``vector`` (32-255) at vCPU ``vcpu`` of a started machine,
+        from any thread; returns at once. The vCPU's own thread injects it (KVM_INTERRUPT) as
+        soon as the guest can take it: at once with IF=1, else when it next sets IF (the
+        interrupt window). Each raise is delivered exactly once, in the order raised; a vCPU
+        in HLT with IF=1 wakes for it. Where it goes: the vector's entry in the guest's IVT
+        (real mode) or IDT. Counted per vCPU: ``interrupts_injected``, ``irq_window_exits``,
+        ``hlt_wakeups``.
+
+        Needs ``capabilities.interrupt_injection`` (KVM) and a machine without the in-kernel
+        irqchip (``load()`` makes one). A device added with ``add_device`` raises through
+        its own ``raise_irq(vector, vcpu=0)``."""
+        self._require_open("raise_irq()")
+        self._vmm.raise_irq(vector, vcpu)
 
     def handle(self, vcpu: int) -> VcpuHandle:
         """The low-level ``VcpuHandle`` of a started vCPU (send_event/recv, as Firecracker's tests do)."""

@@ -17,9 +17,10 @@ import threading
 import time
 from typing import Callable
 
-from .errors import MachineStateError, VcpuError
+from .errors import ConfigError, MachineStateError, VcpuError, VcpuExitedError
 from .vstate.exits import DeviceFailure, ExitCode
 from .vstate.final_state import FinalState
+from .vstate.interrupts import check_vector
 from .vstate.protocol import VcpuEvent, VcpuState, VcpuStatus
 from .vstate.vcpu import Vcpu, VcpuHandle, request_all
 from .vstate.vm import Vm
@@ -142,6 +143,32 @@ class Vmm:
         """Sends ``event`` to the given vCPUs at once and returns their answers."""
         self.require_started(event.value)
         return request_all([self.handles[i] for i in indices], event, self.timeout if timeout is None else timeout)
+
+    def raise_irq(self, vector: int, vcpu: int = 0) -> None:
+        """Raises interrupt ``vector`` at vCPU ``vcpu``, from any thread (a device's handler
+        on a vCPU thread included): queued for that vCPU, whose own thread injects it with
+        KVM_INTERRUPT as soon as the guest can take it (``kvmlab.vstate.interrupts``),
+        exactly once. ``Machine.raise_irq`` and a device's ``raise_irq`` both come here, so
+        every check is made here once (what lies above may not hold the Machine)."""
+        backend = self.vm.backend
+        caps = backend.capabilities
+        if not caps.interrupt_injection:
+            raise caps.refuse("raise_irq()", "interrupt injection", "run on KVM (engine='kvm'); emulated delivery is a later part of issue 13")
+        check_vector(vector)
+        self.require_started("raise_irq()")
+        if backend.irqchip:
+            raise ConfigError(
+                "raise_irq(): this machine has KVM's in-kernel irqchip, where interrupts go in through its "
+                "PIC/IOAPIC lines, not KVM_INTERRUPT (api.rst 4.16: ENXIO with the PIC in the kernel); that path "
+                "is issue 13, part 2. Create the Machine with irqchip=False to raise interrupts today"
+            )
+        vcpus = self.vcpus
+        if not isinstance(vcpu, int) or isinstance(vcpu, bool) or not 0 <= vcpu < len(vcpus):
+            raise ConfigError(f"vcpu={vcpu!r}: this machine has vCPUs 0 to {len(vcpus) - 1}")
+        target = vcpus[vcpu]
+        if target.state in (VcpuState.EXITED, VcpuState.FINISHED):
+            raise VcpuExitedError(f"raise_irq(): vCPU {vcpu} is {target.status()}; no interrupt can reach it any more")
+        target.raise_irq(vector)
 
     def require_started(self, what: str) -> None:
         if self.phase is Phase.CREATED:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
+from ..errors import MachineStateError
+
 
 class Device:
     """A bus device with a name, a window size and named registers.
@@ -17,6 +21,8 @@ class Device:
     #: bytes (MMIO) or ports (PIO) the device decodes
     size: int = 1
     registers: dict[int, str] = {}
+    #: how this device raises interrupts (``raise_irq``): set by ``Machine.add_device``
+    irq_raiser: Callable[[int, int], None] | None = None
 
     def read(self, offset: int, size: int) -> int:
         return 0
@@ -26,3 +32,11 @@ class Device:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"
+
+    def raise_irq(self, vector: int, vcpu: int = 0) -> None:
+        """Raises interrupt ``vector`` at vCPU ``vcpu`` of the machine this device was added
+        to, with ``Machine.raise_irq``'s rules and checks; from any thread, this device's own
+        ``read``/``write`` included (the vCPU injects it before its next run)."""
+        if self.irq_raiser is None:
+            raise MachineStateError(f"{self!r} raise_irq(): the device is on no machine; map it with Machine.add_device() first")
+        self.irq_raiser(vector, vcpu)

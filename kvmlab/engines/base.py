@@ -54,7 +54,8 @@ class Capabilities:
     #: single-step the guest one instruction per exit (``KVM_SET_GUEST_DEBUG``)
     single_step: bool
     # Declared now so every engine answers them; the issues that build them turn them on.
-    #: inject an interrupt from user space (``KVM_INTERRUPT`` and the interrupt window)
+    #: inject an interrupt from user space into a VM without an in-kernel irqchip
+    #: (``KVM_INTERRUPT`` and the interrupt window, api.rst 4.16 and 5): ``Machine.raise_irq``
     interrupt_injection: bool = False
     #: a doorbell write served without a vCPU exit (``KVM_IOEVENTFD``)
     ioeventfd: bool = False
@@ -135,6 +136,11 @@ class VcpuBackend(ABC):
     def set_single_step(self, enabled: bool) -> None:
         """Makes every run return after one instruction with a debug exit (or stops that)."""
         raise self.capabilities.refuse("set_single_step()", "single-stepping", "run on KVM")
+
+    def inject_interrupt(self, vector: int) -> None:
+        """Queues ``vector`` for delivery at the next run, on the vCPU's own thread, when the
+        last exit said the guest can take it (``kvmlab.vstate.interrupts.offer`` decides)."""
+        raise self.capabilities.refuse("inject_interrupt()", "interrupt injection", "run on KVM")
 
     #: set by the VM backend that creates the vCPU
     capabilities: Capabilities

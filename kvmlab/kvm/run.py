@@ -59,6 +59,12 @@ def _index(c_path: str, item: int) -> int:
 C_PATHS = {
     "IMMEDIATE_EXIT_U8": "immediate_exit",
     "EXIT_REASON_U32": "exit_reason",
+    # the interrupt window (api.rst section 5; only meaningful without an in-kernel irqchip):
+    # in, "exit as soon as an interrupt can be injected"; out, "KVM_INTERRUPT may go in now"
+    # and the guest's RFLAGS.IF, both as of the exit
+    "REQUEST_INTERRUPT_WINDOW_U8": "request_interrupt_window",
+    "READY_FOR_INTERRUPT_INJECTION_U8": "ready_for_interrupt_injection",
+    "IF_FLAG_U8": "if_flag",
     # KVM_EXIT_MMIO
     "MMIO_PHYS_ADDR_U64": "mmio.phys_addr",
     "MMIO_DATA_U64": "mmio.data",
@@ -96,6 +102,9 @@ class KvmRunLayout:
 
     IMMEDIATE_EXIT_U8: int
     EXIT_REASON_U32: int
+    REQUEST_INTERRUPT_WINDOW_U8: int
+    READY_FOR_INTERRUPT_INJECTION_U8: int
+    IF_FLAG_U8: int
     MMIO_PHYS_ADDR_U64: int
     MMIO_DATA_U64: int
     MMIO_DATA_U8: int
@@ -134,6 +143,9 @@ RUN = KvmRunLayout(**{name: _index(path, KvmRunLayout.item_size(name)) for name,
 # The same indices as plain ints, bound once, for the hot paths.
 IMMEDIATE_EXIT_U8 = RUN.IMMEDIATE_EXIT_U8
 EXIT_REASON_U32 = RUN.EXIT_REASON_U32
+REQUEST_INTERRUPT_WINDOW_U8 = RUN.REQUEST_INTERRUPT_WINDOW_U8
+READY_FOR_INTERRUPT_INJECTION_U8 = RUN.READY_FOR_INTERRUPT_INJECTION_U8
+IF_FLAG_U8 = RUN.IF_FLAG_U8
 MMIO_PHYS_ADDR_U64 = RUN.MMIO_PHYS_ADDR_U64
 MMIO_DATA_U64 = RUN.MMIO_DATA_U64
 MMIO_DATA_U8 = RUN.MMIO_DATA_U8
@@ -172,6 +184,7 @@ EXIT_DATA_WORDS = s.kvm_run_internal.data.size // ctypes.sizeof(s.u64)
 EXIT_IO = int(ExitReason.IO)
 EXIT_DEBUG = int(ExitReason.DEBUG)
 EXIT_HLT = int(ExitReason.HLT)
+EXIT_IRQ_WINDOW_OPEN = int(ExitReason.IRQ_WINDOW_OPEN)
 EXIT_MMIO = int(ExitReason.MMIO)
 EXIT_SHUTDOWN = int(ExitReason.SHUTDOWN)
 EXIT_FAIL_ENTRY = int(ExitReason.FAIL_ENTRY)

@@ -276,6 +276,12 @@ class kvm_mp_state(Struct):
     _fields_ = [("mp_state", u32)]
 
 
+class kvm_interrupt(Struct):
+    """KVM_INTERRUPT's argument: an interrupt *vector* (0-255), not a pin or line (api.rst 4.16)."""
+
+    _fields_ = [("irq", u32)]
+
+
 class kvm_debugregs(Struct):
     _fields_ = [
         ("db", u64 * 4),
@@ -421,6 +427,7 @@ ABI_STRUCTS = {
     "kvm_xcrs": kvm_xcrs,
     "kvm_vcpu_events": kvm_vcpu_events,
     "kvm_mp_state": kvm_mp_state,
+    "kvm_interrupt": kvm_interrupt,
     "kvm_debugregs": kvm_debugregs,
     "kvm_guest_debug": kvm_guest_debug,
     "kvm_guest_debug_arch": kvm_guest_debug_arch,

@@ -152,6 +152,15 @@ class VcpuFd(OwnedFd):
             debug.arch.debugreg[i] = value
         ioctl(self.fd, c.KVM_SET_GUEST_DEBUG, ctypes.byref(debug), name="KVM_SET_GUEST_DEBUG")
 
+    def interrupt(self, vector: int) -> None:
+        """KVM_INTERRUPT (api.rst 4.16): queues hardware interrupt ``vector`` for injection
+        at the next KVM_RUN. Without an in-kernel irqchip KVM keeps one such vector and a
+        second call before the guest took the first replaces it, so callers inject only
+        when ``kvm_run.ready_for_interrupt_injection`` says so; with the in-kernel PIC it
+        fails with ENXIO. Not an asynchronous ioctl on x86: this vCPU's own thread calls it."""
+        irq = s.kvm_interrupt(irq=vector)
+        ioctl(self.fd, c.KVM_INTERRUPT, ctypes.byref(irq), name="KVM_INTERRUPT")
+
     def kvmclock_ctrl(self) -> None:
         """Tells the guest's kvmclock it was paused. EINVAL when the guest never enabled kvmclock."""
         ioctl(self.fd, c.KVM_KVMCLOCK_CTRL, 0, name="KVM_KVMCLOCK_CTRL")

@@ -21,10 +21,13 @@ COUNTER_HELP = {
     "exit_mmio_write": "MMIO writes that left the guest (KVM_EXIT_MMIO, is_write = 1)",
     "exit_io_in": "port reads that left the guest (KVM_EXIT_IO in)",
     "exit_io_out": "port writes that left the guest (KVM_EXIT_IO out)",
-    "exit_hlt": "HLT exits (the vCPU stopped)",
+    "exit_hlt": "HLT exits (with IF=0 the vCPU stopped; with IF=1 it waited for an interrupt)",
     "exit_shutdown": "SHUTDOWN exits (triple fault)",
     "exit_debug": "KVM_EXIT_DEBUG (single-step, breakpoints)",
     "interrupted": "KVM_RUN ended by a kick (EINTR), or skipped because one was pending",
+    "interrupts_injected": "interrupt vectors injected with KVM_INTERRUPT (raise_irq), each exactly once",
+    "irq_window_exits": "KVM_EXIT_IRQ_WINDOW_OPEN: the guest could take an interrupt kvmlab was holding",
+    "hlt_wakeups": "HLTs with IF=1 that an interrupt ended (the vCPU waited for it, or found it pending)",
     "failures": "exits that ended the vCPU with an error (Firecracker's failures counter)",
     "unhandled_accesses": "MMIO/port accesses no device claims (the sum of the absent_* counters)",
     "absent_io_read": "port reads no device claims (they read all ones, as on a PC)",
@@ -33,6 +36,9 @@ COUNTER_HELP = {
     "absent_mmio_write": "MMIO writes outside RAM that no device claims (dropped)",
     "device_errors": "device handlers that raised",
 }
+
+#: The counters that count something other than exits
+COUNTER_UNITS = {"interrupts_injected": "interrupts", "hlt_wakeups": "wakeups"}
 
 
 @dataclass(frozen=True)
@@ -52,7 +58,7 @@ class MetricSpec:
 
 
 def exit_metric_specs() -> list[MetricSpec]:
-    specs = [MetricSpec(name, "counter", True, "sum", "exits", COUNTER_HELP[name]) for name in COUNTERS]
+    specs = [MetricSpec(name, "counter", True, "sum", COUNTER_UNITS.get(name, "exits"), COUNTER_HELP[name]) for name in COUNTERS]
     for agg in AGGREGATES:
         what = agg[: -len("_agg")]
         specs += [

@@ -17,6 +17,10 @@ from __future__ import annotations
 #: their sum, kept under its old name.
 ABSENT_COUNTERS = ("absent_io_read", "absent_io_write", "absent_mmio_read", "absent_mmio_write")
 
+#: Interrupts raised from user space (``Machine.raise_irq``): vectors that went in with
+#: KVM_INTERRUPT, KVM_EXIT_IRQ_WINDOW_OPEN exits, and HLTs with IF=1 an interrupt ended.
+INTERRUPT_COUNTERS = ("interrupts_injected", "irq_window_exits", "hlt_wakeups")
+
 #: Counter names in display order; each is an int slot of ``VcpuMetrics``.
 COUNTERS = (
     "exit_mmio_read",
@@ -27,6 +31,7 @@ COUNTERS = (
     "exit_shutdown",
     "exit_debug",
     "interrupted",
+    *INTERRUPT_COUNTERS,
     "failures",
     "unhandled_accesses",
     *ABSENT_COUNTERS,

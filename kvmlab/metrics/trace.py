@@ -13,8 +13,13 @@ from time import perf_counter_ns
 from ..errors import ConfigError
 
 # What kind of exit a row is (small ints on the hot path; names in the DataFrame).
-MMIO_READ, MMIO_WRITE, IO_IN, IO_OUT, HLT, SHUTDOWN, INTERRUPTED, DEBUG, SYSTEM_EVENT, ERROR = range(10)
-KIND_NAMES = ("mmio_read", "mmio_write", "io_in", "io_out", "hlt", "shutdown", "interrupted", "debug", "system_event", "error")
+# IRQ_WINDOW is a KVM_EXIT_IRQ_WINDOW_OPEN; INJECTED is not an exit but the KVM_INTERRUPT
+# before a run (its address column is the vector), so a trace shows when each went in.
+MMIO_READ, MMIO_WRITE, IO_IN, IO_OUT, HLT, SHUTDOWN, INTERRUPTED, DEBUG, SYSTEM_EVENT, ERROR, IRQ_WINDOW, INJECTED = range(12)
+KIND_NAMES = (
+    "mmio_read", "mmio_write", "io_in", "io_out", "hlt", "shutdown", "interrupted", "debug", "system_event", "error",
+    "irq_window", "interrupt_injected",
+)  # fmt: skip
 
 DEFAULT_CAPACITY = 100_000
 

@@ -2,7 +2,8 @@
 
 Both engines hand exits here in KVM's own format: the KVM engine after ``KVM_RUN`` returns, the
 emulated engine from its hooks after filling a ``kvm_run``-shaped page. The result is one of
-``Emulation.HANDLED`` / ``INTERRUPTED`` / ``DIRTY_RING_FULL``, a ``Stopped`` (the vCPU exits
+``Emulation.HANDLED`` / ``INTERRUPTED`` / ``DIRTY_RING_FULL`` / ``WAIT_FOR_INTERRUPT`` (a HLT
+with interrupts enabled), a ``Stopped`` (the vCPU exits
 with a code; ``machine_wide`` when the whole machine must stop) or a ``DebugExitInfo``; exits
 Firecracker treats as errors raise ``FaultyKvmExit`` / ``UnhandledKvmExit``.
 
@@ -35,8 +36,8 @@ from ..errors import FaultyKvmExit, UnhandledKvmExit
 from ..kvm.constants import ExitReason, InternalErrorSuberror, SystemEvent
 from ..kvm.run import (
     DEBUG_DR6_U64, DEBUG_DR7_U64, DEBUG_EXCEPTION_U32, DEBUG_PC_U64, EXIT_DEBUG, EXIT_DIRTY_RING_FULL,
-    EXIT_FAIL_ENTRY, EXIT_HLT, EXIT_INTERNAL_ERROR, EXIT_IO, EXIT_MMIO, EXIT_REASON_U32, EXIT_SHUTDOWN,
-    EXIT_SYSTEM_EVENT, FAIL_ENTRY_CPU_U32, FAIL_ENTRY_REASON_U64, INTERNAL_DATA_U64, INTERNAL_NDATA_U32,
+    EXIT_FAIL_ENTRY, EXIT_HLT, EXIT_INTERNAL_ERROR, EXIT_IO, EXIT_IRQ_WINDOW_OPEN, EXIT_MMIO, EXIT_REASON_U32,
+    EXIT_SHUTDOWN, EXIT_SYSTEM_EVENT, FAIL_ENTRY_CPU_U32, FAIL_ENTRY_REASON_U64, IF_FLAG_U8, INTERNAL_DATA_U64, INTERNAL_NDATA_U32,
     INTERNAL_SUBERROR_U32, IO_COUNT_U32, IO_DATA_OFFSET_U64, IO_DIRECTION_U8, IO_OUT, IO_PORT_U16, IO_SIZE_U8,
     MMIO_DATA_U64, MMIO_IS_WRITE_U8, MMIO_LEN_U32, MMIO_PHYS_ADDR_U64, SYSTEM_EVENT_DATA_U64,
     SYSTEM_EVENT_NDATA_U32, SYSTEM_EVENT_TYPE_U32, exit_data,
@@ -54,6 +55,8 @@ class Emulation(enum.Enum):
     HANDLED = "handled"
     INTERRUPTED = "interrupted"
     DIRTY_RING_FULL = "dirty ring full"
+    #: HLT with RFLAGS.IF = 1: the guest waits for an interrupt (``Vcpu.halted``)
+    WAIT_FOR_INTERRUPT = "waiting for an interrupt"
 
 
 @dataclass(frozen=True)
@@ -153,7 +156,8 @@ class Peripherals:
 def handle_kvm_exit(p: Peripherals, err: int):
     """Handles the exit waiting in ``p``'s kvm_run page (``err == 0``) or a failed KVM_RUN (errno).
 
-    Returns ``Emulation.HANDLED`` / ``DIRTY_RING_FULL``, a ``Stopped`` or a ``DebugExitInfo``;
+    Returns ``Emulation.HANDLED`` / ``DIRTY_RING_FULL`` / ``WAIT_FOR_INTERRUPT``, a ``Stopped``
+    or a ``DebugExitInfo``;
     raises ``FaultyKvmExit`` / ``UnhandledKvmExit`` for the exits Firecracker treats as errors.
     """
     m = p.metrics
@@ -218,10 +222,22 @@ def handle_kvm_exit(p: Peripherals, err: int):
         return Emulation.HANDLED
     if reason == EXIT_IO:
         return _handle_io(p, m)
+    if reason == EXIT_IRQ_WINDOW_OPEN:
+        # Asked for (request_interrupt_window) while a raised vector waited: the guest can
+        # take it now, and the run loop injects it before the next KVM_RUN (api.rst 5).
+        m.irq_window_exits += 1
+        _mark(p, kinds.IRQ_WINDOW)
+        return Emulation.HANDLED
     if reason == EXIT_HLT:
-        log.info("vCPU %d: received KVM_EXIT_HLT", p.index)
         m.exit_hlt += 1
         _mark(p, kinds.HLT)
+        # Without an in-kernel irqchip every HLT exits here. kvm_run.if_flag is the guest's
+        # RFLAGS.IF as of the exit (api.rst 5: valid without the in-kernel LAPIC; with one,
+        # HLT never reaches user space): IF=1 means "wake me with an interrupt".
+        if p.run_u8[IF_FLAG_U8]:
+            log.debug("vCPU %d: received KVM_EXIT_HLT with IF=1; waiting for an interrupt", p.index)
+            return Emulation.WAIT_FOR_INTERRUPT
+        log.info("vCPU %d: received KVM_EXIT_HLT", p.index)
         return STOPPED_HLT
     if reason == EXIT_SHUTDOWN:
         log.info("vCPU %d: received KVM_EXIT_SHUTDOWN", p.index)

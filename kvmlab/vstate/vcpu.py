@@ -10,9 +10,13 @@ States and transitions (a vCPU thread starts ``Paused``, as Firecracker's ``Vcpu
       │  Pause → Paused    │ Resume → Resumed
       │  SaveState         │ SaveState     → NotAllowed
       │  DumpCpuConfig     │ DumpCpuConfig → NotAllowed
-      │                    │ HLT / SHUTDOWN / debug-exit / error
+      │                    │ HLT (IF=0) / SHUTDOWN / debug-exit / error
       │ Finish             ▼
       └────────▶ (end) ◀── Exited: answers Exited(code) to anything but Finish
+
+A HLT with IF=1 does not leave Running: the guest waits for an interrupt, and so does its
+thread (``halted``), blocked on its event channel, answering events as Running does, until a
+raised interrupt is pending; a Pause there resumes into the wait, not past the HLT.
 
 Teardown, as Firecracker's table (``Vcpu::exit``), so that no path waits on itself::
 
@@ -46,13 +50,14 @@ import time
 import weakref
 from typing import TYPE_CHECKING, Callable, Iterable
 
-from ..errors import VcpuError, VcpuFinishedError, VcpuTimeoutError
+from ..errors import KvmlabError, VcpuError, VcpuFinishedError, VcpuTimeoutError
 from ..kvm.constants import MpState
 from ..kvm.run import IMMEDIATE_EXIT_U8
 from ..metrics import trace as trace_kinds
 from .exit_record import read_exit
 from .exits import DebugExitInfo, Emulation, ExitCode, Peripherals, Stopped
 from .final_state import FinalState
+from .interrupts import PendingInterrupts, offer
 from .protocol import (
     DumpedCpuConfig,
     Error,
@@ -78,6 +83,17 @@ _MP_STATE_NAMES = {state.value: state.name for state in MpState}  # None (no irq
 #: The handle is gone (Firecracker's channel disconnection): the vCPU exits with an error.
 DISCONNECTED = None
 
+
+class _InterruptWake:
+    """The event ``raise_irq`` sends a vCPU asleep in HLT (not a controller's event, and no
+    response answers it). Any other state ignores it: one can be left over when the vCPU
+    woke for something else just as the interrupt came, and the vector is pending anyway."""
+
+    def __repr__(self) -> str:
+        return "INTERRUPT_WAKE"
+
+
+INTERRUPT_WAKE = _InterruptWake()
 
 
 class Vcpu:
@@ -114,6 +130,10 @@ class Vcpu:
         #: what this vCPU looked like when it stopped for good (its thread recorded it on
         #: exiting, or as it ended after Finish); None while it may still run
         self.final_state: FinalState | None = None
+        #: interrupts raised for this vCPU and not injected yet (``raise_irq``)
+        self.irqs = PendingInterrupts()
+        #: in a HLT with IF=1 (``halted``), so a Pause there resumes into the wait
+        self._halted = False
 
     # --- thread entry -------------------------------------------------------------------------
 
@@ -158,8 +178,11 @@ class Vcpu:
         peripherals = self.peripherals
         u8 = self.run_u8
         handled = Emulation.HANDLED
+        vectors = self.irqs.vectors
         try:
             while True:
+                if vectors:  # the one test interrupts add per exit: a raised vector waits
+                    self._offer_interrupt()
                 if u8[IMMEDIATE_EXIT_U8]:
                     result = self.run_emulation()  # the short-circuit, with its bookkeeping
                 else:
@@ -168,6 +191,8 @@ class Vcpu:
                     continue
                 if type(result) is Stopped:
                     return self.exit(result)
+                if result is Emulation.WAIT_FOR_INTERRUPT:
+                    return self.halted
                 if type(result) is DebugExitInfo:
                     self.last_debug = result
                 break  # INTERRUPTED, DIRTY_RING_FULL or a debug event: look at the events
@@ -185,6 +210,11 @@ class Vcpu:
             # KVM_RUN: re-arm immediate_exit so the next event is read at once (Firecracker reads
             # one event per interruption and could leave a second one waiting on a busy loop).
             self.run_u8[IMMEDIATE_EXIT_U8] = 1
+        return self._answer_running(event, seq, self.running)
+
+    def _answer_running(self, event, seq: int | None, stay):
+        """Running's answer to ``event`` (Firecracker's), also given in a HLT wait: ``stay``
+        is the state to go on in (``running``, or ``halted``)."""
         if event is VcpuEvent.PAUSE:
             self._become(VcpuState.PAUSED)
             self.responses.put(Paused(seq=seq))
@@ -192,16 +222,42 @@ class Vcpu:
             return self.paused
         if event is VcpuEvent.RESUME:
             self.responses.put(Resumed(seq=seq))
-            return self.running
+            return stay
         if event is VcpuEvent.SAVE_STATE:
             self.responses.put(NotAllowed("save/restore unavailable while running", seq=seq))
-            return self.running
+            return stay
         if event is VcpuEvent.DUMP_CPU_CONFIG:
             self.responses.put(NotAllowed("cpu config dump is unavailable while running", seq=seq))
-            return self.running
+            return stay
         if event is VcpuEvent.FINISH:
             return None
+        if event is INTERRUPT_WAKE:
+            return stay
         return self._disconnected()
+
+    def halted(self):
+        """Running, in a HLT with IF=1: the guest waits for an interrupt, and so does this
+        thread, blocked on its event channel (no KVM_RUN: without an in-kernel irqchip KVM
+        would only return the HLT again). It leaves for ``running`` once a raised vector is
+        pending, which the run loop then injects: the guest's handler runs, then the code
+        after its HLT, as on a CPU woken by an interrupt. A controller's events are answered
+        as in Running, so Pause, Finish and close work at once; a Pause resumes back here."""
+        self._halted = True
+        pending = self.irqs
+        if pending.sleep_unless_pending():
+            event, seq = self.events.get()
+            pending.awake()
+            if event is INTERRUPT_WAKE:
+                return self.halted  # a vector is pending: look again, and leave
+            # A controller's event kicked (immediate_exit = 1), and this thread is reading
+            # the events now: clear the flag, then re-arm it if more came (as paused does).
+            self.run_u8[IMMEDIATE_EXIT_U8] = 0
+            if not self.events.empty():
+                self.run_u8[IMMEDIATE_EXIT_U8] = 1
+            return self._answer_running(event, seq, self.halted)
+        self._halted = False
+        self.peripherals.metrics.hlt_wakeups += 1
+        return self.running
 
     def paused(self):
         """The Paused state: block until the next event."""
@@ -217,10 +273,12 @@ class Vcpu:
                 self.run_u8[IMMEDIATE_EXIT_U8] = 1
             self._become(VcpuState.RUNNING)
             self.responses.put(Resumed(seq=seq))
-            return self.running
+            return self.halted if self._halted else self.running  # a HLT wait goes on waiting
         if event is VcpuEvent.PAUSE:
             self.responses.put(Paused(seq=seq))
             return self.paused
+        if event is INTERRUPT_WAKE:
+            return self.paused  # a left-over wake-up: the vector waits for Resume
         if event is VcpuEvent.SAVE_STATE:
             self.responses.put(self._answer(self.backend.save_state, SavedState, seq))
             return self.paused
@@ -249,11 +307,14 @@ class Vcpu:
         log.info("vCPU %d exited with code %d: %s", self.index, status.code, status.reason)
         self._signal_exit()
         seq = None
+        answer = True
         while True:
-            self.responses.put(Exited(status.code, status.reason, seq=seq))
+            if answer:
+                self.responses.put(Exited(status.code, status.reason, seq=seq))
             event, seq = self.events.get()
             if event is VcpuEvent.FINISH or event is DISCONNECTED:
                 return None
+            answer = event is not INTERRUPT_WAKE  # nobody asked: nobody is answered
 
     def _capture_final(self, status: Stopped | None = None) -> None:
         """Records the final state once, on this vCPU's own thread (the only one that may
@@ -312,6 +373,26 @@ class Vcpu:
             self.peripherals.metrics.interrupted += 1
             return Emulation.INTERRUPTED
         return self.backend.run_emulation(self.peripherals)
+
+    def _offer_interrupt(self) -> None:
+        """Injects the oldest pending vector if the guest can take it, else asks for the
+        window (``interrupts.offer``); a refusal ends the vCPU as a failed exit does."""
+        p = self.peripherals
+        try:
+            offer(self.irqs, self.run_u8, self.backend.inject_interrupt, p.metrics, p.trace)
+        except KvmlabError as err:
+            raise VcpuError(f"vCPU {self.index}: injecting interrupt vector {self.irqs.vectors[0]} failed: {err}") from err
+
+    def raise_irq(self, vector: int) -> None:
+        """Queues interrupt ``vector`` (checked by the caller) from any thread, and gets this
+        vCPU's thread to it: a wake-up on its event channel when it sleeps in HLT, else the
+        kick (``kick_thread``), so a run under way returns and the loop injects before the
+        next. None from the vCPU's own thread (a device raising during an exit): its loop
+        looks at the pending vectors before its next KVM_RUN anyway."""
+        if self.irqs.add(vector):
+            self.events.put((INTERRUPT_WAKE, None))
+        elif self.thread is None or self.thread.ident != threading.get_ident():
+            self.kick()
 
     def _answer(self, action: Callable, response_type: type, seq: int) -> VcpuResponse:
         try:

@@ -1,0 +1,515 @@
+"""Interrupts raised from user space without an in-kernel irqchip (issue 13, part 1).
+
+``Machine.raise_irq`` queues a vector; the vCPU's own thread injects it with KVM_INTERRUPT
+when ``kvm_run.ready_for_interrupt_injection`` allows and asks for the interrupt window
+otherwise (Documentation/virt/kvm/api.rst, 4.16 and section 5). The guests here are real-mode
+programs with an IVT entry for VECTOR whose handler counts into the results area and IRETs;
+the counts they leave are what the tests compare with what was raised.
+
+Under kvm_pvm the guest's instructions run through KVM's emulator in batches, and the window
+exit comes at the end of one (measured: ~1000 instructions after STI), so the programs keep
+IF set for longer than that; on hardware KVM the exit follows the STI at once.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from kvmlab import Machine
+from kvmlab.devices import Device
+from kvmlab.errors import ConfigError, EngineCapabilityError, KvmlabError, MachineStateError, MachineTimeoutError, VcpuExitedError
+from kvmlab.guest.programs import Program
+from kvmlab.kvm.run import RUN, RUN_MAPPING_SIZE
+from kvmlab.metrics.counters import VcpuMetrics
+from kvmlab.vstate.interrupts import PendingInterrupts, offer
+from kvmlab.vstate.protocol import VcpuState
+
+VECTOR = 0x40
+#: how long Pause, a wake-up and close may take while a vCPU waits in HLT (the issue's bound)
+PROMPT_S = 2.0
+
+# The IVT entries for VECTOR and for the first and last vectors a device may raise (real
+# mode: 4 bytes at vector * 4, offset then segment 0) and the handler every program shares:
+# count, IRET.
+IVT_AND_HANDLER = """
+    xor ax, ax
+    mov ds, ax
+    mov word ptr [VECTOR * 4], handler
+    mov word ptr [VECTOR * 4 + 2], 0
+    mov word ptr [32 * 4], handler
+    mov word ptr [32 * 4 + 2], 0
+    mov word ptr [255 * 4], handler
+    mov word ptr [255 * 4 + 2], 0
+    jmp main
+handler:
+    inc dword ptr [RESULTS]
+    iret
+main:
+"""
+
+#: IF toggles: a masked stretch (CLI), then an open one (STI), until TARGET were handled.
+TOGGLE = Program(
+    "toggle_if.asm",
+    IVT_AND_HANDLER + """
+toggle:
+    cli
+    inc dword ptr [RESULTS + 4]
+    mov ecx, SPIN
+masked:
+    dec ecx
+    jnz masked
+    sti
+    mov ecx, SPIN
+unmasked:
+    dec ecx
+    jnz unmasked
+    cmp dword ptr [RESULTS], TARGET
+    jb toggle
+    cli
+    hlt
+""",
+    params={"VECTOR": VECTOR, "SPIN": 700},
+    results_fields=("handled", "masked_stretches"),
+)
+
+#: Waits for interrupts in HLT with IF=1 until TARGET were handled, then CLI; HLT ends it.
+HALT_LOOP = Program(
+    "halt_loop.asm",
+    IVT_AND_HANDLER + """
+    sti
+wait:
+    hlt
+    cmp dword ptr [RESULTS], TARGET
+    jb wait
+    cli
+    hlt
+""",
+    params={"VECTOR": VECTOR},
+    results_fields=("handled",),
+)
+
+#: A device raises VECTOR while IF=0 (its port write); the guest then sets IF and spins until
+#: the handler has run, then spins on with IF=1 (tens of thousands of instructions: a window
+#: requested with nothing pending would exit again and again). ``before_sti`` must stay 0:
+#: nothing may go in while IF=0.
+RAISED_WHILE_MASKED = Program(
+    "raised_while_masked.asm",
+    IVT_AND_HANDLER + """
+    out RAISER, al
+    mov eax, dword ptr [RESULTS]
+    mov dword ptr [RESULTS + 4], eax
+    sti
+    mov ecx, SPIN
+spin:
+    cmp dword ptr [RESULTS], 0
+    jne taken
+    dec ecx
+    jnz spin
+taken:
+    mov dword ptr [RESULTS + 8], ecx
+    mov ecx, AFTER
+after:
+    dec ecx
+    jnz after
+    cli
+    hlt
+""",
+    params={"VECTOR": VECTOR, "RAISER": 0x10, "SPIN": 200000, "AFTER": 20000},
+    results_fields=("handled", "before_sti", "spins_left"),
+)
+
+#: vCPU 0 waits in HLT with IF=1 for ever; the others end at once (CLI; HLT).
+ONE_WAITS = Program(
+    "one_waits.asm",
+    """
+    test di, di
+    jnz others
+    sti
+idle:
+    hlt
+    jmp idle
+others:
+    cli
+    hlt
+""",
+)
+
+
+class Raiser(Device):
+    """Raises VECTOR at vCPU 0 on every write: from the vCPU's own thread, mid-exit."""
+
+    name = "raiser"
+    size = 1
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        self.raise_irq(VECTOR)
+
+
+def with_target(program: Program, target: int) -> Program:
+    return Program(program.name, program.source, {**program.params, "TARGET": target}, results_fields=program.results_fields)
+
+
+def wait_until(predicate, timeout: float = 5.0, what: str = "the condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {timeout} s")
+        time.sleep(0.002)
+
+
+def timed(action) -> float:
+    start = time.monotonic()
+    action()
+    return time.monotonic() - start
+
+
+@pytest.fixture
+def halted(machines):
+    """A started machine whose vCPU 0 waits in HLT with IF=1 (HALT_LOOP, a target it never reaches)."""
+    m = machines(sample_hz=0)
+    m.load(with_target(HALT_LOOP, 1_000_000), mode="real")
+    m.start()
+    wait_until(lambda: m.metrics.vcpu(0).exit_hlt >= 1, what="the first HLT")
+    return m
+
+
+# --- exactly once ----------------------------------------------------------------------------
+
+
+@pytest.mark.kvm
+def test_every_interrupt_raised_from_other_threads_is_handled_once_while_the_guest_toggles_if(machines):
+    per_thread, threads = 150, 2
+    total = per_thread * threads
+    m = machines(sample_hz=0)
+    m.load(with_target(TOGGLE, total), mode="real")
+    m.start()
+    errors: list[BaseException] = []
+
+    def raise_many() -> None:
+        try:
+            for i in range(per_thread):
+                m.raise_irq(VECTOR)
+                time.sleep(0.0002 * (i % 4))
+        except BaseException as err:  # a raise refused because the guest ended early (a duplicate)
+            errors.append(err)
+
+    raisers = [threading.Thread(target=raise_many) for _ in range(threads)]
+    for thread in raisers:
+        thread.start()
+    for thread in raisers:
+        thread.join()
+    exit_ = m.wait(20)
+    assert errors == []
+    assert int(exit_) == 0 and exit_.reason == "every vCPU halted"
+    results = m.results(0)
+    metrics = m.metrics.vcpu(0)
+    assert results["handled"] == total  # none lost (the guest would spin for ever), none twice
+    assert metrics.interrupts_injected == total
+    assert results["masked_stretches"] > 1
+    # Some vectors came while IF was 0 and waited for the window KVM reported.
+    assert metrics.irq_window_exits > 0
+
+
+@pytest.mark.kvm
+def test_pause_and_resume_while_interrupts_are_raised_lose_and_duplicate_nothing(machines):
+    total = 120
+    m = machines(sample_hz=0)
+    m.load(with_target(TOGGLE, total), mode="real")
+    m.start()
+    done = threading.Event()
+
+    def pause_resume() -> None:
+        while not done.is_set():
+            try:
+                m.pause(0)
+                m.resume(0)
+            except KvmlabError:
+                return  # the guest finished (its vCPU exited)
+
+    storm = threading.Thread(target=pause_resume)
+    storm.start()
+    try:
+        for _ in range(total):
+            m.raise_irq(VECTOR)
+            time.sleep(0.0003)
+        m.wait(20)
+    finally:
+        done.set()
+        storm.join(5)
+    assert m.results(0)["handled"] == total
+    assert m.metrics.vcpu(0).interrupts_injected == total
+
+
+@pytest.mark.kvm
+def test_a_vector_raised_while_if_is_0_waits_for_sti_and_goes_in_at_the_window(machines):
+    m = machines(sample_hz=0, trace=True)
+    m.add_device(Raiser(), RAISED_WHILE_MASKED.params["RAISER"], bus="pio")
+    m.load(RAISED_WHILE_MASKED, mode="real")
+    m.start()
+    assert int(m.wait(10)) == 0
+    results = m.results(0)
+    assert results["before_sti"] == 0  # not delivered while IF=0
+    assert results["handled"] == 1  # delivered once, after STI
+    assert results["spins_left"] > 0  # while the guest waited with IF=1, not at its end
+    metrics = m.metrics.vcpu(0)
+    # One window exit: the request went with the last pending vector.
+    assert (metrics.interrupts_injected, metrics.irq_window_exits, metrics.hlt_wakeups) == (1, 1, 0)
+    kinds = [row["kind"] for row in m.final_state(0).trace]
+    assert kinds[kinds.index("io_out") :] == ["io_out", "irq_window", "interrupt_injected", "hlt"]
+    injected = next(row for row in m.final_state(0).trace if row["kind"] == "interrupt_injected")
+    assert injected["address"] == VECTOR
+
+
+# --- HLT -------------------------------------------------------------------------------------
+
+
+@pytest.mark.kvm
+def test_hlt_with_if_1_waits_and_each_interrupt_wakes_it(machines):
+    target = 4
+    m = machines(sample_hz=0)
+    m.load(with_target(HALT_LOOP, target), mode="real")
+    m.start()
+    metrics = m.metrics.vcpu(0)
+    wait_until(lambda: metrics.exit_hlt >= 1, what="the first HLT")
+    with pytest.raises(MachineTimeoutError):
+        m.wait(0.3)  # HLT with IF=1 did not end the vCPU
+    assert m.states[0].state is VcpuState.RUNNING
+    assert m.results(0)["handled"] == 0
+    for n in range(1, target + 1):
+        m.raise_irq(VECTOR)
+        wait_until(lambda: m.results(0)["handled"] == n, PROMPT_S, f"interrupt {n}")
+    assert int(m.wait(PROMPT_S)) == 0  # the guest's own CLI; HLT ended it
+    # One wake-up per interrupt, each injected straight from the HLT exit (IF=1: no window).
+    assert (metrics.hlt_wakeups, metrics.interrupts_injected, metrics.irq_window_exits) == (target, target, 0)
+    assert metrics.exit_hlt == target + 1
+
+
+@pytest.mark.kvm
+def test_pause_resume_and_close_work_at_once_while_the_vcpu_waits_in_hlt(halted):
+    m = halted
+    assert timed(lambda: m.pause(0)) < PROMPT_S
+    assert m.states[0].state is VcpuState.PAUSED
+    m.raise_irq(VECTOR)  # pending while paused: not delivered until Resume
+    time.sleep(0.2)
+    assert m.results(0)["handled"] == 0
+    assert timed(lambda: m.resume(0)) < PROMPT_S
+    wait_until(lambda: m.results(0)["handled"] == 1, PROMPT_S, "the interrupt raised while paused")
+    wait_until(lambda: m.metrics.vcpu(0).exit_hlt >= 2, PROMPT_S, "the next HLT")
+    # A Pause and Resume in the wait must not let the guest past its HLT without an interrupt.
+    m.pause(0)
+    m.resume(0)
+    time.sleep(0.2)
+    assert m.metrics.vcpu(0).exit_hlt == 2 and m.results(0)["handled"] == 1
+    assert timed(m.close) < PROMPT_S
+    assert m.states[0].state is VcpuState.FINISHED
+
+
+@pytest.mark.kvm
+def test_save_state_is_refused_while_waiting_in_hlt_as_while_running(halted):
+    from kvmlab.errors import VcpuNotAllowedError
+
+    with pytest.raises(VcpuNotAllowedError):
+        halted.save_state(0)
+    halted.raise_irq(VECTOR)
+    wait_until(lambda: halted.results(0)["handled"] == 1, PROMPT_S, "the interrupt")
+
+
+@pytest.mark.kvm
+def test_hlt_with_if_0_still_ends_the_vcpu(machines):
+    m = machines(sample_hz=0)
+    m.load("cli\nhlt\n", mode="real")
+    m.start()
+    exit_ = m.wait(PROMPT_S)
+    assert (int(exit_), exit_.reason, exit_.vcpu_codes) == (0, "every vCPU halted", {0: 0})
+    assert m.final_state(0).reason == "HLT"
+    assert m.metrics.vcpu(0).hlt_wakeups == 0
+
+
+# --- bad input -------------------------------------------------------------------------------
+
+
+@pytest.mark.kvm
+@pytest.mark.parametrize("vector", [-1, 256, 1 << 32, 1.5, True, "32", None])
+def test_a_vector_outside_0_255_or_not_a_number_is_refused(halted, vector):
+    with pytest.raises(ConfigError, match="vector"):
+        halted.raise_irq(vector)
+    assert halted.metrics.vcpu(0).interrupts_injected == 0
+
+
+@pytest.mark.kvm
+@pytest.mark.parametrize("vector", [0, 2, 8, 13, 14, 31])
+def test_the_exception_vectors_are_refused(halted, vector):
+    with pytest.raises(ConfigError, match="exceptions"):
+        halted.raise_irq(vector)
+
+
+@pytest.mark.kvm
+def test_vectors_32_and_255_are_accepted(halted):
+    halted.raise_irq(32)
+    halted.raise_irq(255)
+    wait_until(lambda: halted.results(0)["handled"] == 2, PROMPT_S, "both interrupts")
+
+
+@pytest.mark.kvm
+def test_a_vcpu_out_of_range_or_exited_is_refused(machines):
+    m = machines(vcpus=2, sample_hz=0)
+    m.load(ONE_WAITS, mode="real")
+    m.start()
+    wait_until(lambda: m.states[1].state is VcpuState.EXITED, what="vCPU 1 to exit")
+    for bad in (2, -1, True, "0", None):
+        with pytest.raises(ConfigError, match="vcpu"):
+            m.raise_irq(VECTOR, bad)
+    with pytest.raises(VcpuExitedError, match="vCPU 1"):
+        m.raise_irq(VECTOR, vcpu=1)
+    assert m.states[0].state is VcpuState.RUNNING  # vCPU 0 still waits in its HLT
+
+
+@pytest.mark.kvm
+def test_raising_on_a_machine_not_started_stopped_or_closed_is_refused(machines):
+    m = machines(sample_hz=0)
+    with pytest.raises(MachineStateError, match="not started"):
+        m.raise_irq(VECTOR)
+    m.load(with_target(HALT_LOOP, 1), mode="real")
+    with pytest.raises(MachineStateError, match="not started"):
+        m.raise_irq(VECTOR)
+    m.start()
+    m.stop()
+    with pytest.raises(MachineStateError, match="stopped"):
+        m.raise_irq(VECTOR)
+    m.close()
+    with pytest.raises(MachineStateError, match="closed"):
+        m.raise_irq(VECTOR)
+
+
+@pytest.mark.kvm
+def test_a_machine_with_the_in_kernel_irqchip_refuses_raise_irq_for_now(machines):
+    m = machines(irqchip=True, sample_hz=0)
+    m.load("cli\nhlt\n", mode="real")  # with the irqchip the HLT stays in the kernel
+    m.start()
+    with pytest.raises(ConfigError, match="part 2"):
+        m.raise_irq(VECTOR)
+
+
+def test_a_device_on_no_machine_cannot_raise():
+    with pytest.raises(MachineStateError, match="add_device"):
+        Raiser().raise_irq(VECTOR)
+
+
+# --- capabilities ----------------------------------------------------------------------------
+
+
+@pytest.mark.kvm
+def test_kvm_declares_interrupt_injection(machines):
+    assert machines().capabilities.interrupt_injection is True
+
+
+@pytest.mark.emulated
+def test_the_emulated_engine_refuses_raise_irq_through_its_capabilities(machines):
+    m = machines(engine="emulated", sample_hz=0)
+    assert m.capabilities.interrupt_injection is False
+    with pytest.raises(EngineCapabilityError, match="interrupt injection"):
+        m.raise_irq(VECTOR)
+    m.load(with_target(HALT_LOOP, 1), mode="real")
+    m.start()
+    with pytest.raises(EngineCapabilityError, match="interrupt injection"):
+        m.raise_irq(VECTOR)
+
+
+# --- metrics ---------------------------------------------------------------------------------
+
+
+@pytest.mark.kvm
+def test_the_interrupt_counters_are_registry_metrics_with_their_units(machines):
+    m = machines(sample_hz=0)
+    for name, unit in (("interrupts_injected", "interrupts"), ("irq_window_exits", "exits"), ("hlt_wakeups", "wakeups")):
+        spec = m.metrics.spec(name)
+        assert (spec.kind, spec.unit, spec.cumulative) == ("counter", unit, True)
+    m.load(with_target(HALT_LOOP, 2), mode="real")
+    m.start()
+    wait_until(lambda: m.metrics.vcpu(0).exit_hlt >= 1, what="the first HLT")
+    m.raise_irq(VECTOR)
+    wait_until(lambda: m.results(0)["handled"] == 1, PROMPT_S, "interrupt 1")
+    m.raise_irq(VECTOR)
+    m.wait(PROMPT_S)
+    now = m.metrics.current(0)
+    assert (now["interrupts_injected"], now["hlt_wakeups"]) == (2, 2)
+
+
+# --- the injection step itself (no KVM: a kvm_run-shaped page and a recording inject) ------
+
+
+class FakeRun:
+    """The bytes ``offer`` reads and writes, at kvmlab's own indices, and what it injected."""
+
+    def __init__(self, ready: int):
+        self.u8 = memoryview(bytearray(RUN_MAPPING_SIZE))
+        self.u8[RUN.READY_FOR_INTERRUPT_INJECTION_U8] = ready
+        self.injected: list[int] = []
+        self.metrics = VcpuMetrics(0)
+
+    def offer(self, pending: PendingInterrupts, inject=None) -> None:
+        offer(pending, self.u8, inject or self.injected.append, self.metrics, None)
+
+    @property
+    def window_requested(self) -> int:
+        return self.u8[RUN.REQUEST_INTERRUPT_WINDOW_U8]
+
+
+def pending_with(*vectors: int) -> PendingInterrupts:
+    pending = PendingInterrupts()
+    for vector in vectors:
+        pending.add(vector)
+    return pending
+
+
+def test_offer_injects_the_oldest_only_when_ready_and_asks_for_the_window_otherwise():
+    pending = pending_with(40, 41)
+    run = FakeRun(ready=0)
+    run.offer(pending)
+    assert (run.injected, list(pending.vectors), run.window_requested) == ([], [40, 41], 1)
+    run.u8[RUN.READY_FOR_INTERRUPT_INJECTION_U8] = 1  # what KVM says at the window exit
+    run.offer(pending)
+    assert (run.injected, list(pending.vectors), run.window_requested) == ([40], [41], 1)
+    assert run.metrics.interrupts_injected == 1
+
+
+def test_offer_never_injects_twice_before_kvm_run_returns():
+    """A second KVM_INTERRUPT before the guest took the first would replace it (a lost
+    vector): after an injection the ready flag reads 0 until KVM writes it again."""
+    pending = pending_with(40, 41)
+    run = FakeRun(ready=1)
+    run.offer(pending)
+    run.offer(pending)  # no KVM_RUN in between (a kick's short-circuit skipped it)
+    assert run.injected == [40]
+    assert run.u8[RUN.READY_FOR_INTERRUPT_INJECTION_U8] == 0
+
+
+def test_offer_clears_the_window_request_with_the_last_vector():
+    pending = pending_with(40)
+    run = FakeRun(ready=1)
+    run.u8[RUN.REQUEST_INTERRUPT_WINDOW_U8] = 1
+    run.offer(pending)
+    assert (run.injected, len(pending), run.window_requested) == ([40], 0, 0)
+
+
+def test_a_vector_kvm_refused_stays_pending():
+    def refuse(vector: int) -> None:
+        raise ConfigError("refused")
+
+    pending = pending_with(40)
+    run = FakeRun(ready=1)
+    with pytest.raises(ConfigError):
+        run.offer(pending, refuse)
+    assert list(pending.vectors) == [40] and run.metrics.interrupts_injected == 0
+
+
+def test_a_sleeper_gets_one_wake_up_and_none_when_something_is_pending():
+    pending = PendingInterrupts()
+    assert pending.add(40) is False  # nobody sleeps: the raiser kicks instead
+    assert pending.sleep_unless_pending() is False  # 40 is pending: no sleep
+    pending.vectors.clear()
+    assert pending.sleep_unless_pending() is True
+    assert (pending.add(41), pending.add(42)) == (True, False)  # one wake-up per sleep
