@@ -56,9 +56,16 @@ PRESETS: dict[str, tuple[str, ...]] = {
 #: so the one underneath shows through.
 LINE_STYLES = ("-", "--", ":", "-.")
 MARKERS = (None, "o", "s", "^", "D", "v", "x", "+")
-#: the window grows with the run in these steps (x 10^k): at most a quarter of it is empty,
-#: and the axes (and the full redraw they cost) change only a dozen times on the way to 30 s
-WINDOW_STEPS = (1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0)
+#: the window grows with the run in these steps (x 10^k). Each change of the axes costs a full
+#: redraw (~80 ms under the GIL the vCPU threads need), so the steps are few: finer ones (a
+#: quarter empty at most) made a Lab cost 15% of the vCPUs' exits in a run's first seconds
+#: (benchmarks/lab_overhead.py, docs/benchmarks.md); with these and MIN_LIVE_WINDOW_S, about 7%
+#: there and 3% over 10 s
+WINDOW_STEPS = (1.0, 2.0, 5.0, 10.0)
+#: the shortest window of a running plot: the first seconds of a run would otherwise change the
+#: axes (a full redraw) every second, exactly when the rates ramp up (a finished run is fitted
+#: exactly, however short)
+MIN_LIVE_WINDOW_S = 5.0
 #: what the numbers under a live plot are, in words (the same quantity as the line's end)
 RATE_MEANING = "exits per second over the last sample interval"
 
@@ -83,7 +90,7 @@ def fitted_window(run_s: float, window_s: float, final: bool) -> float:
         return float(window_s)
     if final:
         return max(run_s, 0.1)
-    run_s = max(run_s, 1.0)
+    run_s = max(run_s, MIN_LIVE_WINDOW_S)
     power = 10 ** math.floor(math.log10(run_s))
     for step in WINDOW_STEPS:
         if run_s <= step * power:
