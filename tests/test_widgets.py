@@ -631,3 +631,15 @@ def test_one_stylesheet_per_lab_and_one_per_lone_view(engine, machines):
     assert "<style>" in panel.children[0].value
     lab.close()
     panel.close()
+
+
+@pytest.mark.kvm
+def test_a_plot_made_before_load_offers_kvms_metrics_once_the_vcpus_exist(machines):
+    m = machines(vcpus=1)
+    plot = ExitPlot(m)
+    assert "kernel" not in plot.preset_picker.options and not plot.notice.value.count("not available")
+    m.load(programs.hello())
+    plot.session.refresh_now()
+    assert "kernel" in plot.preset_picker.options and "kvm.exits" in plot.metric_picker.allowed_tags
+    assert "not available" not in plot.notice.value, "on KVM the statistics exist: no notice says otherwise"
+    plot.close()

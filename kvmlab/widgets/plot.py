@@ -49,6 +49,7 @@ class ExitPlot(View):
         if not self.session.closed:
             self._follow(self._render_notice, "phase")
             self._follow(self._render_rates, "phase")
+            self._follow(self._specs_changed, "program")  # load()/boot(): the vCPUs, and KVM's kvm.* metrics, now exist
             self._attach(self.refresh)
 
     def _build_picker(self, choose: tuple[str, ...]) -> None:
@@ -66,6 +67,21 @@ class ExitPlot(View):
         self.metric_picker.add_class("kvmlab-metric-picker")
         self.preset_picker.observe(self._preset_chosen, names="value")
         self.metric_picker.observe(self._reconfigure, names="value")
+
+    def _specs_changed(self) -> None:
+        """A plot made before ``load()`` offers the metrics that exist then; the vCPUs bring
+        KVM's own (``kvm.*``) with them: offer those too, and the "kernel" preset."""
+        choices = [spec.name for spec in self.registry.specs if spec.cumulative]
+        if list(self.metric_picker.allowed_tags) == choices:
+            return
+        with self.session.lock:
+            self._presets = presets(self.registry)
+            chosen = preset_of(self.registry, self.metric_picker.value)
+            self.preset_picker.options = list(self._presets)
+            self.preset_picker.tooltips = [", ".join(names) for names in self._presets.values()]
+            self.preset_picker.value = chosen
+            self.metric_picker.allowed_tags = choices
+        self._render_notice()
 
     def _preset_chosen(self, change) -> None:
         if change["new"] is not None and set(self.metric_picker.value) != set(self._presets[change["new"]]):
