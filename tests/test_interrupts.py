@@ -277,6 +277,7 @@ def test_hlt_with_if_1_waits_and_each_interrupt_wakes_it(machines):
     with pytest.raises(MachineTimeoutError):
         m.wait(0.3)  # HLT with IF=1 did not end the vCPU
     assert m.states[0].state is VcpuState.RUNNING
+    wait_until(lambda: str(m.states[0]) == "Running (halted)", PROMPT_S, "the status to say it waits in HLT")
     assert m.results(0)["handled"] == 0
     for n in range(1, target + 1):
         m.raise_irq(VECTOR)

@@ -242,7 +242,9 @@ class Vcpu:
         pending, which the run loop then injects: the guest's handler runs, then the code
         after its HLT, as on a CPU woken by an interrupt. A controller's events are answered
         as in Running, so Pause, Finish and close work at once; a Pause resumes back here."""
-        self._halted = True
+        if not self._halted:
+            self._halted = True
+            self._state_changed()  # still Running, but a view shows "halted" (``status()``)
         pending = self.irqs
         if pending.sleep_unless_pending():
             event, seq = self.events.get()
@@ -256,6 +258,7 @@ class Vcpu:
                 self.run_u8[IMMEDIATE_EXIT_U8] = 1
             return self._answer_running(event, seq, self.halted)
         self._halted = False
+        self._state_changed()
         self.peripherals.metrics.hlt_wakeups += 1
         return self.running
 
@@ -434,6 +437,10 @@ class Vcpu:
 
     def status(self) -> VcpuStatus:
         mp_name = _MP_STATE_NAMES.get(self.backend.mp_state)
+        if mp_name is None and self._halted and self.state is VcpuState.RUNNING:
+            # without an in-kernel irqchip KVM tracks no MP state, but this vCPU is in what KVM
+            # calls HALTED: it executed HLT and waits for an interrupt (kvmlab waits for it)
+            mp_name = "HALTED"
         status = self.exit_status
         if status is None:
             return VcpuStatus(self.index, self.state, mp_state=mp_name)
