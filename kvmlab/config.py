@@ -8,12 +8,12 @@ maximum number of vCPUs) is checked by ``check_engine`` against the engine's ``C
 
 from __future__ import annotations
 
-import math
 import os
 import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from .checks import is_finite_number, is_whole_number
 from .engines.cpuid import CpuidMask, validate_mask
 from .errors import ConfigError
 from .metrics.registry import DEFAULT_HISTORY_S, DEFAULT_SAMPLE_HZ
@@ -28,12 +28,6 @@ if TYPE_CHECKING:
 MAX_SAMPLE_HZ = 1000
 
 
-def is_finite_number(value) -> bool:
-    """An int or float that is neither a bool, NaN nor infinite (NaN slips through every
-    comparison, and infinity only fails later, deep inside a sleep or an allocation)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def check_timeout(name: str, value, *, zero: bool = False) -> float:
     """A timeout is a finite number of seconds, positive (or also 0 where ``zero``), and at
     most ``threading.TIMEOUT_MAX`` (the longest wait the platform's locks can do; a longer
@@ -42,10 +36,6 @@ def check_timeout(name: str, value, *, zero: bool = False) -> float:
         least = "0 or more" if zero else "more than 0"
         raise ConfigError(f"{name}={value!r}: need a finite number of seconds, {least}, at most {threading.TIMEOUT_MAX:.0f}")
     return float(value)
-
-
-def _is_whole(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -70,7 +60,7 @@ class MachineConfig:
     strict: bool = False
 
     def __post_init__(self) -> None:
-        if not _is_whole(self.vcpus) or self.vcpus < 1:
+        if not is_whole_number(self.vcpus) or self.vcpus < 1:
             raise ConfigError(f"vcpus={self.vcpus!r}: need a whole number of at least 1")
         if not is_finite_number(self.memory_mib) or self.memory_mib <= 0:
             raise ConfigError(f"memory_mib={self.memory_mib!r}: need a positive, finite number of MiB")
@@ -88,7 +78,7 @@ class MachineConfig:
         if self.trace not in (True, False):  # 0 and 1 too, as before this was checked
             raise ConfigError(f"trace={self.trace!r}: True or False")
         object.__setattr__(self, "trace", bool(self.trace))
-        if not _is_whole(self.trace_capacity) or self.trace_capacity < 1:
+        if not is_whole_number(self.trace_capacity) or self.trace_capacity < 1:
             raise ConfigError(f"trace_capacity={self.trace_capacity!r}: need a positive number of rows")
         if self.irqchip not in (None, True, False):
             raise ConfigError(f"irqchip={self.irqchip!r}: True, False, or None (off for programs, on for boot())")

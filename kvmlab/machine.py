@@ -23,6 +23,7 @@ import threading
 import weakref
 from typing import Callable, Iterable
 
+from .checks import is_whole_number
 from .devices import COM1, DEBUG_EXIT_PORT, MAILBOX_BASE, Console, DebugExit, Mailbox, Serial16550
 from .devices.base import Device
 from .devices.fw_cfg import FW_CFG_PORT, FwCfg
@@ -195,10 +196,6 @@ class Machine:
             metrics.enable_trace(config.trace_capacity)
         vmm.on_start.append(metrics.start)
         vmm.on_stop.append(lambda _exit, registry=metrics: registry.stop())
-        #: the engine's name ("kvm", "emulated"): which engine runs this machine
-        self.engine = caps.name
-        #: one line on what that engine means for what you see
-        self.engine_note = caps.note
         self._add_standard_devices(vm)
         self.program: LoadedProgram | None = None
         self.kernel: BootImage | None = None
@@ -227,6 +224,16 @@ class Machine:
             vcpu.read_code = functools.partial(code_at, vmm.vm.memory)
         metrics.attach([vcpu.peripherals for vcpu in vmm.vcpus], [vcpu.backend.kernel_stats() for vcpu in vmm.vcpus])
         return vmm
+
+    @property
+    def engine(self) -> str:
+        """The engine's name ("kvm", "emulated"): which engine runs this machine."""
+        return self.capabilities.name
+
+    @property
+    def engine_note(self) -> str:
+        """One line on what that engine means for what you see."""
+        return self.capabilities.note
 
     @property
     def _vmm(self) -> Vmm:
@@ -542,7 +549,7 @@ class Machine:
     # --- helpers ----------------------------------------------------------------------------------
 
     def _index(self, vcpu) -> int:
-        if not isinstance(vcpu, int) or isinstance(vcpu, bool) or not 0 <= vcpu < self.vcpu_count:
+        if not is_whole_number(vcpu) or not 0 <= vcpu < self.vcpu_count:
             raise ConfigError(f"vcpu={vcpu!r}: this machine has vCPUs 0 to {self.vcpu_count - 1}")
         return vcpu
 

@@ -17,6 +17,7 @@ import threading
 import time
 from typing import Callable
 
+from .checks import is_whole_number
 from .errors import ConfigError, MachineStateError, VcpuError, VcpuExitedError
 from .vstate.exits import DeviceFailure, ExitCode
 from .vstate.final_state import FinalState
@@ -163,7 +164,7 @@ class Vmm:
                 "is issue 13, part 2. Create the Machine with irqchip=False to raise interrupts today"
             )
         vcpus = self.vcpus
-        if not isinstance(vcpu, int) or isinstance(vcpu, bool) or not 0 <= vcpu < len(vcpus):
+        if not is_whole_number(vcpu) or not 0 <= vcpu < len(vcpus):
             raise ConfigError(f"vcpu={vcpu!r}: this machine has vCPUs 0 to {len(vcpus) - 1}")
         target = vcpus[vcpu]
         if target.state in (VcpuState.EXITED, VcpuState.FINISHED):

@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "kvmlab"
 
 #: lowest first; a component may import from its own layer and any layer before it
 LAYERS = [
-    {"errors", "x86"},
+    {"errors", "x86", "checks"},
     {"kvm"},
     {"metrics", "plotting"},
     {"vstate"},

@@ -7,6 +7,7 @@ guest cannot tell its CPUs apart. Topology here is flat: ``count`` cores, one th
 
 from __future__ import annotations
 
+from ..checks import is_whole_number
 from ..errors import ConfigError
 from ..kvm import structs as s
 
@@ -31,11 +32,11 @@ def validate_mask(mask) -> CpuidMask | None:
     if not isinstance(mask, dict):
         raise ConfigError(f"cpuid_mask={mask!r}: need a dict {{(function, subleaf, register): bits to clear}}, {example}")
     for key, bits in mask.items():
-        if not (isinstance(key, tuple) and len(key) == 3 and all(isinstance(k, int) and not isinstance(k, bool) for k in key[:2])):
+        if not (isinstance(key, tuple) and len(key) == 3 and all(is_whole_number(k) for k in key[:2])):
             raise ConfigError(f"cpuid_mask key {key!r}: need (function, subleaf, register), {example}")
         if key[2] not in REGISTERS:
             raise ConfigError(f"cpuid_mask key {key!r}: the register must be one of {', '.join(REGISTERS)}")
-        if not isinstance(bits, int) or isinstance(bits, bool) or not 0 < bits <= 0xFFFFFFFF:
+        if not is_whole_number(bits) or not 0 < bits <= 0xFFFFFFFF:
             raise ConfigError(f"cpuid_mask[{key!r}] = {bits!r}: need the bits to clear, a 32-bit mask that is not 0")
     return dict(mask)
 

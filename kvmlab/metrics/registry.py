@@ -27,6 +27,7 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
+from ..checks import is_whole_number
 from ..errors import ConfigError, ExportWriteError, MachineStateError, UnknownMetricError, UnknownVcpuError
 from .catalog import MetricSpec, exit_metric_specs, kernel_metric_specs
 from .counters import ADDRESS_LIMIT, AGGREGATES, COUNTERS, NS_PER_US, VcpuMetrics
@@ -172,7 +173,7 @@ class MetricsRegistry:
 
     def vcpu(self, index: int) -> VcpuMetrics:
         """The live counters of one vCPU (``.exit_mmio_write``, ``.exit_mmio_write_agg``, ...)."""
-        if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(self._metrics):
+        if not is_whole_number(index) or not 0 <= index < len(self._metrics):
             raise UnknownVcpuError(f"vCPU {index!r} is not in this machine; valid vCPUs: {', '.join(self.vcpu_labels)}")
         return self._metrics[index]
 

@@ -37,6 +37,7 @@ import threading
 from time import perf_counter_ns
 from typing import Callable
 
+from ..checks import is_whole_number
 from ..errors import ConfigError
 from ..kvm.run import READY_FOR_INTERRUPT_INJECTION_U8, REQUEST_INTERRUPT_WINDOW_U8
 from ..metrics import trace as kinds
@@ -52,7 +53,7 @@ LAST_VECTOR = 255
 
 def check_vector(vector: object) -> int:
     """``vector`` if it is a vector a device may raise (32-255), else a ``ConfigError`` saying why."""
-    if not isinstance(vector, int) or isinstance(vector, bool):
+    if not is_whole_number(vector):
         raise ConfigError(f"vector={vector!r}: an interrupt vector is a whole number from {FIRST_INTERRUPT_VECTOR} to {LAST_VECTOR}")
     if not 0 <= vector <= LAST_VECTOR:
         raise ConfigError(f"vector={vector}: x86 has vectors 0 to {LAST_VECTOR} (one per IDT entry); raise one from {FIRST_INTERRUPT_VECTOR} to {LAST_VECTOR}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from importlib import resources
 
+from ...checks import is_whole_number
 from ...devices import COM1, DEBUG_EXIT_PORT, MAILBOX_BASE
 from ...devices.fw_cfg import FW_CFG_PORT
 from ...devices.mailbox import COUNTERS
@@ -32,7 +33,7 @@ def _source(filename: str) -> str:
 
 
 def _count(name: str, value: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 0xFFFF_FFFF:
+    if not is_whole_number(value) or not 1 <= value <= 0xFFFF_FFFF:
         raise ConfigError(f"{name}={value!r}: need a whole number from 1 to {0xFFFF_FFFF}")
     return value
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Mapping
 
+from ...checks import is_whole_number
 from ...errors import ConfigError
 from ..asm import assemble
 from ..constants import describe_layout
@@ -67,7 +68,7 @@ def _source(filename: str) -> str:
 
 def _count(name: str, value, *, allow_zero: bool = True) -> int:
     low = 0 if allow_zero else 1
-    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= U32_MAX:
+    if not is_whole_number(value) or not low <= value <= U32_MAX:
         raise ConfigError(f"{name}={value!r}: need a whole number from {low} to {U32_MAX}")
     return value
 
