@@ -161,7 +161,8 @@ def test_pause_vcpu_1_from_the_lab_in_jupyterlab(jupyter_lab):
         # Rates are per sample interval: wait for a whole interval with vCPU 1 paused.
         expect(lab.locator(".kvmlab-rate-1")).to_have_attribute("data-rate", "0.0", timeout=15_000)
         rate_0 = float(lab.locator(".kvmlab-rate-0").get_attribute("data-rate"))
-        assert rate_0 > 1000, f"vCPU 0 kept running: {rate_0} exits/s"
+        # About 50,000 exits/s on an idle host; the claim is only "not stopped".
+        assert rate_0 > 100, f"vCPU 0 kept running: {rate_0} exits/s"
         assert image.get_attribute("src") != before, "the plot was redrawn"
         expect(lab.locator(".kvmlab-vcpu-1 button.kvmlab-resume")).to_be_enabled()
         expect(pause).to_be_disabled()

@@ -131,7 +131,7 @@ def test_rates_integrate_back_to_the_counts(machines):
     dt = np.diff(counts["elapsed_s"].to_numpy())
     integral = float((rates["value"].to_numpy() * dt).sum())
     assert integral == pytest.approx(counts["value"].iloc[-1] - counts["value"].iloc[0], rel=1e-9)
-    assert rates["value"].median() > 1000, "thousands of MMIO writes a second"
+    assert rates["value"].median() > 100, "a running vCPU writes the mailbox many times a second"
 
 
 def test_a_paused_vcpu_rate_falls_to_zero(machines):
@@ -142,7 +142,7 @@ def test_a_paused_vcpu_rate_falls_to_zero(machines):
     m.pause(1)
     time.sleep(0.5)
     series = m.metrics.series("exit_mmio_write", last_s=0.3)
-    assert (series["1"] == 0).all() and (series["0"] > 1000).all()
+    assert (series["1"] == 0).all() and (series["0"] > 100).all(), "vCPU 0 keeps running (~50,000/s idle)"
 
 
 def test_trace_has_one_row_per_exit(machines):

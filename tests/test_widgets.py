@@ -14,6 +14,8 @@ from kvmlab import programs
 from kvmlab.lab import LabSession
 from kvmlab.widgets import Console, ControlPanel, CpuInspector, ExitPlot, Lab
 
+RUNNING_RATE = 100  # exits/s: well above a stopped vCPU's 0, far below a running one's
+
 
 def settle(view, timeout: float = 10.0) -> None:
     """Waits for queued clicks to finish, then refreshes every view of the machine."""
@@ -110,12 +112,14 @@ def test_exit_plot_png_changes_and_a_paused_vcpu_rate_falls_to_zero(engine, mach
     plot.session.refresh_now()
     first = bytes(plot.image.value)
     assert first.startswith(b"\x89PNG")
-    assert plot.latest_rate(0) > 1000 and plot.latest_rate(1) > 1000
+    # About 50,000 exits/s each on an idle host; a loaded CI host has shown under 1,000. The claim
+    # is "running, not stopped", so the bar is far below either.
+    assert plot.latest_rate(0) > RUNNING_RATE and plot.latest_rate(1) > RUNNING_RATE
     m.pause(1)
     wait_for_samples(m.metrics, 4)
     plot.session.refresh_now()
     assert plot.latest_rate(1) == 0, "the paused vCPU's line drops to 0"
-    assert plot.latest_rate(0) > 1000, "vCPU 0's does not"
+    assert plot.latest_rate(0) > RUNNING_RATE, "vCPU 0's does not"
     assert bytes(plot.image.value) != first, "the PNG changed with the rates"
     assert "kvmlab-rate-1' data-rate='0.0'" in plot.rates.value
     assert plot.plot.full_draws < plot.plot.updates, "frames are blitted, not drawn from scratch"
