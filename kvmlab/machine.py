@@ -211,6 +211,7 @@ class Machine:
         for device, port in ((self.serial, COM1), (self.debug_exit, DEBUG_EXIT_PORT), (self.fw_cfg, FW_CFG_PORT), (self.pci_host, PCI_CONFIG_PORT)):
             vm.pio_bus.insert(device, port, device.size)
         vm.mmio_bus.insert(self.mailbox, MAILBOX_BASE, self.mailbox.size)
+        self._connect_interrupts(self.mailbox)  # its doorbell raises interrupts (programs.mailbox_irq)
 
     def _create_vcpus(self, irqchip: bool) -> Vmm:
         """Creates the vCPUs (after the in-kernel irqchip, if wanted) and connects them to the
@@ -290,8 +291,14 @@ class Machine:
         target = self.mmio_bus if bus == "mmio" else self.pio_bus
         entry = target.insert(device, base, size)
         if isinstance(device, Device):
-            device.irq_raiser = self._vmm.raise_irq  # the Vmm, never the Machine: threads reach devices
+            self._connect_interrupts(device)
         return entry
+
+    def _connect_interrupts(self, device: Device) -> None:
+        """Lets ``device`` raise interrupts and acknowledge them at this machine; through the
+        Vmm, never the Machine, since vCPU threads reach devices and must not keep it alive."""
+        device.irq_raiser = self._vmm.raise_irq
+        device.irq_acknowledger = self._vmm.acknowledge_irq
 
     def layout(self) -> dict[str, int]:
         """Where this machine's devices are, as the ``.equ`` constants a program is assembled

@@ -23,6 +23,11 @@ class Device:
     registers: dict[int, str] = {}
     #: how this device raises interrupts (``raise_irq``): set by ``Machine.add_device``
     irq_raiser: Callable[[int, int], None] | None = None
+    #: how it reports that a handler started (``irq_acknowledged``): set with ``irq_raiser``
+    irq_acknowledger: Callable[[int], None] | None = None
+    #: the vector ``raise_irq()`` raises when given none (a device whose guest programs it
+    #: overrides this, as the mailbox's IRQ_VECTOR register does)
+    irq_vector: int | None = None
 
     def read(self, offset: int, size: int) -> int:
         return 0
@@ -33,10 +38,23 @@ class Device:
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"
 
-    def raise_irq(self, vector: int, vcpu: int = 0) -> None:
-        """Raises interrupt ``vector`` at vCPU ``vcpu`` of the machine this device was added
-        to, with ``Machine.raise_irq``'s rules and checks; from any thread, this device's own
-        ``read``/``write`` included (the vCPU injects it before its next run)."""
+    def raise_irq(self, vector: int | None = None, vcpu: int = 0) -> None:
+        """Raises interrupt ``vector`` (by default the device's ``irq_vector``) at vCPU
+        ``vcpu`` of the machine this device was added to, with ``Machine.raise_irq``'s rules
+        and checks; from any thread, this device's own ``read``/``write`` included (the vCPU
+        injects it before its next run)."""
         if self.irq_raiser is None:
             raise MachineStateError(f"{self!r} raise_irq(): the device is on no machine; map it with Machine.add_device() first")
+        if vector is None:
+            vector = self.irq_vector
+            if vector is None:
+                raise MachineStateError(f"{self!r} raise_irq(): no vector given, and the device has none programmed yet")
         self.irq_raiser(vector, vcpu)
+
+    def irq_acknowledged(self, vector: int) -> None:
+        """Tells kvmlab that the guest's handler for ``vector`` has started on the vCPU whose
+        exit is being handled (call it from ``read``/``write``): the delivery latency of the
+        oldest raise of ``vector`` at that vCPU is recorded (``Machine.interrupt_latencies``)."""
+        if self.irq_acknowledger is None:
+            raise MachineStateError(f"{self!r} irq_acknowledged(): the device is on no machine; map it with Machine.add_device() first")
+        self.irq_acknowledger(vector)

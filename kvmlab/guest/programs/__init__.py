@@ -16,6 +16,7 @@ from typing import Mapping
 
 from ...checks import is_whole_number
 from ...errors import ConfigError
+from ...vstate.interrupts import check_vector
 from ..asm import assemble
 from ..constants import describe_layout
 from ..modes import RESULTS_STRIDE
@@ -105,6 +106,20 @@ def mailbox_pingpong(rounds: int = 1000) -> Program:
     )
 
 
+def mailbox_irq(rounds: int = 1000, vector: int = 0x40) -> Program:
+    """The ping-pong driven by interrupts: each vCPU waits in HLT until the other rings the
+    mailbox's doorbell (0 rounds = forever). ``vector`` is what the mailbox raises (32-255)."""
+    _count("rounds", rounds)
+    return Program(
+        "mailbox_irq.asm",
+        _source("mailbox_irq.asm"),
+        params={"ROUNDS": rounds, "VECTOR": check_vector(vector)},
+        min_vcpus=2,
+        results_fields=("rounds", "interrupts_handled", "hlts", "last_value"),
+        ends=rounds > 0,
+    )
+
+
 def busy_loop() -> Program:
     """A loop with no exits at all: only a kick gets the vCPU out of KVM_RUN."""
     return Program("busy_loop.asm", _source("busy_loop.asm"), results_fields=("iterations_low", "iterations_high"), ends=False)
@@ -156,6 +171,7 @@ __all__ = [
     "exit_cost",
     "from_source",
     "hello",
+    "mailbox_irq",
     "mailbox_pingpong",
     "mmio_counter",
     "triple_fault",
