@@ -160,3 +160,14 @@ def test_a_memory_operand_with_two_symbols_of_the_text_is_refused_with_a_way_out
         assemble(source, 32)
     fixed = ".equ BASE, 0xa0000\n.equ DISP, 0x100\n.equ BASE_DISP, BASE + DISP\nmov dword ptr [BASE_DISP], ecx"
     assert disassemble(assemble(fixed, 32), 32)[0][2] == "mov dword ptr [0xa0100], ecx"
+
+
+@pytest.mark.parametrize("after", [False, True])
+def test_an_error_is_found_on_its_line_before_or_after_a_macro_that_defines_labels(after):
+    """The error search stubs every label; a macro's labels (IDT_LIBRARY's idt_set_gate) are
+    stubbed for the lines that call them, and not for the line that defines them."""
+    bad = "mov dword ptr [esp], offset h"  # keystone has no 'offset' for a label
+    body = ["IDT_SET 0, h", "h: nop", "IDT_LIBRARY"]
+    body.insert(3 if after else 2, bad)
+    with pytest.raises(AssemblyError, match=rf"line {5 if after else 4}: Invalid operand"):
+        assemble('.include "idt.asm"\n' + "\n".join(body), 32, 0x8000, defines={"BITS": 32})

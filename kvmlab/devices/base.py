@@ -54,7 +54,7 @@ class Device:
     def irq_acknowledged(self, vector: int) -> None:
         """Tells kvmlab that the guest's handler for ``vector`` has started on the vCPU whose
         exit is being handled (call it from ``read``/``write``): the delivery latency of the
-        oldest raise of ``vector`` at that vCPU is recorded (``Machine.interrupt_latencies``)."""
+        oldest raise of ``vector`` at that vCPU is recorded (``MetricsRegistry.interrupt_latencies``)."""
         if self.irq_acknowledger is None:
             raise MachineStateError(f"{self!r} irq_acknowledged(): the device is on no machine; map it with Machine.add_device() first")
         self.irq_acknowledger(vector)

@@ -303,24 +303,29 @@ def _refuse_truncated_addresses(line: str, number: int, name: str | None, consta
 
 
 def _locate_error(lines: list[str], prelude: list[str], bits: int, base: int) -> tuple[int | None, str | None, str | None]:
-    """Finds the first statement that fails on its own (with all symbols stubbed)."""
+    """Finds the first statement that fails on its own (with all symbols stubbed). Labels a
+    macro defines are stubbed too (a use of the macro defines them), except in a trial of
+    that very use."""
     labels: set[str] = set()
+    macro_labels: dict[str, set[str]] = {}  # macro name -> the labels its body defines
     constants: list[str] = []
     macros: list[str] = []
-    in_macro = False
+    macro: str | None = None
     for line in lines:
         stripped = line.strip()
         if stripped.lower().startswith(".macro"):
-            in_macro = True
-        if in_macro:
+            macro = (stripped.split()[1:] or [""])[0].rstrip(",").lower()
+            macro_labels[macro] = set()
+        defined = {m.group(1) for m in re.finditer(r"([A-Za-z_.$][\w.$]*)\s*:", stripped.split('"')[0])}
+        labels |= defined
+        if macro is not None:
+            macro_labels[macro] |= defined
             macros.append(line)
             if stripped.lower().startswith(".endm"):
-                in_macro = False
+                macro = None
             continue
         if _EQU.match(line) or _ASSIGN.match(line):
             constants.append(line)
-        for match in re.finditer(r"([A-Za-z_.$][\w.$]*)\s*:", stripped.split('"')[0]):
-            labels.add(match.group(1))
     in_macro = False
     for number, line in enumerate(lines, 1):
         stripped = line.strip()
@@ -340,6 +345,7 @@ def _locate_error(lines: list[str], prelude: list[str], bits: int, base: int) ->
         if not statement or statement.startswith((".if", ".else", ".endif", ".elseif", ".endm")):
             continue
         own = {m.group(1) for m in re.finditer(r"([A-Za-z_.$][\w.$]*)\s*:", stripped.split('"')[0])}
+        own |= macro_labels.get(statement.split()[0].lower(), set())
         stubs = [f".equ {label}, {base}" for label in sorted(labels - own)]
         trial = "\n".join(prelude + stubs + [c for c in constants if c.strip() != stripped] + macros + [statement])
         try:

@@ -120,6 +120,17 @@ def mailbox_irq(rounds: int = 1000, vector: int = 0x40) -> Program:
     )
 
 
+def exceptions(repeat: int = 3) -> Program:
+    """vCPU 0 takes #DE and #UD ``repeat`` times each (and in long mode one #PF), each caught
+    by a handler that fixes the cause or steps past it."""
+    return Program(
+        "exceptions.asm",
+        _source("exceptions.asm"),
+        params={"REPEAT": _count("repeat", repeat, allow_zero=False)},
+        results_fields=("divide_errors", "invalid_opcodes", "page_faults", "page_fault_error_code"),
+    )
+
+
 def busy_loop() -> Program:
     """A loop with no exits at all: only a kick gets the vCPU out of KVM_RUN."""
     return Program("busy_loop.asm", _source("busy_loop.asm"), results_fields=("iterations_low", "iterations_high"), ends=False)
@@ -168,6 +179,7 @@ __all__ = [
     "busy_loop",
     "describe_layout",
     "exit_code",
+    "exceptions",
     "exit_cost",
     "from_source",
     "hello",
