@@ -91,7 +91,7 @@ def test_a_doorbell_rung_before_the_guest_chose_a_vector_is_a_device_error(machi
     m.start()
     assert m.wait(10) == 0
     errors = m.device_errors
-    assert len(errors) == 1 and "no vector given, and the device has none programmed yet" in str(errors[0])
+    assert len(errors) == 1 and "the mailbox has no interrupt vector yet: its guest writes one" in str(errors[0])
 
 
 def test_the_mailbox_refuses_an_exception_vector_from_the_guest(machines):

@@ -40,14 +40,15 @@ def test_control_panel_buttons_follow_the_state_machine(engine, machines):
     settle(panel)
     assert [panel.state_text(i) for i in range(2)] == ["Running", "Running"]
     assert "Running" in panel.state_labels[0].value
-    assert enabled(panel.vcpu_buttons[1]) == {"pause"}, "save/dump are not allowed while running"
+    raising = {"raise_irq"} if m.capabilities.interrupt_injection else set()
+    assert enabled(panel.vcpu_buttons[1]) == {"pause"} | raising, "save/dump are not allowed while running"
     assert enabled(panel.all_buttons) == {"pause", "stop"}
 
     panel.vcpu_buttons[1]["pause"].click()
     settle(panel)
     assert "Paused" in panel.state_labels[1].value and "Running" in panel.state_labels[0].value
-    assert enabled(panel.vcpu_buttons[1]) == {"resume", "save_state", "dump_cpu_config"}
-    assert enabled(panel.vcpu_buttons[0]) == {"pause"}
+    assert enabled(panel.vcpu_buttons[1]) == {"resume", "save_state", "dump_cpu_config"} | raising
+    assert enabled(panel.vcpu_buttons[0]) == {"pause"} | raising
     assert enabled(panel.all_buttons) == {"pause", "resume", "stop"}
     assert "vCPU 1: paused" in panel.messages.value
 
@@ -63,6 +64,39 @@ def test_control_panel_buttons_follow_the_state_machine(engine, machines):
     settle(panel)
     assert "machine stopped (stopped by the controller, exit code 0)" in panel.phase_label.value
     assert not enabled(panel.all_buttons) and all(not enabled(b) for b in panel.vcpu_buttons)
+    panel.close()
+
+
+def test_the_raise_irq_button_raises_the_mailbox_vector_and_a_refusal_is_a_message(engine, machines):
+    m = machines(engine=engine, vcpus=2, memory_mib=2, sample_hz=0)
+    if not m.capabilities.interrupt_injection:
+        pytest.fail(f"{m.capabilities.label} should inject interrupts")
+    m.load(programs.mailbox_irq(rounds=0), mode="long")
+    panel = ControlPanel(m)
+    panel.all_buttons["start"].click()
+    settle(panel)
+    assert wait_until(lambda: m.results(0)["rounds"] > 10)
+    before = m.metrics.vcpu(1).interrupts_injected
+    rounds = m.results(0)["rounds"]
+    panel.vcpu_buttons[1]["raise_irq"].click()
+    settle(panel)
+    assert "vCPU 1: mailbox interrupt raised" in panel.messages.value
+    m.pause()
+    # one per round vCPU 0 began since, and the click's
+    assert m.metrics.vcpu(1).interrupts_injected - before - (m.results(0)["rounds"] - rounds) in (1, 2)
+    panel.close()
+
+    idle = machines(engine=engine, vcpus=1, sample_hz=0)
+    idle.load("sti\nspin: jmp spin\n", mode="real")  # never programs the mailbox's vector
+    panel = ControlPanel(idle)
+    panel.all_buttons["start"].click()
+    settle(panel)
+    panel.vcpu_buttons[0]["raise_irq"].click()
+    settle(panel)
+    assert str(panel.session.messages[-1]).endswith(
+        "vCPU 0: raise irq failed: the mailbox has no interrupt vector yet: its guest writes one (32-255) "
+        "to the IRQ_VECTOR register first, as programs.mailbox_irq does"
+    )
     panel.close()
 
 

@@ -28,6 +28,8 @@ class Device:
     #: the vector ``raise_irq()`` raises when given none (a device whose guest programs it
     #: overrides this, as the mailbox's IRQ_VECTOR register does)
     irq_vector: int | None = None
+    #: how a vector comes to be, said when ``raise_irq()`` has none to raise
+    irq_vector_hint = "pass one: raise_irq(vector, vcpu)"
 
     def read(self, offset: int, size: int) -> int:
         return 0
@@ -48,7 +50,7 @@ class Device:
         if vector is None:
             vector = self.irq_vector
             if vector is None:
-                raise MachineStateError(f"{self!r} raise_irq(): no vector given, and the device has none programmed yet")
+                raise MachineStateError(f"the {self.name} has no interrupt vector yet: {self.irq_vector_hint}")
         self.irq_raiser(vector, vcpu)
 
     def irq_acknowledged(self, vector: int) -> None:

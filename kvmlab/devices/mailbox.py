@@ -46,6 +46,8 @@ class Mailbox(Device):
         self._words = memoryview(self._regs).cast("I")  # aligned dword accesses, the common case
         self._words[ID // 4] = MAILBOX_ID
 
+    irq_vector_hint = "its guest writes one (32-255) to the IRQ_VECTOR register first, as programs.mailbox_irq does"
+
     @property
     def irq_vector(self) -> int | None:
         """The vector the guest programmed into IRQ_VECTOR (None before it did): what

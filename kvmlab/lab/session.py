@@ -64,6 +64,8 @@ ACTIONS: dict[str, tuple[Callable, str]] = {
     "stop": (lambda m, v: m.stop(), "stopped"),
     "save_state": (lambda m, v: m.save_state(v), "state saved"),
     "dump_cpu_config": (lambda m, v: m.dump_cpu_config(v), "CPU config dumped"),
+    # the mailbox's vector, as its doorbell would raise it (the guest programs the vector)
+    "raise_irq": (lambda m, v: m.mailbox.raise_irq(vcpu=v), "mailbox interrupt raised"),
 }
 
 
@@ -231,23 +233,26 @@ class LabSession(HasTraits):
 
     def vcpu_actions(self, index: int) -> set[str]:
         """What one vCPU's row may do now: Firecracker's NotAllowed rules, minus no-ops
-        (Pause only while running, Resume / Save state / Dump only while paused)."""
+        (Pause only while running, Resume / Save state / Dump only while paused), and
+        raising the mailbox's interrupt at a running or paused vCPU where the engine can
+        inject one (a paused vCPU takes it when resumed)."""
         if self.machine is None or self.phase != "started" or self.pending.get(index) or self.pending.get(None):
             return set()
         if index >= len(self.states):
             return set()
         state = self.states[index].state
+        raising = {"raise_irq"} if self.machine.capabilities.interrupt_injection else set()
         if state is VcpuState.RUNNING:
-            return {"pause"}
+            return {"pause"} | raising
         if state is VcpuState.PAUSED:
-            return {"resume", "save_state", "dump_cpu_config"}
+            return {"resume", "save_state", "dump_cpu_config"} | raising
         return set()
 
     # --- actions -------------------------------------------------------------------------------
 
     def request(self, action: str, vcpu: int | None = None) -> None:
         """Queues ``action`` ("start", "pause", "resume", "stop", "save_state",
-        "dump_cpu_config") for one vCPU or all; returns at once. The outcome becomes an
+        "dump_cpu_config", "raise_irq") for one vCPU or all; returns at once. The outcome becomes an
         ``ActionOutcome`` (the ``outcome`` trait), a message and, for save_state /
         dump_cpu_config, an entry the inspector shows."""
         if action not in ACTIONS:

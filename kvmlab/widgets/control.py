@@ -1,4 +1,5 @@
-"""``ControlPanel``: a row per vCPU (state, Pause, Resume, Save state, Dump CPU config) and a
+"""``ControlPanel``: a row per vCPU (state, Pause, Resume, Save state, Dump CPU config, Raise
+IRQ) and a
 row for all (Start, Pause all, Resume all, Stop), and a line counting accesses to absent
 hardware. Clicks only queue work on the session.
 
@@ -21,6 +22,7 @@ PER_VCPU = (
     ("resume", "Resume", "Resume this vCPU"),
     ("save_state", "Save state", "Save this paused vCPU's registers, MSRs, FPU, ... (shown in the inspector)"),
     ("dump_cpu_config", "Dump CPU config", "Dump the CPUID leaves and MSRs set on this paused vCPU"),
+    ("raise_irq", "Raise IRQ", "Raise the mailbox's interrupt (the vector its guest programmed) at this vCPU, as its doorbell does"),
 )
 ALL_VCPUS = (
     ("start", "Start", "Start the vCPU threads (they start paused and are resumed)"),
