@@ -412,6 +412,13 @@ class Machine:
         self._require_open("raise_irq()")
         self._vmm.raise_irq(vector, vcpu)
 
+    def pending_interrupts(self, vcpu: int) -> list[int]:
+        """The vectors raised at vCPU ``vcpu`` and not injected yet, oldest first: they wait
+        for the guest to take them (IF = 1, the interrupt window), or for a paused vCPU to
+        resume. A vector KVM has accepted is no longer pending (``interrupts_injected``)."""
+        self._require_open("pending_interrupts()")
+        return list(self._vmm.vcpus[self._index(vcpu)].irqs.vectors)
+
     def handle(self, vcpu: int) -> VcpuHandle:
         """The low-level ``VcpuHandle`` of a started vCPU (send_event/recv, as Firecracker's tests do)."""
         self._vmm.require_started("handle()")

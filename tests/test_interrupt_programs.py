@@ -133,3 +133,37 @@ def test_exceptions_are_caught_by_handlers_that_fix_up_and_return(engine, machin
     else:
         assert results["page_faults"] == 0, "no paging in this mode: no #PF"
     assert m.metrics.vcpu(0).exit_shutdown == 0
+
+
+def test_a_vector_raised_while_the_guest_has_if_0_is_pending_until_the_window(machines):
+    source = """
+.include "idt.asm"
+    IDT_SET 0x40, on_irq
+    IDT_LOAD
+    cli
+wait:
+    mov eax, dword ptr [MAILBOX + MB_PING]
+    cmp eax, 1
+    jne wait
+    sti
+    mov ecx, 5000
+open:
+    dec ecx
+    jnz open
+    cli
+    hlt
+on_irq:
+    inc dword ptr [RESULTS]
+    INTERRUPT_RETURN
+IDT_LIBRARY
+"""
+    m = machines(vcpus=1, memory_mib=1, sample_hz=0)
+    m.load(programs.from_source(source, results=("handled",)), mode="protected")
+    m.start()
+    m.raise_irq(0x40)
+    time.sleep(0.1)
+    assert m.pending_interrupts(0) == [0x40] and m.results(0)["handled"] == 0
+    m.mailbox.write(0x004, 4, 1)  # PING: the guest goes on to its STI
+    assert m.wait(10) == 0
+    assert m.pending_interrupts(0) == [] and m.results(0)["handled"] == 1
+    assert m.metrics.vcpu(0).irq_window_exits == 1
