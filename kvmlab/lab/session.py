@@ -118,6 +118,9 @@ class LabSession(HasTraits):
     finals = Dict()
     #: "absent hardware: 12 port reads, ..." or "" (follows the clock)
     absent = Unicode("")
+    #: the vector the guest programmed into the mailbox (its IRQ_VECTOR register), or None:
+    #: what Raise IRQ raises, and whether it can (follows the clock: a guest write, no event)
+    irq_vector = Any(None)
     #: the latest ``ActionOutcome`` or ``CallOutcome`` (every one notifies: records compare by identity)
     outcome = Any(None)
 
@@ -234,14 +237,15 @@ class LabSession(HasTraits):
     def vcpu_actions(self, index: int) -> set[str]:
         """What one vCPU's row may do now: Firecracker's NotAllowed rules, minus no-ops
         (Pause only while running, Resume / Save state / Dump only while paused), and
-        raising the mailbox's interrupt at a running or paused vCPU where the engine can
-        inject one (a paused vCPU takes it when resumed)."""
+        raising the mailbox's interrupt at a running or paused vCPU once the guest chose its
+        vector, where the engine can inject one (a paused vCPU takes it when resumed)."""
         if self.machine is None or self.phase != "started" or self.pending.get(index) or self.pending.get(None):
             return set()
         if index >= len(self.states):
             return set()
         state = self.states[index].state
-        raising = {"raise_irq"} if self.machine.capabilities.interrupt_injection else set()
+        can_raise = self.irq_vector is not None and self.machine.capabilities.interrupt_injection
+        raising = {"raise_irq"} if can_raise else set()
         if state is VcpuState.RUNNING:
             return {"pause"} | raising
         if state is VcpuState.PAUSED:
@@ -362,11 +366,17 @@ class LabSession(HasTraits):
         with self.lock:
             self.sync()
             self._count_absent()
+            self._read_irq_vector()
             for refresh in [r for r in self._views.values() if r is not None]:
                 try:
                     refresh()
                 except Exception:
                     log.exception("a lab view failed to refresh")
+
+    def _read_irq_vector(self) -> None:
+        machine = self.machine
+        if machine is not None and not machine.closed:
+            self.irq_vector = machine.mailbox.irq_vector
 
     def _count_absent(self) -> None:
         try:
