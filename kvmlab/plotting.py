@@ -71,7 +71,7 @@ WINDOW_STEPS = (1.0, 2.0, 5.0, 10.0)
 #: exactly, however short)
 MIN_LIVE_WINDOW_S = 5.0
 #: what the numbers under a live plot are, in words (the same quantity as the line's end)
-RATE_MEANING = "exits per second over the last sample interval"
+RATE_MEANING = "counts per second over the last sample interval"
 
 
 def nice_limit(value: float) -> float:
