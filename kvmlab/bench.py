@@ -342,7 +342,7 @@ def pingpong_run(kind: str, rounds: int, *, engine: str = "kvm", mode: str = "pr
         code = m.wait(600)
         seconds, cpu = time.perf_counter() - started, _cpu_seconds() - cpu
         if code != 0:
-            raise BenchmarkError(f"benchmark guest {program.name} failed: {m.exit_description()}")
+            raise BenchmarkError(f"benchmark guest {program.name} failed: {m.exit!r}")
         done = m.results(0)["rounds"]
         exits = sum(sum(m.metrics.vcpu(i).counters()[c] for c in ("exit_mmio_read", "exit_mmio_write", "exit_hlt")) for i in range(2))
         latencies = list(m.metrics.interrupt_latencies()["latency_us"])

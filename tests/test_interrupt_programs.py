@@ -23,7 +23,7 @@ def run(machines, engine, program, mode, vcpus=2, timeout=30):
     m = machines(engine=engine, vcpus=vcpus, memory_mib=2, sample_hz=0)
     m.load(program, mode=mode)
     m.start()
-    assert m.wait(timeout) == 0, m.exit_description()
+    assert m.wait(timeout) == 0, repr(m.exit)
     return m
 
 
