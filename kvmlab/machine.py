@@ -55,6 +55,7 @@ from .vstate.cpu_state import CpuConfiguration, VcpuSnapshot
 from .vstate.exit_record import ExitRecord, outcome_of, read_exit
 from .vstate.exits import DeviceFailure, Emulation
 from .vstate.final_state import TRACE_TAIL, FinalState
+from .vstate.irq_lines import IrqFd, IrqLine
 from .vstate.vcpu import VcpuHandle
 from .vstate.kick import install_kick_handler
 from .vstate.layout import IRQCHIP_PAGES
@@ -191,6 +192,7 @@ class Machine:
             history_s=config.history_s,
             # not a bound method: nothing the threads reach may hold the Machine itself
             describe_address=functools.partial(_describe_address, vm.mmio_bus, vm.pio_bus),
+            lines=vmm.irq_lines.metrics,
         )
         if config.trace:
             metrics.enable_trace(config.trace_capacity)
@@ -280,7 +282,8 @@ class Machine:
 
     def add_device(self, device: BusDevice, base: int, size: int | None = None, *, bus: str = "mmio") -> BusEntry:
         """Maps ``device`` at ``base`` on the ``"mmio"`` or ``"pio"`` bus; overlaps are refused.
-        A ``Device`` can then raise interrupts at this machine (``device.raise_irq``)."""
+        A ``Device`` can then raise interrupts at this machine (``device.raise_irq``) and drive
+        its interrupt lines (``device.irq_line``, ``device.irqfd``)."""
         self._require_open("add_device()")
         if bus not in ("mmio", "pio"):
             raise ConfigError(f"bus={bus!r}: choose 'mmio' or 'pio'")
@@ -289,8 +292,10 @@ class Machine:
             raise ConfigError(f"{device!r} has no size attribute; pass size=")
         target = self.mmio_bus if bus == "mmio" else self.pio_bus
         entry = target.insert(device, base, size)
-        if isinstance(device, Device):
-            device.irq_raiser = self._vmm.raise_irq  # the Vmm, never the Machine: threads reach devices
+        if isinstance(device, Device):  # the Vmm's, never the Machine's: threads reach devices
+            device.irq_raiser = self._vmm.raise_irq
+            device.irq_line_source = self._vmm.irq_line
+            device.irqfd_source = self._vmm.irqfd
         return entry
 
     def layout(self) -> dict[str, int]:
@@ -392,18 +397,59 @@ class Machine:
 
     def raise_irq(self, vector: int, vcpu: int = 0) -> None:
         """Raises hardware interrupt ``vector`` (32-255) at vCPU ``vcpu`` of a started machine,
-        from any thread; returns at once. The vCPU's own thread injects it (KVM_INTERRUPT) as
-        soon as the guest can take it: at once with IF=1, else when it next sets IF (the
-        interrupt window). Each raise is delivered exactly once, in the order raised; a vCPU
-        in HLT with IF=1 wakes for it. Where it goes: the vector's entry in the guest's IVT
-        (real mode) or IDT. Counted per vCPU: ``interrupts_injected``, ``irq_window_exits``,
+        from any thread; returns at once. Where it goes: the vector's entry in the guest's IVT
+        (real mode) or IDT. A device added with ``add_device`` raises through its own
+        ``raise_irq(vector, vcpu=0)``. Needs ``capabilities.interrupt_injection`` (KVM).
+
+        Without the in-kernel irqchip the vCPU's own thread injects it (KVM_INTERRUPT) as soon
+        as the guest can take it: at once with IF=1, else when it next sets IF (the interrupt
+        window). Each raise is delivered exactly once, in the order raised; a vCPU in HLT with
+        IF=1 wakes for it. Counted per vCPU: ``interrupts_injected``, ``irq_window_exits``,
         ``hlt_wakeups``.
 
-        Needs ``capabilities.interrupt_injection`` (KVM) and a machine without the in-kernel
-        irqchip (``load()`` makes one). A device added with ``add_device`` raises through
-        its own ``raise_irq(vector, vcpu=0)``."""
+        With the irqchip (``irqchip=True``, ``boot()``) it is an MSI to the vCPU's LAPIC
+        (KVM_SIGNAL_MSI, where ``capabilities.msi``): fixed delivery, edge, to APIC ID
+        ``vcpu``. The guest must have software-enabled its LAPIC (bit 8 of the spurious-
+        interrupt vector register at 0xFEE000F0; else ``InterruptRefusedError``, and a
+        real-mode program cannot) and end each handler with a write of 0 to its EOI register
+        (0xFEE000B0). As on hardware, a vector raised again while the LAPIC still holds it
+        pending merges with it. Counted in ``msis_sent``; KVM counts the injections
+        (``kvm.irq_injections``). For a device's line into the IOAPIC/PIC: ``irq_line``."""
         self._require_open("raise_irq()")
         self._vmm.raise_irq(vector, vcpu)
+
+    def irq_line(self, gsi: int) -> IrqLine:
+        """Input ``gsi`` (0-23) of KVM's in-kernel irqchip, a device's interrupt line: 0-15
+        reach both the 8259 PICs and the IOAPIC, 16-23 only the IOAPIC (KVM's default
+        routing); what a GSI becomes (vector, vCPU, edge or level) is the guest's programming
+        of those controllers. The same ``IrqLine`` each time, from any thread:
+
+        * ``pulse()``: an edge (KVM_IRQ_LINE 1 then 0), for the PIC or an edge-triggered
+          IOAPIC entry;
+        * ``raise_()`` ... ``lower()``: a level-triggered device holds the line asserted until
+          the guest acknowledges it (its handler writes a device register, whose handler calls
+          ``lower()``); the IOAPIC delivers again at each EOI while it stays raised, so a line
+          never lowered is an interrupt storm, all inside KVM (``kvm.irq_injections``), which
+          ``stop()``/``close()`` still end at once.
+
+        ``raise_``/``pulse`` return KVM's answer (KVM_IRQ_LINE_STATUS): above 0 delivered, 0
+        coalesced with one pending, below 0 masked. Counted per line (``metrics.irq_lines()``)
+        and per machine (``line_*`` metrics). Needs a machine created with ``irqchip=True``
+        (or ``boot()``ed); a device gets the same line with ``self.irq_line(gsi)``."""
+        self._require_open("irq_line()")
+        return self._vmm.irq_line(gsi)
+
+    def irqfd(self, gsi: int, *, level: bool = False) -> IrqFd:
+        """An eventfd wired to line ``gsi`` (KVM_IRQFD): its ``trigger()`` raises the line from
+        any thread without a vCPU exit (the write itself injects), as virtio backends on their
+        own threads do in kvmtool, Firecracker and QEMU. ``level=True`` for a level-triggered
+        device (KVM_IRQFD_FLAG_RESAMPLE): the line stays asserted until the guest's EOI, and
+        unless the device called ``lower()`` by then (the guest acknowledged it) kvmlab's
+        resampler thread triggers it again. One source per GSI (an ``IrqLine`` or one irqfd);
+        ``close()`` on it, or on the machine, deassigns it and closes its fds. Needs
+        ``irqchip=True``; counted in ``irqfd_triggers``, ``irqfd_resamples``, ``irqfd_retriggers``."""
+        self._require_open("irqfd()")
+        return self._vmm.irqfd(gsi, level)
 
     def handle(self, vcpu: int) -> VcpuHandle:
         """The low-level ``VcpuHandle`` of a started vCPU (send_event/recv, as Firecracker's tests do)."""
