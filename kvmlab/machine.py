@@ -310,18 +310,35 @@ class Machine:
         vCPU, in ``mode`` ("real", "protected" or "long"). Only before ``start()``, once.
 
         Creates the vCPUs, without the in-kernel irqchip unless the machine was created with
-        ``irqchip=True`` (the small programs end with HLT, which must reach kvmlab)."""
+        ``irqchip=True`` (the small programs end with HLT, which must reach kvmlab) or the
+        program programs the irqchip itself (``Program.irqchip``: ``timer_ticks``)."""
         self._require_unloaded("load()")
-        if self.built and self.irqchip and self.config.irqchip is not True:
+        wants_irqchip = isinstance(program, Program) and program.irqchip
+        if wants_irqchip:
+            self._check_irqchip_for(program)
+        elif self.built and self.irqchip and self.config.irqchip is not True:
             raise MachineStateError(
                 "load(): this machine's vCPUs were created with KVM's in-kernel irqchip for a boot() that failed, "
                 "and a program's HLT would never reach kvmlab with it; make a new Machine for the program"
             )
         if not self.built:
-            self._create_vcpus(bool(self.config.irqchip))
+            self._create_vcpus(bool(self.config.irqchip) or wants_irqchip)
         self.program = load_program(self._vmm.vm, program, mode, self.layout(), address)
         self._vmm.notify()  # a Start button may now be enabled
         return self.program
+
+    def _check_irqchip_for(self, program: Program) -> None:
+        """Refuses a program that programs the in-kernel irqchip where there can be none."""
+        caps = self.capabilities
+        what = f"load({program.name})"
+        if not caps.irqchip:
+            raise caps.refuse(what, "in-kernel interrupt controllers (the PIC, IOAPIC, LAPICs and PIT this program programs)",
+                              "use engine='kvm' and irqchip=True")  # fmt: skip
+        if self.config.irqchip is False or (self.built and not self.irqchip):
+            raise ConfigError(
+                f"{what}: the program programs KVM's in-kernel irqchip (PIC, IOAPIC, LAPIC, PIT) and this machine has none "
+                "(created with irqchip=False); create the Machine with irqchip=True, or leave irqchip unset"
+            )
 
     def boot(self, kernel, cmdline: str = "", initrd=None) -> BootImage:
         """Loads a Multiboot v1 kernel (an ELF32/ELF64 file, or one whose multiboot header gives
@@ -450,6 +467,15 @@ class Machine:
         ``irqchip=True``; counted in ``irqfd_triggers``, ``irqfd_resamples``, ``irqfd_retriggers``."""
         self._require_open("irqfd()")
         return self._vmm.irqfd(gsi, level)
+
+    def tsc_khz(self, vcpu: int = 0) -> int:
+        """The frequency of vCPU ``vcpu``'s time stamp counter in kHz, as KVM reports it
+        (KVM_GET_TSC_KHZ): what turns the guest's RDTSC counts into time."""
+        index = self._index(vcpu)
+        if not self.built:
+            raise MachineStateError("tsc_khz(): the vCPUs are created by load() or boot(); call one first")
+        self._require_open("tsc_khz()")
+        return self._vmm.vcpus[index].backend.tsc_khz()
 
     def handle(self, vcpu: int) -> VcpuHandle:
         """The low-level ``VcpuHandle`` of a started vCPU (send_event/recv, as Firecracker's tests do)."""
