@@ -126,7 +126,8 @@ class Machine:
     Devices: a 16550 serial port at 0x3f8 (``console``), the debug-exit port at 0xf4, fw_cfg
     at 0x510, a PCI host bridge with an empty bus at 0xcf8 (``pci_host``) and the ``mailbox``
     MMIO device at 0xa0000. ``irqchip=True`` adds KVM's in-kernel interrupt
-    controllers (then HLT no longer exits to user space; the small programs want it off).
+    controllers (then HLT no longer exits to user space; the small programs want it off),
+    whose input lines a device drives with ``irq_line(gsi)`` or ``irqfd(gsi)``.
 
     Metrics (``metrics``): sampled ``sample_hz`` times a second (0: no sampler thread, only a
     sample at start and stop) for the last ``history_s`` seconds; ``trace=True`` records one
@@ -244,7 +245,8 @@ class Machine:
     @property
     def irqchip(self) -> bool | None:
         """Whether the VM has KVM's in-kernel interrupt controllers (None: not decided yet;
-        ``load()`` decides no, ``boot()`` yes where the engine has one)."""
+        ``load()`` decides no unless the program programs them (``timer_ticks``), ``boot()``
+        yes where the engine has one)."""
         if self.built:
             return self._vmm.vm.backend.irqchip
         return self.config.irqchip

@@ -25,6 +25,12 @@ only drives the wire:
 * MSIs (KVM_SIGNAL_MSI, api.rst 4.71): ``raise_irq(vector, vcpu)`` on a machine with the
   irqchip is a fixed, edge MSI to that vCPU's LAPIC (xAPIC ID = vCPU index, KVM's default).
 
+Under kvm_pvm (measured) the LAPIC acknowledges a level-triggered interrupt to the IOAPIC as
+it delivers it, not at the guest's EOI: a line still asserted then is delivered once more, so a
+device lowered by its handler interrupts twice per raise (the second one spurious), and a
+level irqfd's resample can come before the handler ran, when the resampler may trigger it
+again. A driver that checks its device's status ignores both, as on a PC with a shared line.
+
 One line per GSI per machine: KVM keeps one level per GSI for all of user space's
 KVM_IRQ_LINE calls (one IRQ source ID), and an irqfd on the same GSI would pulse it, so a GSI
 has either an ``IrqLine`` or an ``IrqFd``, and ``Machine.irq_line(4)`` returns the same object
