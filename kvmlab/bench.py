@@ -301,3 +301,68 @@ def kick_latency(vcpus: int = 4, cycles: int = 200, engine: str = "kvm") -> list
 def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
+
+
+@dataclass
+class PingPongRun:
+    """One ping-pong run to its end: how fast, how much host CPU, how many exits."""
+
+    rounds: int
+    seconds: float
+    cpu_seconds: float  # user + system time of this process (the vCPU threads included)
+    exits: int
+    latencies_us: list[float]
+
+    @property
+    def rounds_per_s(self) -> float:
+        return self.rounds / self.seconds
+
+    @property
+    def cpu_ms_per_1000_rounds(self) -> float:
+        return self.cpu_seconds * 1e6 / self.rounds
+
+    @property
+    def exits_per_round(self) -> float:
+        return self.exits / self.rounds
+
+
+def _cpu_seconds() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
+def pingpong_run(kind: str, rounds: int, *, engine: str = "kvm", mode: str = "protected") -> PingPongRun:
+    """``mailbox_pingpong`` (``kind="polling"``) or ``mailbox_irq`` (``"interrupts"``) on two
+    vCPUs, to its end; the sampler off, so only the guest and its exits cost CPU."""
+    program = programs.mailbox_pingpong(rounds) if kind == "polling" else programs.mailbox_irq(rounds)
+    with Machine(vcpus=2, memory_mib=2, engine=engine, sample_hz=0) as m:
+        m.load(program, mode=mode)
+        cpu, started = _cpu_seconds(), time.perf_counter()
+        m.start()
+        code = m.wait(600)
+        seconds, cpu = time.perf_counter() - started, _cpu_seconds() - cpu
+        if code != 0:
+            raise BenchmarkError(f"benchmark guest {program.name} failed: {m.exit_description()}")
+        done = m.results(0)["rounds"]
+        exits = sum(sum(m.metrics.vcpu(i).counters()[c] for c in ("exit_mmio_read", "exit_mmio_write", "exit_hlt")) for i in range(2))
+        latencies = list(m.metrics.interrupt_latencies()["latency_us"])
+    return PingPongRun(done, seconds, cpu, exits, latencies)
+
+
+def interrupt_pingpong(rounds: int = 2_000, repeats: int = 5, *, engines: tuple[str, ...] = ("kvm", "emulated"), progress=None):
+    """Polling against interrupt-driven ping-pong on each engine, interleaved ``repeats``
+    times. Returns (``Rounds`` with variants ``<engine>_<kind>_rounds_per_s`` /
+    ``_cpu_ms`` (host CPU ms per 1,000 rounds) / ``_exits``, and the delivery latencies
+    of every interrupt run, by engine)."""
+    result, latencies = Rounds(), {engine: [] for engine in engines}
+    for repeat in range(repeats):
+        for engine in engines:
+            for kind in ("polling", "interrupts"):
+                run = pingpong_run(kind, rounds, engine=engine)
+                result.add(f"{engine}_{kind}_rounds_per_s", run.rounds_per_s)
+                result.add(f"{engine}_{kind}_cpu_ms", run.cpu_ms_per_1000_rounds)
+                result.add(f"{engine}_{kind}_exits", run.exits_per_round)
+                latencies[engine] += run.latencies_us
+        if progress:
+            progress(repeat + 1, repeats)
+    return result, latencies

@@ -34,6 +34,7 @@ class AssemblyError(KvmlabError, ValueError):
         at = f"line {line}: " if line is not None else ""
         quoted = f"\n    {text.strip()}" if text else ""
         super().__init__(f"{where}{at}{message}{quoted}")
+        self.message = message
         self.line = line
         self.text = text
         self.program = program

@@ -214,6 +214,7 @@ class Machine:
         for device, port in ((self.serial, COM1), (self.debug_exit, DEBUG_EXIT_PORT), (self.fw_cfg, FW_CFG_PORT), (self.pci_host, PCI_CONFIG_PORT)):
             vm.pio_bus.insert(device, port, device.size)
         vm.mmio_bus.insert(self.mailbox, MAILBOX_BASE, self.mailbox.size)
+        self._connect_interrupts(self.mailbox)  # its doorbell raises interrupts (programs.mailbox_irq)
 
     def _create_vcpus(self, irqchip: bool) -> Vmm:
         """Creates the vCPUs (after the in-kernel irqchip, if wanted) and connects them to the
@@ -294,11 +295,18 @@ class Machine:
             raise ConfigError(f"{device!r} has no size attribute; pass size=")
         target = self.mmio_bus if bus == "mmio" else self.pio_bus
         entry = target.insert(device, base, size)
-        if isinstance(device, Device):  # the Vmm's, never the Machine's: threads reach devices
-            device.irq_raiser = self._vmm.raise_irq
-            device.irq_line_source = self._vmm.irq_line
-            device.irqfd_source = self._vmm.irqfd
+        if isinstance(device, Device):
+            self._connect_interrupts(device)
         return entry
+
+    def _connect_interrupts(self, device: Device) -> None:
+        """Lets ``device`` raise interrupts, acknowledge them and drive its interrupt lines
+        at this machine; through the Vmm, never the Machine, since vCPU threads reach devices
+        and must not keep it alive."""
+        device.irq_raiser = self._vmm.raise_irq
+        device.irq_acknowledger = self._vmm.acknowledge_irq
+        device.irq_line_source = self._vmm.irq_line
+        device.irqfd_source = self._vmm.irqfd
 
     def layout(self) -> dict[str, int]:
         """Where this machine's devices are, as the ``.equ`` constants a program is assembled
@@ -478,6 +486,13 @@ class Machine:
             raise MachineStateError("tsc_khz(): the vCPUs are created by load() or boot(); call one first")
         self._require_open("tsc_khz()")
         return self._vmm.vcpus[index].backend.tsc_khz()
+
+    def pending_interrupts(self, vcpu: int) -> list[int]:
+        """The vectors raised at vCPU ``vcpu`` and not injected yet, oldest first: they wait
+        for the guest to take them (IF = 1, the interrupt window), or for a paused vCPU to
+        resume. A vector KVM has accepted is no longer pending (``interrupts_injected``)."""
+        self._require_open("pending_interrupts()")
+        return list(self._vmm.vcpus[self._index(vcpu)].irqs.vectors)
 
     def handle(self, vcpu: int) -> VcpuHandle:
         """The low-level ``VcpuHandle`` of a started vCPU (send_event/recv, as Firecracker's tests do)."""

@@ -42,6 +42,9 @@ TITLES = {
     "exit_io_in": "port reads / s",
     "exit_io_out": "port writes / s",
     "interrupted": "kicks / s",
+    "interrupts_injected": "interrupts injected / s",
+    "irq_window_exits": "interrupt-window exits / s",
+    "hlt_wakeups": "wake-ups from HLT / s",
 }
 #: named sets of metrics the plot's picker offers (those a registry lacks are left out)
 PRESETS: dict[str, tuple[str, ...]] = {
@@ -49,6 +52,7 @@ PRESETS: dict[str, tuple[str, ...]] = {
     "port I/O": ("exit_io_in", "exit_io_out"),
     "kernel": ("kvm.exits", "kvm.mmio_exits", "kvm.io_exits"),
     "kicks": ("interrupted",),
+    "interrupts": ("interrupts_injected", "irq_window_exits", "hlt_wakeups"),
 }
 #: How each vCPU's line differs from the others' beyond its colour: two vCPUs doing the same
 #: work (a ping-pong's writes) draw the same line, and a colour drawn over another hides it
@@ -67,7 +71,7 @@ WINDOW_STEPS = (1.0, 2.0, 5.0, 10.0)
 #: exactly, however short)
 MIN_LIVE_WINDOW_S = 5.0
 #: what the numbers under a live plot are, in words (the same quantity as the line's end)
-RATE_MEANING = "exits per second over the last sample interval"
+RATE_MEANING = "counts per second over the last sample interval"
 
 
 def nice_limit(value: float) -> float:

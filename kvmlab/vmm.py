@@ -24,7 +24,7 @@ from .vstate.final_state import FinalState
 from .vstate.interrupts import check_vector
 from .vstate.irq_lines import IrqFd, IrqLine, IrqLines
 from .vstate.protocol import VcpuEvent, VcpuState, VcpuStatus
-from .vstate.vcpu import Vcpu, VcpuHandle, request_all
+from .vstate.vcpu import Vcpu, VcpuHandle, current_vcpu, request_all
 from .vstate.vm import Vm
 
 log = logging.getLogger("kvmlab.vmm")
@@ -183,6 +183,14 @@ class Vmm:
     def irqfd(self, gsi: int, level: bool = False) -> IrqFd:
         """A new irqfd on ``gsi`` (``kvmlab.vstate.irq_lines``)."""
         return self.irq_lines.irqfd(gsi, level)
+
+    def acknowledge_irq(self, vector: int) -> None:
+        """A device says the guest's handler for ``vector`` started on the vCPU whose exit it
+        is handling: that vCPU records the delivery latency. Called on any other thread
+        (``Machine.step`` runs before any raise is possible), it has nothing to time."""
+        vcpu = current_vcpu()
+        if vcpu is not None and vcpu in self.vcpus:
+            vcpu.irq_acknowledged(vector)
 
     def require_started(self, what: str) -> None:
         if self.phase is Phase.CREATED:

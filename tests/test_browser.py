@@ -337,3 +337,51 @@ def test_the_lab_as_a_newcomer_sees_it_in_light_and_dark(jupyter_lab):
         _lab_tab(lab, "Exits").click()
         time.sleep(0.5)
         lab.screenshot(path=str(ARTIFACTS / "lab-exits-dark.png"))
+
+
+#: the notebook of the interrupts test: a Lab on the interrupt-driven ping-pong, started
+IRQ_CELLS = [
+    "import time\n"
+    "from kvmlab import Machine, programs\n"
+    "from kvmlab.widgets import Lab\n"
+    "m = Machine(vcpus=2, memory_mib=2, sample_hz=10)\n"
+    "m.load(programs.mailbox_irq(rounds=0), mode='long')\n"
+    "lab = Lab(m)\n"
+    "lab",
+    "lab.control.all_buttons['start'].click()\n"
+    "lab.session.wait_idle()\n"
+    "time.sleep(1)\n"
+    "print('irq rounds:', m.results(0)['rounds'] > 0)",
+]
+
+
+def test_raise_irq_from_the_lab_and_watch_the_interrupts_plot(jupyter_lab, tmp_path):
+    """Issue 13: the Lab's Raise IRQ button raises the mailbox's interrupt at a vCPU, and the
+    plot's "interrupts" preset shows injections and wake-ups (test-artifacts/lab-interrupts.png)."""
+    from playwright.sync_api import expect
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    _write_notebook(tmp_path / "notebooks" / "lab-irq.ipynb", IRQ_CELLS)
+    with _browser_page() as page:
+        _open(page, jupyter_lab, "lab-irq.ipynb")
+        page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+        page.locator(".lm-Menu-itemLabel").get_by_text("Run All Cells", exact=True).click()
+        page.wait_for_selector(".jp-OutputArea-output >> text=/irq rounds: True/", timeout=180_000)
+        lab = page.locator(LAB)
+        raise_1 = lab.locator(".kvmlab-vcpu-1 button.kvmlab-raise-irq")
+        expect(raise_1).to_be_enabled(timeout=15_000)  # the guest wrote its vector to IRQ_VECTOR
+        lab.locator(".kvmlab-presets button", has_text="interrupts").click()
+        expect(lab.locator(".kvmlab-rates")).to_contain_text("interrupts injected / s", timeout=15_000)
+        rate = lambda: float(lab.locator(".kvmlab-rate-1").get_attribute("data-rate"))  # noqa: E731
+        deadline = time.monotonic() + 15
+        while rate() <= 0 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert rate() > 0, "vCPU 1 takes interrupts while the game runs"
+
+        lab.locator(".kvmlab-vcpu-0 button.kvmlab-pause").click()  # vCPU 0 stops playing
+        expect(lab.locator(".kvmlab-vcpu-0 .kvmlab-state")).to_contain_text("Paused", timeout=15_000)
+        expect(lab.locator(".kvmlab-vcpu-1 .kvmlab-state")).to_contain_text("halted", timeout=15_000)
+        raise_1.click()
+        expect(lab.locator(".kvmlab-messages")).to_contain_text("vCPU 1: mailbox interrupt raised", timeout=15_000)
+        time.sleep(1.5)  # let the plot show the rates fall, and the one interrupt
+        lab.screenshot(path=str(ARTIFACTS / "lab-interrupts.png"))

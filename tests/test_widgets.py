@@ -40,14 +40,15 @@ def test_control_panel_buttons_follow_the_state_machine(engine, machines):
     settle(panel)
     assert [panel.state_text(i) for i in range(2)] == ["Running", "Running"]
     assert "Running" in panel.state_labels[0].value
-    assert enabled(panel.vcpu_buttons[1]) == {"pause"}, "save/dump are not allowed while running"
+    raising = set()  # mmio_counter never chooses the mailbox's vector: nothing for Raise IRQ to raise
+    assert enabled(panel.vcpu_buttons[1]) == {"pause"} | raising, "save/dump are not allowed while running"
     assert enabled(panel.all_buttons) == {"pause", "stop"}
 
     panel.vcpu_buttons[1]["pause"].click()
     settle(panel)
     assert "Paused" in panel.state_labels[1].value and "Running" in panel.state_labels[0].value
-    assert enabled(panel.vcpu_buttons[1]) == {"resume", "save_state", "dump_cpu_config"}
-    assert enabled(panel.vcpu_buttons[0]) == {"pause"}
+    assert enabled(panel.vcpu_buttons[1]) == {"resume", "save_state", "dump_cpu_config"} | raising
+    assert enabled(panel.vcpu_buttons[0]) == {"pause"} | raising
     assert enabled(panel.all_buttons) == {"pause", "resume", "stop"}
     assert "vCPU 1: paused" in panel.messages.value
 
@@ -63,6 +64,48 @@ def test_control_panel_buttons_follow_the_state_machine(engine, machines):
     settle(panel)
     assert "machine stopped (stopped by the controller, exit code 0)" in panel.phase_label.value
     assert not enabled(panel.all_buttons) and all(not enabled(b) for b in panel.vcpu_buttons)
+    panel.close()
+
+
+def test_the_raise_irq_button_raises_the_mailbox_vector_and_a_refusal_is_a_message(engine, machines):
+    m = machines(engine=engine, vcpus=2, memory_mib=2, sample_hz=0)
+    if not m.capabilities.interrupt_injection:
+        pytest.fail(f"{m.capabilities.label} should inject interrupts")
+    m.load(programs.mailbox_irq(rounds=0), mode="long")
+    panel = ControlPanel(m)
+    assert panel.vcpu_buttons[1]["raise_irq"].disabled
+    panel.all_buttons["start"].click()
+    settle(panel)
+    assert wait_until(lambda: m.results(0)["rounds"] > 10)
+    panel.session.refresh_now()  # the clock reads IRQ_VECTOR, which the guest has written by now
+    assert panel.session.irq_vector == 0x40 and not panel.vcpu_buttons[1]["raise_irq"].disabled
+    m.pause(0)  # vCPU 0 stops playing; vCPU 1 answers what is in flight, then waits in HLT
+    assert wait_until(lambda: m.states[1].mp_state == "HALTED" and not m.pending_interrupts(1))
+    handled = m.results(1)["interrupts_handled"]
+    assert m.metrics.vcpu(1).interrupts_injected == handled
+    panel.vcpu_buttons[1]["raise_irq"].click()
+    settle(panel)
+    assert "vCPU 1: mailbox interrupt raised" in panel.messages.value
+    assert wait_until(lambda: m.results(1)["interrupts_handled"] == handled + 1), "the click's interrupt ran vCPU 1's handler"
+    assert m.metrics.vcpu(1).interrupts_injected == handled + 1
+    # whose answer (the handler's last exit, after it counted) rings paused vCPU 0, as the
+    # round in flight when it paused may have: pending until it resumes
+    assert wait_until(lambda: m.pending_interrupts(0) in ([0x40], [0x40, 0x40]))
+    panel.close()
+
+    idle = machines(engine=engine, vcpus=1, sample_hz=0)
+    idle.load("sti\nspin: jmp spin\n", mode="real")  # never programs the mailbox's vector
+    panel = ControlPanel(idle)
+    panel.all_buttons["start"].click()
+    settle(panel)
+    panel.session.refresh_now()
+    assert panel.vcpu_buttons[0]["raise_irq"].disabled, "no vector chosen: nothing to raise"
+    panel.session.request("raise_irq", 0)  # asked anyway (from code): refused with the reason
+    settle(panel)
+    assert str(panel.session.messages[-1]).endswith(
+        "vCPU 0: raise irq failed: the mailbox has no interrupt vector yet: its guest writes one (32-255) "
+        "to the IRQ_VECTOR register first, as programs.mailbox_irq does"
+    )
     panel.close()
 
 

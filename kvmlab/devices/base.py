@@ -29,6 +29,13 @@ class Device:
     #: where its interrupt lines come from (``irq_line``, ``irqfd``): set by ``Machine.add_device``
     irq_line_source: "Callable[[int], IrqLine] | None" = None
     irqfd_source: "Callable[[int, bool], IrqFd] | None" = None
+    #: how it reports that a handler started (``irq_acknowledged``): set with ``irq_raiser``
+    irq_acknowledger: Callable[[int], None] | None = None
+    #: the vector ``raise_irq()`` raises when given none (a device whose guest programs it
+    #: overrides this, as the mailbox's IRQ_VECTOR register does)
+    irq_vector: int | None = None
+    #: how a vector comes to be, said when ``raise_irq()`` has none to raise
+    irq_vector_hint = "pass one: raise_irq(vector, vcpu)"
 
     def read(self, offset: int, size: int) -> int:
         return 0
@@ -39,12 +46,17 @@ class Device:
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"
 
-    def raise_irq(self, vector: int, vcpu: int = 0) -> None:
-        """Raises interrupt ``vector`` at vCPU ``vcpu`` of the machine this device was added
-        to, with ``Machine.raise_irq``'s rules and checks; from any thread, this device's own
-        ``read``/``write`` included (the vCPU injects it before its next run)."""
+    def raise_irq(self, vector: int | None = None, vcpu: int = 0) -> None:
+        """Raises interrupt ``vector`` (by default the device's ``irq_vector``) at vCPU
+        ``vcpu`` of the machine this device was added to, with ``Machine.raise_irq``'s rules
+        and checks; from any thread, this device's own ``read``/``write`` included (the vCPU
+        injects it before its next run)."""
         if self.irq_raiser is None:
             raise MachineStateError(f"{self!r} raise_irq(): the device is on no machine; map it with Machine.add_device() first")
+        if vector is None:
+            vector = self.irq_vector
+            if vector is None:
+                raise MachineStateError(f"the {self.name} has no interrupt vector yet: {self.irq_vector_hint}")
         self.irq_raiser(vector, vcpu)
 
     def irq_line(self, gsi: int) -> "IrqLine":
@@ -65,3 +77,11 @@ class Device:
         if self.irqfd_source is None:
             raise MachineStateError(f"{self!r} irqfd(): the device is on no machine; map it with Machine.add_device() first")
         return self.irqfd_source(gsi, level)
+
+    def irq_acknowledged(self, vector: int) -> None:
+        """Tells kvmlab that the guest's handler for ``vector`` has started on the vCPU whose
+        exit is being handled (call it from ``read``/``write``): the delivery latency of the
+        oldest raise of ``vector`` at that vCPU is recorded (``MetricsRegistry.interrupt_latencies``)."""
+        if self.irq_acknowledger is None:
+            raise MachineStateError(f"{self!r} irq_acknowledged(): the device is on no machine; map it with Machine.add_device() first")
+        self.irq_acknowledger(vector)

@@ -4,7 +4,11 @@ What differs from a bare ``keystone.Ks.asm`` call:
 
 * ``;`` starts a comment, as in NASM and most teaching material (in GNU syntax it separates
   statements, which turns every commented line into an error). ``#`` comments work too.
-* ``.include`` and ``.incbin`` are refused (keystone silently ignores them).
+* ``.include "idt.asm"`` brings in one of kvmlab's guest libraries (``LIBRARIES``: the
+  ``.asm`` files in ``kvmlab/guest/programs/lib/``), written out in place, so a program reads
+  what it uses; any other ``.include``, and every ``.incbin``, is refused (keystone silently
+  ignores both). Line numbers in errors stay those of your text (a library defines macros,
+  and an error inside one is reported at the line that uses it).
 * ``defines`` become ``.equ`` lines before the text: a program's parameters and the machine's
   layout constants. Inside memory operands they are also written out as numbers, because
   keystone silently drops one of two symbols in a memory operand: ``[MAILBOX + MB_COUNTERS]``
@@ -40,6 +44,7 @@ _LABEL = re.compile(r"^\s*([A-Za-z_.$][\w.$]*)\s*:")
 _EQU = re.compile(r"^\s*(?:\.equ|\.set)\s+([A-Za-z_.$][\w.$]*)\s*,", re.IGNORECASE)
 _ASSIGN = re.compile(r"^\s*([A-Za-z_$][\w.$]*)\s*=")
 _FORBIDDEN = re.compile(r"^\s*\.(include|incbin)\b", re.IGNORECASE)
+_INCLUDE = re.compile(r"""^\s*\.include\s+"([\w.-]+)"\s*$""", re.IGNORECASE)
 
 _MEMORY_OPERAND = re.compile(r"\[([^\]]*)\]")
 _IDENTIFIER = re.compile(r"(?<![\w.$])([A-Za-z_.$][\w.$]*)")
@@ -89,10 +94,18 @@ def assemble(source: str, bits: int, base: int = 0, *, defines: dict[str, int] |
     """Assembles ``source`` for code placed at guest address ``base``; raises ``AssemblyError``."""
     if not isinstance(source, str):
         raise AssemblyError(f"assembly source must be text, got {type(source).__name__}", program=name)
-    lines = [strip_comment(line) for line in source.splitlines()]
-    for number, line in enumerate(lines, 1):
-        if _FORBIDDEN.match(line):
-            raise AssemblyError(".include and .incbin are not supported; paste the text in instead", line=number, text=line, program=name)
+    lines, origins = _with_libraries([strip_comment(line) for line in source.splitlines()], name)
+    try:
+        return _assemble_lines(lines, bits, base, defines, name)
+    except AssemblyError as err:
+        if err.line is None or origins[err.line - 1] == (None, err.line):
+            raise
+        library, number = origins[err.line - 1]  # a line of a library, or one after it
+        where = name if library is None else f"{name} (in {library})" if name else library
+        raise AssemblyError(err.message, line=number, text=err.text, program=where) from None
+
+
+def _assemble_lines(lines: list[str], bits: int, base: int, defines: dict[str, int] | None, name: str | None) -> bytes:
     defines = {key: int(value) for key, value in (defines or {}).items()}
     lines = [_numbers_in_memory_operands(line, defines) for line in lines]
     constants = {**_text_constants(lines), **defines}
@@ -108,6 +121,56 @@ def assemble(source: str, bits: int, base: int = 0, *, defines: dict[str, int] |
         except keystone.KsError as err:
             number, line_text, message = _locate_error(lines, prelude, bits, base)
             raise AssemblyError(message or str(err), line=number, text=line_text, program=name) from None
+
+
+def library_names() -> list[str]:
+    """The guest libraries a program can ``.include`` (kvmlab/guest/programs/lib/*.asm)."""
+    from importlib import resources
+
+    folder = resources.files("kvmlab.guest.programs").joinpath("lib")
+    return sorted(entry.name for entry in folder.iterdir() if entry.name.endswith(".asm"))
+
+
+def library_source(library: str) -> str:
+    """The text of guest library ``library`` ("idt.asm"); ``AssemblyError`` if there is none."""
+    from importlib import resources
+
+    if library not in library_names():
+        raise AssemblyError(f'.include "{library}": kvmlab has no guest library of that name; it has {", ".join(library_names())}')
+    return resources.files("kvmlab.guest.programs").joinpath("lib", library).read_text()
+
+
+def _with_libraries(lines: list[str], name: str | None) -> tuple[list[str], list[tuple[str | None, int]]]:
+    """``lines`` with each ``.include "<library>"`` replaced by the library's lines (each at
+    most once: a second include of the same library adds nothing), and where each line came
+    from: (None, its line in the program) or (the library, its line there). Refuses
+    ``.incbin`` and the include of anything else, saying what exists."""
+    out: list[str] = []
+    origins: list[tuple[str | None, int]] = []
+    included: set[str] = set()
+    for number, line in enumerate(lines, 1):
+        match = _INCLUDE.match(line)
+        if match:
+            library = match.group(1)
+            try:
+                text = library_source(library)
+            except AssemblyError as err:
+                raise AssemblyError(str(err), line=number, text=line, program=name) from None
+            if library not in included:
+                included.add(library)
+                for library_line, part in enumerate(text.splitlines(), 1):
+                    out.append(strip_comment(part))
+                    origins.append((library, library_line))
+            continue
+        if _FORBIDDEN.match(line):
+            raise AssemblyError(
+                f'.incbin, and .include of anything but kvmlab\'s guest libraries ({", ".join(library_names())}), '
+                "are not supported; paste the text in instead",
+                line=number, text=line, program=name,
+            )  # fmt: skip
+        out.append(line)
+        origins.append((None, number))
+    return out, origins
 
 
 def _code_part(line: str) -> str:
@@ -240,24 +303,29 @@ def _refuse_truncated_addresses(line: str, number: int, name: str | None, consta
 
 
 def _locate_error(lines: list[str], prelude: list[str], bits: int, base: int) -> tuple[int | None, str | None, str | None]:
-    """Finds the first statement that fails on its own (with all symbols stubbed)."""
+    """Finds the first statement that fails on its own (with all symbols stubbed). Labels a
+    macro defines are stubbed too (a use of the macro defines them), except in a trial of
+    that very use."""
     labels: set[str] = set()
+    macro_labels: dict[str, set[str]] = {}  # macro name -> the labels its body defines
     constants: list[str] = []
     macros: list[str] = []
-    in_macro = False
+    macro: str | None = None
     for line in lines:
         stripped = line.strip()
         if stripped.lower().startswith(".macro"):
-            in_macro = True
-        if in_macro:
+            macro = (stripped.split()[1:] or [""])[0].rstrip(",").lower()
+            macro_labels[macro] = set()
+        defined = {m.group(1) for m in re.finditer(r"([A-Za-z_.$][\w.$]*)\s*:", stripped.split('"')[0])}
+        labels |= defined
+        if macro is not None:
+            macro_labels[macro] |= defined
             macros.append(line)
             if stripped.lower().startswith(".endm"):
-                in_macro = False
+                macro = None
             continue
         if _EQU.match(line) or _ASSIGN.match(line):
             constants.append(line)
-        for match in re.finditer(r"([A-Za-z_.$][\w.$]*)\s*:", stripped.split('"')[0]):
-            labels.add(match.group(1))
     in_macro = False
     for number, line in enumerate(lines, 1):
         stripped = line.strip()
@@ -277,6 +345,7 @@ def _locate_error(lines: list[str], prelude: list[str], bits: int, base: int) ->
         if not statement or statement.startswith((".if", ".else", ".endif", ".elseif", ".endm")):
             continue
         own = {m.group(1) for m in re.finditer(r"([A-Za-z_.$][\w.$]*)\s*:", stripped.split('"')[0])}
+        own |= macro_labels.get(statement.split()[0].lower(), set())
         stubs = [f".equ {label}, {base}" for label in sorted(labels - own)]
         trial = "\n".join(prelude + stubs + [c for c in constants if c.strip() != stripped] + macros + [statement])
         try:

@@ -64,6 +64,8 @@ ACTIONS: dict[str, tuple[Callable, str]] = {
     "stop": (lambda m, v: m.stop(), "stopped"),
     "save_state": (lambda m, v: m.save_state(v), "state saved"),
     "dump_cpu_config": (lambda m, v: m.dump_cpu_config(v), "CPU config dumped"),
+    # the mailbox's vector, as its doorbell would raise it (the guest programs the vector)
+    "raise_irq": (lambda m, v: m.mailbox.raise_irq(vcpu=v), "mailbox interrupt raised"),
 }
 
 
@@ -116,6 +118,9 @@ class LabSession(HasTraits):
     finals = Dict()
     #: "absent hardware: 12 port reads, ..." or "" (follows the clock)
     absent = Unicode("")
+    #: the vector the guest programmed into the mailbox (its IRQ_VECTOR register), or None:
+    #: what Raise IRQ raises, and whether it can (follows the clock: a guest write, no event)
+    irq_vector = Any(None)
     #: the latest ``ActionOutcome`` or ``CallOutcome`` (every one notifies: records compare by identity)
     outcome = Any(None)
 
@@ -231,23 +236,27 @@ class LabSession(HasTraits):
 
     def vcpu_actions(self, index: int) -> set[str]:
         """What one vCPU's row may do now: Firecracker's NotAllowed rules, minus no-ops
-        (Pause only while running, Resume / Save state / Dump only while paused)."""
+        (Pause only while running, Resume / Save state / Dump only while paused), and
+        raising the mailbox's interrupt at a running or paused vCPU once the guest chose its
+        vector, where the engine can inject one (a paused vCPU takes it when resumed)."""
         if self.machine is None or self.phase != "started" or self.pending.get(index) or self.pending.get(None):
             return set()
         if index >= len(self.states):
             return set()
         state = self.states[index].state
+        can_raise = self.irq_vector is not None and self.machine.capabilities.interrupt_injection
+        raising = {"raise_irq"} if can_raise else set()
         if state is VcpuState.RUNNING:
-            return {"pause"}
+            return {"pause"} | raising
         if state is VcpuState.PAUSED:
-            return {"resume", "save_state", "dump_cpu_config"}
+            return {"resume", "save_state", "dump_cpu_config"} | raising
         return set()
 
     # --- actions -------------------------------------------------------------------------------
 
     def request(self, action: str, vcpu: int | None = None) -> None:
         """Queues ``action`` ("start", "pause", "resume", "stop", "save_state",
-        "dump_cpu_config") for one vCPU or all; returns at once. The outcome becomes an
+        "dump_cpu_config", "raise_irq") for one vCPU or all; returns at once. The outcome becomes an
         ``ActionOutcome`` (the ``outcome`` trait), a message and, for save_state /
         dump_cpu_config, an entry the inspector shows."""
         if action not in ACTIONS:
@@ -357,11 +366,17 @@ class LabSession(HasTraits):
         with self.lock:
             self.sync()
             self._count_absent()
+            self._read_irq_vector()
             for refresh in [r for r in self._views.values() if r is not None]:
                 try:
                     refresh()
                 except Exception:
                     log.exception("a lab view failed to refresh")
+
+    def _read_irq_vector(self) -> None:
+        machine = self.machine
+        if machine is not None and not machine.closed:
+            self.irq_vector = machine.mailbox.irq_vector
 
     def _count_absent(self) -> None:
         try:

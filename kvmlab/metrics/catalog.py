@@ -65,11 +65,12 @@ def exit_metric_specs() -> list[MetricSpec]:
     specs = [MetricSpec(name, "counter", True, "sum", COUNTER_UNITS.get(name, "exits"), COUNTER_HELP[name]) for name in COUNTERS]
     for agg in AGGREGATES:
         what = agg[: -len("_agg")]
+        unit, timed, shortest, longest, total = AGGREGATE_WORDS.get(agg, AGGREGATE_WORDS[None])
         specs += [
-            MetricSpec(f"{agg}.count", "latency", True, "sum", "exits", f"{what}: device calls timed"),
-            MetricSpec(f"{agg}.min_us", "latency", False, "min", "us", f"{what}: shortest device call"),
-            MetricSpec(f"{agg}.max_us", "latency", False, "max", "us", f"{what}: longest device call"),
-            MetricSpec(f"{agg}.sum_us", "latency", True, "sum", "us", f"{what}: time spent in device calls"),
+            MetricSpec(f"{agg}.count", "latency", True, "sum", unit, f"{what}: {timed}"),
+            MetricSpec(f"{agg}.min_us", "latency", False, "min", "us", f"{what}: {shortest}"),
+            MetricSpec(f"{agg}.max_us", "latency", False, "max", "us", f"{what}: {longest}"),
+            MetricSpec(f"{agg}.sum_us", "latency", True, "sum", "us", f"{what}: {total}"),
         ]
     return specs
 
@@ -77,6 +78,17 @@ def exit_metric_specs() -> list[MetricSpec]:
 def line_metric_specs() -> list[MetricSpec]:
     """The machine's interrupt-line totals (``kvmlab.metrics.lines``)."""
     return [MetricSpec(name, "line", True, "same", unit, f"{text} (the machine's, in every vCPU's row)") for name, _, unit, text in LINE_METRICS]
+
+
+#: How each aggregate's four metrics are described: (unit of the count, the count, the
+#: minimum, the maximum, the sum); None: the exit kinds' device calls.
+AGGREGATE_WORDS = {
+    None: ("exits", "device calls timed", "shortest device call", "longest device call", "time spent in device calls"),
+    "irq_delivery_agg": (
+        "interrupts", "interrupts timed from raise_irq to the handler's acknowledge (IRQ_ACK)",
+        "quickest delivery", "slowest delivery", "total delivery time",
+    ),
+}  # fmt: skip
 
 
 def _unit(unit, exponent: int) -> str:

@@ -12,6 +12,8 @@ Each keeps at most ``ADDRESS_LIMIT`` addresses; exits at any further address are
 
 from __future__ import annotations
 
+import collections
+
 #: Accesses that reached no device, by direction: what a guest probing hardware kvmlab lacks
 #: touched (reads saw all ones, writes were dropped, as on a PC). ``unhandled_accesses`` is
 #: their sum, kept under its old name.
@@ -38,8 +40,13 @@ COUNTERS = (
     "device_errors",
 )
 
-#: Latency aggregates around the device call, Firecracker's ``*_agg`` names.
-AGGREGATES = ("exit_mmio_read_agg", "exit_mmio_write_agg", "exit_io_in_agg", "exit_io_out_agg")
+#: Latency aggregates, Firecracker's ``*_agg`` names: around the device call of each exit
+#: kind, and an interrupt's delivery from its raise to its handler's acknowledge
+#: (``kvmlab.vstate.interrupts.DeliveryClock``).
+AGGREGATES = ("exit_mmio_read_agg", "exit_mmio_write_agg", "exit_io_in_agg", "exit_io_out_agg", "irq_delivery_agg")
+#: Delivery latencies kept one by one per vCPU, newest last, for their distribution
+#: (percentiles); the aggregate above keeps count, min, max and sum of all of them.
+LATENCY_SAMPLES = 65_536
 
 #: Where the per-address counts live, by exit kind.
 BY_ADDRESS = ("mmio_read_by_addr", "mmio_write_by_addr", "io_in_by_port", "io_out_by_port")
@@ -117,7 +124,7 @@ class LatencyAgg:
 class VcpuMetrics:
     """The counters of one vCPU. Attribute names are the metric names."""
 
-    __slots__ = ("vcpu", "other_addresses") + COUNTERS + AGGREGATES + BY_ADDRESS
+    __slots__ = ("vcpu", "other_addresses", "irq_delivery_samples") + COUNTERS + AGGREGATES + BY_ADDRESS
 
     def __init__(self, vcpu: int):
         self.vcpu = vcpu
@@ -129,6 +136,8 @@ class VcpuMetrics:
             setattr(self, name, {})
         #: exits at addresses a full table did not keep, by table name (see ADDRESS_LIMIT)
         self.other_addresses: dict[str, int] = dict.fromkeys(BY_ADDRESS, 0)
+        #: (vector, ns) of the latest LATENCY_SAMPLES interrupt deliveries
+        self.irq_delivery_samples: collections.deque[tuple[int, int]] = collections.deque(maxlen=LATENCY_SAMPLES)
 
     def count_new_address(self, table: str, address: int) -> None:
         """The first exit at ``address`` in by-address ``table`` (a name in ``BY_ADDRESS``):

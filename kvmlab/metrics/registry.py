@@ -452,6 +452,26 @@ class MetricsRegistry:
         """Rows each vCPU's trace dropped because its buffer was full."""
         return {i: (t.dropped if t else 0) for i, t in enumerate(self.traces)}
 
+    def interrupt_latencies(self) -> pd.DataFrame:
+        """One row per timed interrupt delivery (the latest ``LATENCY_SAMPLES`` per vCPU):
+        ``vcpu``, ``vector``, ``latency_us``, from ``raise_irq`` to the handler's acknowledge
+        (the method and what it includes: ``kvmlab.vstate.interrupts.DeliveryClock``).
+        ``latency_us.describe(percentiles=[.5, .99])`` gives the distribution; the
+        ``irq_delivery_agg`` metrics keep count, min, max and sum of every delivery."""
+        vcpus, vectors, latencies = [], [], []
+        for index, m in enumerate(self._metrics):
+            samples = list(m.irq_delivery_samples)  # a copy: the vCPU thread may append meanwhile
+            vcpus += [index] * len(samples)
+            vectors += [vector for vector, _ in samples]
+            latencies += [ns / NS_PER_US for _, ns in samples]
+        return pd.DataFrame(
+            {
+                "vcpu": pd.Categorical.from_codes(np.array(vcpus, dtype=int), categories=self.vcpu_labels),
+                "vector": np.array(vectors, dtype="int64"),
+                "latency_us": np.array(latencies, dtype=float),
+            }
+        )
+
     def trace_dataframe(self) -> pd.DataFrame:
         """One row per exit: ``t`` (UTC), ``elapsed_s``, ``vcpu``, ``reason``, ``address``
         (or port: an integer column shown in hex, ``kvmlab.metrics.hexint``), ``size``,

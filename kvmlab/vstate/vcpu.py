@@ -57,7 +57,7 @@ from ..metrics import trace as trace_kinds
 from .exit_record import read_exit
 from .exits import DebugExitInfo, Emulation, ExitCode, Peripherals, Stopped
 from .final_state import FinalState
-from .interrupts import PendingInterrupts, offer
+from .interrupts import DeliveryClock, PendingInterrupts, offer
 from .protocol import (
     DumpedCpuConfig,
     Error,
@@ -75,6 +75,15 @@ from .protocol import (
 
 if TYPE_CHECKING:
     from ..guest.code import GuestCode
+
+#: the Vcpu whose thread this is (``current_vcpu``)
+_current = threading.local()
+
+
+def current_vcpu() -> "Vcpu | None":
+    """The vCPU whose thread calls this (a device handling one of its exits), else None."""
+    return getattr(_current, "vcpu", None)
+
 
 log = logging.getLogger("kvmlab.vcpu")
 
@@ -132,6 +141,8 @@ class Vcpu:
         self.final_state: FinalState | None = None
         #: interrupts raised for this vCPU and not injected yet (``raise_irq``)
         self.irqs = PendingInterrupts()
+        #: when each was raised, until its handler acknowledges it (the delivery latency)
+        self.delivery = DeliveryClock()
         #: in a HLT with IF=1 (``halted``), so a Pause there resumes into the wait
         self._halted = False
 
@@ -147,6 +158,7 @@ class Vcpu:
         return VcpuHandle(self)
 
     def _thread_main(self, barrier: threading.Barrier | None) -> None:
+        _current.vcpu = self
         try:
             if barrier is not None:
                 barrier.wait(timeout=10)
@@ -392,10 +404,16 @@ class Vcpu:
         kick (``kick_thread``), so a run under way returns and the loop injects before the
         next. None from the vCPU's own thread (a device raising during an exit): its loop
         looks at the pending vectors before its next KVM_RUN anyway."""
+        self.delivery.raised(vector)
         if self.irqs.add(vector):
             self.events.put((INTERRUPT_WAKE, None))
         elif self.thread is None or self.thread.ident != threading.get_ident():
             self.kick()
+
+    def irq_acknowledged(self, vector: int) -> int | None:
+        """On this vCPU's thread: its handler for ``vector`` started (a device said so while
+        handling an exit); records the delivery latency (``DeliveryClock``)."""
+        return self.delivery.acknowledged(vector, self.peripherals.metrics)
 
     def _answer(self, action: Callable, response_type: type, seq: int) -> VcpuResponse:
         try:

@@ -1,12 +1,13 @@
-"""``ControlPanel``: a row per vCPU (state, Pause, Resume, Save state, Dump CPU config) and a
-row for all (Start, Pause all, Resume all, Stop), and a line counting accesses to absent
-hardware. Clicks only queue work on the session.
+"""``ControlPanel``: a row per vCPU (state, Pause, Resume, Save state, Dump CPU config, Raise
+IRQ) and a row for all (Start, Pause all, Resume all, Stop), and a line counting accesses to
+absent hardware. Clicks only queue work on the session.
 
 What it follows: the rows, buttons and phase line observe the session's ``phase``, ``exit``,
 ``program``, ``states`` and ``pending`` (they change on events: a transition, a stop, a
-click), the messages observe ``messages``; the absent-hardware line is ``dlink``ed to
-``absent``, which follows the session's clock (its counters change on every exit, with no
-event to follow). The panel itself keeps no clock."""
+click) and ``irq_vector`` (Raise IRQ is enabled once the guest chose the mailbox's vector);
+the messages observe ``messages``; the absent-hardware line is ``dlink``ed to ``absent``.
+``absent`` and ``irq_vector`` follow the session's clock (a counter changes on every exit,
+a register on a guest's write, with no event to follow). The panel itself keeps no clock."""
 
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ PER_VCPU = (
     ("resume", "Resume", "Resume this vCPU"),
     ("save_state", "Save state", "Save this paused vCPU's registers, MSRs, FPU, ... (shown in the inspector)"),
     ("dump_cpu_config", "Dump CPU config", "Dump the CPUID leaves and MSRs set on this paused vCPU"),
+    ("raise_irq", "Raise IRQ",
+     "Raise the mailbox's interrupt at this vCPU, as its doorbell does (enabled once the guest wrote a vector to IRQ_VECTOR)"),
 )
 ALL_VCPUS = (
     ("start", "Start", "Start the vCPU threads (they start paused and are resumed)"),
@@ -73,7 +76,7 @@ class ControlPanel(View):
         self.absent = widgets.HTML()
         self.absent.add_class("kvmlab-absent")
         self.children = [self.phase_label, *rows, all_row, self.absent, self.messages]
-        self._follow(self._render_rows, "phase", "exit", "program", "states", "pending")
+        self._follow(self._render_rows, "phase", "exit", "program", "states", "pending", "irq_vector")
         self._follow(self._render_messages, "messages")
         self._link("absent", (self.absent, "value"), lambda text: f"<span class='kvmlab-tone-quiet'>{escape(text)}</span>" if text else "")
         self.refresh()

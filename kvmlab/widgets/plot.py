@@ -132,7 +132,7 @@ class ExitPlot(View):
             parts.append(f"<span class='kvmlab-rate-{vcpu}' data-rate='{rates.vcpu_rate(shown):.1f}'><b>vCPU {vcpu}</b>: {escape(values)}</span>")
         sampler = self.registry.sampler
         interval = f" ({1 / sampler.hz:.2g} s)" if sampler is not None and sampler.hz else ""
-        meaning = f"now: {RATE_MEANING}{interval}, the right end of each line" if running else "not running: no exits now (0 / s); the totals stay"
+        meaning = f"now: {RATE_MEANING}{interval}, the right end of each line" if running else "not running: nothing counted now (0 / s); the totals stay"
         span = f"; the plot spans {plot.span[0]:.1f} s" if plot.span and plot.drawn else ""
         empty = f"; no panel for {', '.join(title(m).removesuffix(' / s') for m in plot.empty)}: none so far" if plot.drawn and plot.empty else ""
         window = f" data-window='{plot.span[0]:.2f}'" if plot.span and plot.drawn else ""

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Mapping
 
 from ...checks import is_whole_number
 from ...errors import ConfigError
+from ...vstate.interrupts import check_vector
 from ..asm import assemble
 from ..constants import describe_layout
 from ..modes import RESULTS_STRIDE, Mode
@@ -110,6 +111,31 @@ def mailbox_pingpong(rounds: int = 1000) -> Program:
         min_vcpus=2,
         results_fields=("rounds", "polls"),
         ends=rounds > 0,
+    )
+
+
+def mailbox_irq(rounds: int = 1000, vector: int = 0x40) -> Program:
+    """The ping-pong driven by interrupts: each vCPU waits in HLT until the other rings the
+    mailbox's doorbell (0 rounds = forever). ``vector`` is what the mailbox raises (32-255)."""
+    _count("rounds", rounds)
+    return Program(
+        "mailbox_irq.asm",
+        _source("mailbox_irq.asm"),
+        params={"ROUNDS": rounds, "VECTOR": check_vector(vector)},
+        min_vcpus=2,
+        results_fields=("rounds", "interrupts_handled", "hlts", "last_value"),
+        ends=rounds > 0,
+    )
+
+
+def exceptions(repeat: int = 3) -> Program:
+    """vCPU 0 takes #DE and #UD ``repeat`` times each (and in long mode one #PF), each caught
+    by a handler that fixes the cause or steps past it."""
+    return Program(
+        "exceptions.asm",
+        _source("exceptions.asm"),
+        params={"REPEAT": _count("repeat", repeat, allow_zero=False)},
+        results_fields=("divide_errors", "invalid_opcodes", "page_faults", "page_fault_error_code"),
     )
 
 
@@ -258,9 +284,11 @@ __all__ = [
     "busy_loop",
     "describe_layout",
     "exit_code",
+    "exceptions",
     "exit_cost",
     "from_source",
     "hello",
+    "mailbox_irq",
     "mailbox_pingpong",
     "mmio_counter",
     "timer_report",
