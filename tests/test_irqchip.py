@@ -6,10 +6,8 @@ itself (``programs.timer_ticks``).
 
 The guests program the controllers themselves: the 8259 PIC in real mode, the IOAPIC's
 redirection entries and the LAPIC in protected mode, and count what their handlers ran in
-the results area. Their protected-mode handlers do not IRET: under kvm_pvm every instruction of
-these guests runs in KVM's instruction emulator, which executes IRET in real mode only (a
-protected-mode IRET is an emulation failure, measured); each handler puts the stack back and
-jumps to the wait loop (``sti; hlt``), the only place an interrupt can come.
+the results area; their protected-mode tables and returns come from kvmlab's guest library
+idt.asm (whose INTERRUPT_RETURN says why 32-bit code does not IRET under kvm_pvm).
 
 Level-triggered lines under kvm_pvm (measured): its LAPIC acknowledges a level-triggered
 interrupt to the IOAPIC as it delivers it, not at the guest's EOI (in the handler the ISR
@@ -95,26 +93,17 @@ def pic_program(irq: int) -> Program:
 #: until the host opens GATE when MASKED), an MSI vector. The level handler acknowledges the
 #: device (OUT to ACK_PORT, an exit) unless ACK is 0. Results: level, edge, msi handled, ready.
 IOAPIC_GUEST = """
+.include "idt.asm"
 .equ SPURIOUS, 0xFF
     cli
     mov al, 0xFF
     out 0x21, al
     out 0xA1, al
-    mov esi, idt
-    mov eax, on_level
-    mov ecx, LEVEL_VECTOR
-    call set_gate
-    mov eax, on_edge
-    mov ecx, EDGE_VECTOR
-    call set_gate
-    mov eax, on_msi
-    mov ecx, MSI_VECTOR
-    call set_gate
-    mov eax, resume
-    mov ecx, SPURIOUS
-    call set_gate
-    mov eax, idtr
-    .byte 0x0f, 0x01, 0x18
+    IDT_SET LEVEL_VECTOR, on_level
+    IDT_SET EDGE_VECTOR, on_edge
+    IDT_SET MSI_VECTOR, on_msi
+    IDT_SET SPURIOUS, on_spurious
+    IDT_LOAD
     mov esi, LAPIC
     mov dword ptr [esi + 0xF0], SPURIOUS + 0x100
     mov ebx, IOAPIC
@@ -136,9 +125,8 @@ closed:
     mov dword ptr [ebx], EDGE_PIN * 2 + 0x10
     mov dword ptr [ebx + 0x10], EDGE_ENTRY
 .endif
-    mov dword ptr [saved_sp], esp
-wait:
     sti
+wait:
     hlt
     jmp wait
 on_level:
@@ -154,26 +142,9 @@ on_msi:
     inc dword ptr [RESULTS + 8]
 eoi:
     mov dword ptr [esi + 0xB0], 0
-resume:
-    mov esp, dword ptr [saved_sp]
-    jmp wait
-set_gate:
-    lea edx, [esi + ecx * 8]
-    mov word ptr [edx], ax
-    mov word ptr [edx + 2], 0x08
-    mov word ptr [edx + 4], 0x8E00
-    shr eax, 16
-    mov word ptr [edx + 6], ax
-    ret
-    .align 8
-idtr:
-    .word 256 * 8 - 1
-    .long idt
-saved_sp:
-    .long 0
-    .align 16
-idt:
-    .space 256 * 8
+on_spurious:
+    INTERRUPT_RETURN
+IDT_LIBRARY
 """
 LEVEL_PIN, LEVEL_VECTOR = 5, 0x45
 EDGE_PIN, EDGE_VECTOR = 6, 0x46

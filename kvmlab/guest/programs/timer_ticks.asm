@@ -11,24 +11,20 @@
 ; in mode 2, the rate generator (port 0x43, then the count on port 0x40): a tick every
 ; PIT_COUNT periods of the PIT's 1.193182 MHz clock. Each handler ends with an EOI (0x20 to
 ; port 0x20). In protected and long mode it is the vCPU's own LAPIC timer (MMIO at LAPIC): an
-; IDT inside this program with gates for VECTOR and the spurious vector, the LAPIC enabled
-; (spurious-interrupt vector register, SVR bit 8), the PIC masked, the divide configuration
-; (LAPIC_DIVIDE), the LVT timer entry in periodic mode at VECTOR and the initial count
-; (LAPIC_COUNT, which starts it: KVM's APIC bus ticks once a nanosecond). Each handler ends by
-; writing 0 to the EOI register.
+; IDT (kvmlab's guest library idt.asm) with gates for VECTOR and the spurious vector, the LAPIC
+; enabled (spurious-interrupt vector register, SVR bit 8), the PIC masked, the divide
+; configuration (LAPIC_DIVIDE), the LVT timer entry in periodic mode at VECTOR and the initial
+; count (LAPIC_COUNT, which starts it: KVM's APIC bus ticks once a nanosecond). Each handler
+; ends by writing 0 to the EOI register.
 ;
-; Between ticks the vCPU waits in HLT with IF=1 (an STI right before it). Each tick the handler
-; stamps the time stamp counter (RDTSC) into a table, EOIs, and goes on with the program after
-; the HLT itself: it puts the stack pointer back where it was and jumps there, with IF=0 until
-; the next STI; HLT. Why not IRET: under a nested, paravirtualized KVM (kvm_pvm) every
-; instruction of such a guest runs through KVM's instruction emulator, which executes IRET in
-; real mode only; a protected- or long-mode IRET ends in KVM_EXIT_INTERNAL_ERROR (measured).
-; The handler only ever interrupts that HLT, so it needs nothing IRET restores: the same code
-; runs on hardware KVM. After TICKS stamps vCPU 0 stops its timer, writes the
-; cycles from the first tick to the last into its results and ends the machine through the
-; debug-exit port (wait() returns 0). With the irqchip a HLT never reaches kvmlab, so that OUT
-; is the program's one exit. The host turns cycles into time with the TSC frequency KVM reports
-; (KVM_GET_TSC_KHZ): programs.timer_report(m) gives the period and its jitter.
+; Between ticks the vCPU waits in HLT with IF=1. Each tick the handler stamps the time stamp
+; counter (RDTSC) into a table, EOIs and returns (idt.asm's INTERRUPT_RETURN, which also says
+; why 32-bit code does not use IRET under kvm_pvm). After TICKS stamps vCPU 0 stops its timer,
+; writes the cycles from the first tick to the last into its results and ends the machine
+; through the debug-exit port (wait() returns 0). With the irqchip a HLT never reaches kvmlab,
+; so that OUT is the program's one exit. The host turns cycles into time with the TSC
+; frequency KVM reports (KVM_GET_TSC_KHZ): programs.timer_report(m) gives the period and its
+; jitter.
 ;
 ; Needs the in-kernel irqchip (load() creates it). Only vCPU 0 keeps time.
 ;
@@ -37,15 +33,10 @@
 ; from the first tick to the last (64-bit), dword 3 = the address of the TICKS stamps (8 bytes
 ; each, the TSC at each tick).
 
+.include "idt.asm"
+
 .equ SPURIOUS, 0xFF                     ; the LAPIC's spurious vector (its low 4 bits must be 1s)
 .equ LAST, (TICKS - 1) * 8              ; the last stamp's offset in the table
-.if BITS == 32
-    .equ CODE_SELECTOR, 0x08            ; the program's code segment (kvmlab's GDT: 32-bit code)
-    .equ GATE_SIZE, 8
-.else
-    .equ CODE_SELECTOR, 0x18            ; kvmlab's GDT: 64-bit code
-    .equ GATE_SIZE, 16
-.endif
 
 start:
     test edi, edi
@@ -53,9 +44,14 @@ start:
     cli
 .if BITS == 16
     xor ax, ax
-    mov ds, ax
-    mov word ptr [VECTOR * 4], tick     ; IVT entry VECTOR: offset, then segment 0
-    mov word ptr [VECTOR * 4 + 2], 0
+    mov ds, ax                          ; the IVT and the results are at segment 0
+.endif
+    IDT_SET VECTOR, tick
+.if BITS != 16
+    IDT_SET SPURIOUS, spurious
+.endif
+    IDT_LOAD
+.if BITS == 16
     mov al, 0x11                        ; ICW1: edge triggered, cascaded, ICW4 follows
     out 0x20, al
     out 0xA0, al
@@ -84,36 +80,22 @@ start:
     mov al, 0xFF                        ; mask both PICs: their ExtINT would reach vCPU 0 too
     out 0x21, al
     out 0xA1, al
-    mov esi, idt
-    mov eax, tick
-    mov ecx, VECTOR
-    call set_gate
-    mov eax, spurious
-    mov ecx, SPURIOUS
-    call set_gate
-    mov eax, idtr
-    .byte 0x0f, 0x01, 0x18              ; lidt [eax] (keystone adds a 0x66 prefix in 32-bit code: a 24-bit base)
     mov esi, LAPIC
-    mov dword ptr [esi + 0x350], 0x10000        ; LVT LINT0 masked: no PIC interrupts through the LAPIC
+    mov dword ptr [esi + 0x350], 0x10000        ; LVT LINT0 masked: no PIC interrupt gets in
     mov dword ptr [esi + 0x80], 0               ; task priority 0: every vector gets through
-    mov dword ptr [esi + 0xF0], SPURIOUS + 0x100 ; SVR: bit 8 software-enables the LAPIC (symbol first: keystone reads "0x100 + SYMBOL" as a memory operand)
+    ; SVR: bit 8 software-enables the LAPIC. The symbol comes first: keystone reads an
+    ; immediate "0x100 + SYMBOL" as a memory operand (mov eax, 0x100 + S is mov eax, [S]).
+    mov dword ptr [esi + 0xF0], SPURIOUS + 0x100
     mov dword ptr [esi + 0x3E0], LAPIC_DIVIDE   ; divide configuration
     mov dword ptr [esi + 0x320], VECTOR + 0x20000 ; LVT timer: periodic (bit 17), at VECTOR
     mov dword ptr [esi + 0x380], LAPIC_COUNT    ; initial count: the timer starts
 .endif
-.if BITS == 64
-    mov qword ptr [saved_sp], rsp       ; where each tick's handler puts the stack back
-.elseif BITS == 32
-    mov dword ptr [saved_sp], esp
-.else
-    mov word ptr [saved_sp], sp
-.endif
+    sti
 wait_tick:
-    sti                                 ; IF=1 only here: the STI's shadow covers the HLT,
-    hlt                                 ; so a tick finds the vCPU asleep, inside KVM_RUN
-tick_done:                              ; (the handler goes on from here, with IF=0)
+    hlt                                 ; with the irqchip the vCPU sleeps inside KVM_RUN
     cmp dword ptr [RESULTS], TICKS
     jb wait_tick
+    cli
 .if BITS == 16
     mov al, 0xFF                        ; mask IRQ0: no more ticks
     out 0x21, al
@@ -135,15 +117,16 @@ others:
     hlt
     jmp others
 
-tick:                                   ; one tick: stamp it, count it, EOI, go on
+tick:                                   ; one tick: stamp it, count it, EOI
+    SAVE_SCRATCH
     rdtsc
-    mov ebx, dword ptr [RESULTS]
-    cmp ebx, TICKS
+    mov ecx, dword ptr [RESULTS]
+    cmp ecx, TICKS
     jae ticked                          ; a tick after the last one counted: only EOI it
-    mov dword ptr [stamps + ebx * 8], eax
-    mov dword ptr [stamps + ebx * 8 + 4], edx
-    inc ebx
-    mov dword ptr [RESULTS], ebx
+    mov dword ptr [stamps + ecx * 8], eax
+    mov dword ptr [stamps + ecx * 8 + 4], edx
+    inc ecx
+    mov dword ptr [RESULTS], ecx
 ticked:
 .if BITS == 16
     mov al, 0x20                        ; OCW2: non-specific EOI to the master PIC
@@ -152,46 +135,16 @@ ticked:
     mov eax, LAPIC
     mov dword ptr [eax + 0xB0], 0       ; EOI: the LAPIC may deliver the next tick
 .endif
-resume:                                 ; instead of IRET: drop the interrupt's frame, go on
-.if BITS == 64
-    mov rsp, qword ptr [saved_sp]
-.elseif BITS == 32
-    mov esp, dword ptr [saved_sp]
-.else
-    mov sp, word ptr [saved_sp]
-.endif
-    jmp tick_done
+    RESTORE_SCRATCH
+    INTERRUPT_RETURN
 
 .if BITS != 16
 spurious:                               ; the LAPIC's spurious vector: no EOI
-    jmp resume
-
-set_gate:                               ; IDT gate for vector ECX -> handler EAX (ESI = the IDT)
-    mov edx, ecx
-    imul edx, edx, GATE_SIZE
-    add edx, esi
-    mov word ptr [edx], ax              ; offset 15:0
-    mov word ptr [edx + 2], CODE_SELECTOR
-    mov word ptr [edx + 4], 0x8E00      ; present, DPL 0, interrupt gate (IF cleared on entry)
-    shr eax, 16
-    mov word ptr [edx + 6], ax          ; offset 31:16
-.if BITS == 64
-    mov dword ptr [edx + 8], 0          ; offset 63:32 and the reserved dword
-    mov dword ptr [edx + 12], 0
-.endif
-    ret
-
-    .align 8
-idtr:
-    .word 256 * GATE_SIZE - 1           ; limit: every vector (the unset ones are not present)
-    .quad idt                           ; base (lidt reads 4 bytes of it in 32-bit code, 8 in 64)
-    .align 16
-idt:
-    .space 256 * GATE_SIZE
+    INTERRUPT_RETURN
 .endif
 
+IDT_LIBRARY
+
     .align 8
-saved_sp:
-    .quad 0
 stamps:
     .space TICKS * 8
