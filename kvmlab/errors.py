@@ -149,6 +149,11 @@ class FdClosedError(KvmlabError, ValueError):
         return (type(self), (self.what,))
 
 
+class InterruptRefusedError(KvmlabError, RuntimeError):
+    """The guest's interrupt controller would not take an interrupt kvmlab sent it (a LAPIC the
+    guest has not software-enabled refuses an MSI); the message says what the guest must do."""
+
+
 class GuestRequestedExit(KvmlabError):
     """Raised by a device write to end the whole machine with ``code`` (the debug-exit port).
 

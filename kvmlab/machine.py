@@ -55,6 +55,7 @@ from .vstate.cpu_state import CpuConfiguration, VcpuSnapshot
 from .vstate.exit_record import ExitRecord, outcome_of, read_exit
 from .vstate.exits import DeviceFailure, Emulation
 from .vstate.final_state import TRACE_TAIL, FinalState
+from .vstate.irq_lines import IrqFd, IrqLine
 from .vstate.vcpu import VcpuHandle
 from .vstate.kick import install_kick_handler
 from .vstate.layout import IRQCHIP_PAGES
@@ -125,7 +126,8 @@ class Machine:
     Devices: a 16550 serial port at 0x3f8 (``console``), the debug-exit port at 0xf4, fw_cfg
     at 0x510, a PCI host bridge with an empty bus at 0xcf8 (``pci_host``) and the ``mailbox``
     MMIO device at 0xa0000. ``irqchip=True`` adds KVM's in-kernel interrupt
-    controllers (then HLT no longer exits to user space; the small programs want it off).
+    controllers (then HLT no longer exits to user space; the small programs want it off),
+    whose input lines a device drives with ``irq_line(gsi)`` or ``irqfd(gsi)``.
 
     Metrics (``metrics``): sampled ``sample_hz`` times a second (0: no sampler thread, only a
     sample at start and stop) for the last ``history_s`` seconds; ``trace=True`` records one
@@ -191,6 +193,7 @@ class Machine:
             history_s=config.history_s,
             # not a bound method: nothing the threads reach may hold the Machine itself
             describe_address=functools.partial(_describe_address, vm.mmio_bus, vm.pio_bus),
+            lines=vmm.irq_lines.metrics,
         )
         if config.trace:
             metrics.enable_trace(config.trace_capacity)
@@ -243,7 +246,8 @@ class Machine:
     @property
     def irqchip(self) -> bool | None:
         """Whether the VM has KVM's in-kernel interrupt controllers (None: not decided yet;
-        ``load()`` decides no, ``boot()`` yes where the engine has one)."""
+        ``load()`` decides no unless the program programs them (``timer_ticks``), ``boot()``
+        yes where the engine has one)."""
         if self.built:
             return self._vmm.vm.backend.irqchip
         return self.config.irqchip
@@ -281,7 +285,8 @@ class Machine:
 
     def add_device(self, device: BusDevice, base: int, size: int | None = None, *, bus: str = "mmio") -> BusEntry:
         """Maps ``device`` at ``base`` on the ``"mmio"`` or ``"pio"`` bus; overlaps are refused.
-        A ``Device`` can then raise interrupts at this machine (``device.raise_irq``)."""
+        A ``Device`` can then raise interrupts at this machine (``device.raise_irq``) and drive
+        its interrupt lines (``device.irq_line``, ``device.irqfd``)."""
         self._require_open("add_device()")
         if bus not in ("mmio", "pio"):
             raise ConfigError(f"bus={bus!r}: choose 'mmio' or 'pio'")
@@ -295,10 +300,13 @@ class Machine:
         return entry
 
     def _connect_interrupts(self, device: Device) -> None:
-        """Lets ``device`` raise interrupts and acknowledge them at this machine; through the
-        Vmm, never the Machine, since vCPU threads reach devices and must not keep it alive."""
+        """Lets ``device`` raise interrupts, acknowledge them and drive its interrupt lines
+        at this machine; through the Vmm, never the Machine, since vCPU threads reach devices
+        and must not keep it alive."""
         device.irq_raiser = self._vmm.raise_irq
         device.irq_acknowledger = self._vmm.acknowledge_irq
+        device.irq_line_source = self._vmm.irq_line
+        device.irqfd_source = self._vmm.irqfd
 
     def layout(self) -> dict[str, int]:
         """Where this machine's devices are, as the ``.equ`` constants a program is assembled
@@ -312,18 +320,35 @@ class Machine:
         vCPU, in ``mode`` ("real", "protected" or "long"). Only before ``start()``, once.
 
         Creates the vCPUs, without the in-kernel irqchip unless the machine was created with
-        ``irqchip=True`` (the small programs end with HLT, which must reach kvmlab)."""
+        ``irqchip=True`` (the small programs end with HLT, which must reach kvmlab) or the
+        program programs the irqchip itself (``Program.irqchip``: ``timer_ticks``)."""
         self._require_unloaded("load()")
-        if self.built and self.irqchip and self.config.irqchip is not True:
+        wants_irqchip = isinstance(program, Program) and program.irqchip
+        if wants_irqchip:
+            self._check_irqchip_for(program)
+        elif self.built and self.irqchip and self.config.irqchip is not True:
             raise MachineStateError(
                 "load(): this machine's vCPUs were created with KVM's in-kernel irqchip for a boot() that failed, "
                 "and a program's HLT would never reach kvmlab with it; make a new Machine for the program"
             )
         if not self.built:
-            self._create_vcpus(bool(self.config.irqchip))
+            self._create_vcpus(bool(self.config.irqchip) or wants_irqchip)
         self.program = load_program(self._vmm.vm, program, mode, self.layout(), address)
         self._vmm.notify()  # a Start button may now be enabled
         return self.program
+
+    def _check_irqchip_for(self, program: Program) -> None:
+        """Refuses a program that programs the in-kernel irqchip where there can be none."""
+        caps = self.capabilities
+        what = f"load({program.name})"
+        if not caps.irqchip:
+            raise caps.refuse(what, "in-kernel interrupt controllers (the PIC, IOAPIC, LAPICs and PIT this program programs)",
+                              "use engine='kvm' and irqchip=True")  # fmt: skip
+        if self.config.irqchip is False or (self.built and not self.irqchip):
+            raise ConfigError(
+                f"{what}: the program programs KVM's in-kernel irqchip (PIC, IOAPIC, LAPIC, PIT) and this machine has none "
+                "(created with irqchip=False); create the Machine with irqchip=True, or leave irqchip unset"
+            )
 
     def boot(self, kernel, cmdline: str = "", initrd=None) -> BootImage:
         """Loads a Multiboot v1 kernel (an ELF32/ELF64 file, or one whose multiboot header gives
@@ -399,18 +424,68 @@ class Machine:
 
     def raise_irq(self, vector: int, vcpu: int = 0) -> None:
         """Raises hardware interrupt ``vector`` (32-255) at vCPU ``vcpu`` of a started machine,
-        from any thread; returns at once. The vCPU's own thread injects it (KVM_INTERRUPT) as
-        soon as the guest can take it: at once with IF=1, else when it next sets IF (the
-        interrupt window). Each raise is delivered exactly once, in the order raised; a vCPU
-        in HLT with IF=1 wakes for it. Where it goes: the vector's entry in the guest's IVT
-        (real mode) or IDT. Counted per vCPU: ``interrupts_injected``, ``irq_window_exits``,
+        from any thread; returns at once. Where it goes: the vector's entry in the guest's IVT
+        (real mode) or IDT. A device added with ``add_device`` raises through its own
+        ``raise_irq(vector, vcpu=0)``. Needs ``capabilities.interrupt_injection`` (KVM).
+
+        Without the in-kernel irqchip the vCPU's own thread injects it (KVM_INTERRUPT) as soon
+        as the guest can take it: at once with IF=1, else when it next sets IF (the interrupt
+        window). Each raise is delivered exactly once, in the order raised; a vCPU in HLT with
+        IF=1 wakes for it. Counted per vCPU: ``interrupts_injected``, ``irq_window_exits``,
         ``hlt_wakeups``.
 
-        Needs ``capabilities.interrupt_injection`` (KVM) and a machine without the in-kernel
-        irqchip (``load()`` makes one). A device added with ``add_device`` raises through
-        its own ``raise_irq(vector, vcpu=0)``."""
+        With the irqchip (``irqchip=True``, ``boot()``) it is an MSI to the vCPU's LAPIC
+        (KVM_SIGNAL_MSI, where ``capabilities.msi``): fixed delivery, edge, to APIC ID
+        ``vcpu``. The guest must have software-enabled its LAPIC (bit 8 of the spurious-
+        interrupt vector register at 0xFEE000F0; else ``InterruptRefusedError``, and a
+        real-mode program cannot) and end each handler with a write of 0 to its EOI register
+        (0xFEE000B0). As on hardware, a vector raised again while the LAPIC still holds it
+        pending merges with it. Counted in ``msis_sent``; KVM counts the injections
+        (``kvm.irq_injections``). For a device's line into the IOAPIC/PIC: ``irq_line``."""
         self._require_open("raise_irq()")
         self._vmm.raise_irq(vector, vcpu)
+
+    def irq_line(self, gsi: int) -> IrqLine:
+        """Input ``gsi`` (0-23) of KVM's in-kernel irqchip, a device's interrupt line: 0-15
+        reach both the 8259 PICs and the IOAPIC, 16-23 only the IOAPIC (KVM's default
+        routing); what a GSI becomes (vector, vCPU, edge or level) is the guest's programming
+        of those controllers. The same ``IrqLine`` each time, from any thread:
+
+        * ``pulse()``: an edge (KVM_IRQ_LINE 1 then 0), for the PIC or an edge-triggered
+          IOAPIC entry;
+        * ``raise_()`` ... ``lower()``: a level-triggered device holds the line asserted until
+          the guest acknowledges it (its handler writes a device register, whose handler calls
+          ``lower()``); the IOAPIC delivers again at each EOI while it stays raised, so a line
+          never lowered is an interrupt storm, all inside KVM (``kvm.irq_injections``), which
+          ``stop()``/``close()`` still end at once.
+
+        ``raise_``/``pulse`` return KVM's answer (KVM_IRQ_LINE_STATUS): above 0 delivered, 0
+        coalesced with one pending, below 0 masked. Counted per line (``metrics.irq_lines()``)
+        and per machine (``line_*`` metrics). Needs a machine created with ``irqchip=True``
+        (or ``boot()``ed); a device gets the same line with ``self.irq_line(gsi)``."""
+        self._require_open("irq_line()")
+        return self._vmm.irq_line(gsi)
+
+    def irqfd(self, gsi: int, *, level: bool = False) -> IrqFd:
+        """An eventfd wired to line ``gsi`` (KVM_IRQFD): its ``trigger()`` raises the line from
+        any thread without a vCPU exit (the write itself injects), as virtio backends on their
+        own threads do in kvmtool, Firecracker and QEMU. ``level=True`` for a level-triggered
+        device (KVM_IRQFD_FLAG_RESAMPLE): the line stays asserted until the guest's EOI, and
+        unless the device called ``lower()`` by then (the guest acknowledged it) kvmlab's
+        resampler thread triggers it again. One source per GSI (an ``IrqLine`` or one irqfd);
+        ``close()`` on it, or on the machine, deassigns it and closes its fds. Needs
+        ``irqchip=True``; counted in ``irqfd_triggers``, ``irqfd_resamples``, ``irqfd_retriggers``."""
+        self._require_open("irqfd()")
+        return self._vmm.irqfd(gsi, level)
+
+    def tsc_khz(self, vcpu: int = 0) -> int:
+        """The frequency of vCPU ``vcpu``'s time stamp counter in kHz, as KVM reports it
+        (KVM_GET_TSC_KHZ): what turns the guest's RDTSC counts into time."""
+        index = self._index(vcpu)
+        if not self.built:
+            raise MachineStateError("tsc_khz(): the vCPUs are created by load() or boot(); call one first")
+        self._require_open("tsc_khz()")
+        return self._vmm.vcpus[index].backend.tsc_khz()
 
     def pending_interrupts(self, vcpu: int) -> list[int]:
         """The vectors raised at vCPU ``vcpu`` and not injected yet, oldest first: they wait

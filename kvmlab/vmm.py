@@ -22,6 +22,7 @@ from .errors import ConfigError, MachineStateError, VcpuError, VcpuExitedError
 from .vstate.exits import DeviceFailure, ExitCode
 from .vstate.final_state import FinalState
 from .vstate.interrupts import check_vector
+from .vstate.irq_lines import IrqFd, IrqLine, IrqLines
 from .vstate.protocol import VcpuEvent, VcpuState, VcpuStatus
 from .vstate.vcpu import Vcpu, VcpuHandle, current_vcpu, request_all
 from .vstate.vm import Vm
@@ -70,6 +71,8 @@ class Vmm:
         self._teardown = threading.RLock()
         self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self._supervisor: threading.Thread | None = None
+        #: the in-kernel irqchip's lines, irqfds and MSIs (``irq_line``, ``irqfd``, ``raise_irq``)
+        self.irq_lines = IrqLines(vm.backend)
         #: called just before the vCPUs are first resumed
         self.on_start: list[Callable[[], None]] = []
         #: called (on whichever thread stopped the machine) once every vCPU thread has ended
@@ -147,29 +150,39 @@ class Vmm:
 
     def raise_irq(self, vector: int, vcpu: int = 0) -> None:
         """Raises interrupt ``vector`` at vCPU ``vcpu``, from any thread (a device's handler
-        on a vCPU thread included): queued for that vCPU, whose own thread injects it with
-        KVM_INTERRUPT as soon as the guest can take it (``kvmlab.vstate.interrupts``),
-        exactly once. ``Machine.raise_irq`` and a device's ``raise_irq`` both come here, so
-        every check is made here once (what lies above may not hold the Machine)."""
+        on a vCPU thread included). ``Machine.raise_irq`` and a device's ``raise_irq`` both
+        come here, so every check is made here once (what lies above may not hold the Machine).
+
+        Without the in-kernel irqchip: queued for that vCPU, whose own thread injects it with
+        KVM_INTERRUPT as soon as the guest can take it (``kvmlab.vstate.interrupts``), exactly
+        once. With it (where KVM_INTERRUPT fails, api.rst 4.16): a fixed, edge MSI to the
+        vCPU's LAPIC (KVM_SIGNAL_MSI), which the guest must have software-enabled; a second
+        raise of a vector still pending in its IRR merges with the first, as on hardware."""
         backend = self.vm.backend
         caps = backend.capabilities
         if not caps.interrupt_injection:
             raise caps.refuse("raise_irq()", "interrupt injection", "run on KVM (engine='kvm'); emulated delivery is a later part of issue 13")
         check_vector(vector)
         self.require_started("raise_irq()")
-        if backend.irqchip:
-            raise ConfigError(
-                "raise_irq(): this machine has KVM's in-kernel irqchip, where interrupts go in through its "
-                "PIC/IOAPIC lines, not KVM_INTERRUPT (api.rst 4.16: ENXIO with the PIC in the kernel); that path "
-                "is issue 13, part 2. Create the Machine with irqchip=False to raise interrupts today"
-            )
         vcpus = self.vcpus
         if not is_whole_number(vcpu) or not 0 <= vcpu < len(vcpus):
             raise ConfigError(f"vcpu={vcpu!r}: this machine has vCPUs 0 to {len(vcpus) - 1}")
         target = vcpus[vcpu]
         if target.state in (VcpuState.EXITED, VcpuState.FINISHED):
             raise VcpuExitedError(f"raise_irq(): vCPU {vcpu} is {target.status()}; no interrupt can reach it any more")
+        if backend.irqchip:
+            self.irq_lines.signal_msi(vector, vcpu)
+            return
         target.raise_irq(vector)
+
+    def irq_line(self, gsi: int) -> IrqLine:
+        """Line ``gsi`` of the in-kernel irqchip (``kvmlab.vstate.irq_lines``), for the
+        Machine and its devices alike."""
+        return self.irq_lines.line(gsi)
+
+    def irqfd(self, gsi: int, level: bool = False) -> IrqFd:
+        """A new irqfd on ``gsi`` (``kvmlab.vstate.irq_lines``)."""
+        return self.irq_lines.irqfd(gsi, level)
 
     def acknowledge_irq(self, vector: int) -> None:
         """A device says the guest's handler for ``vector`` started on the vCPU whose exit it
@@ -221,6 +234,7 @@ class Vmm:
             if self.phase is Phase.CREATED:
                 self.exit = MachineExit(code, f"{reason} (never started)", {v.index: None for v in self.vcpus})
                 self.phase = Phase.STOPPED
+                self._halt_lines()
                 self._run_on_stop()
                 self._stopped.set()
                 return self.exit, True
@@ -245,10 +259,15 @@ class Vmm:
                 handle.release()
             self.exit = MachineExit(code, reason, {v.index: (v.exit_status.code if v.exit_status else None) for v in self.vcpus})
             self.phase = Phase.STOPPED
+            self._halt_lines()
             # Before waking wait(): whoever wait() returns to sees the final metrics sample.
             self._run_on_stop()
             self._stopped.set()
             return self.exit, True
+
+    def _halt_lines(self) -> None:
+        """No vCPU runs any more: lines, irqfds and MSIs are refused from now on."""
+        self.irq_lines.halt(f"the machine is {self.phase.value} ({self.exit_description()}); make a new Machine to run again")
 
     def _run_on_stop(self) -> None:
         for callback in list(self.on_stop):
@@ -273,6 +292,7 @@ class Vmm:
             self._closed_finals = [vcpu.final_state for vcpu in self.vcpus]
             for vcpu in self.vcpus:
                 vcpu.read_code = None  # it holds the guest's memory, which goes now
+            self.irq_lines.close()  # irqfds deassigned and their eventfds closed while the VM exists
             self.vm.close()
             os.close(self._wake)
             self.phase = Phase.CLOSED

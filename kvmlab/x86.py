@@ -96,6 +96,22 @@ class Pte(enum.IntFlag):
     HUGE = 1 << 7  # PS: this entry maps a large page (4 MiB, 2 MiB or 1 GiB)
 
 
+#: The MSI address window (Intel SDM Vol. 3A, 11.11.1 "Message Address Register Format"):
+#: a device's MSI is a write of its data to 0xFEE0_0000 | destination APIC ID << 12; bit 2
+#: clear is physical destination mode, bit 3 clear no redirection hint
+MSI_ADDRESS_BASE = 0xFEE0_0000
+MSI_DESTINATION_SHIFT = 12
+#: xAPIC IDs, and so MSI destinations in that format, are 8 bits
+MSI_MAX_DESTINATION = 0xFF
+
+
+def msi_message(apic_id: int, vector: int) -> tuple[int, int]:
+    """(address, data) of a fixed, edge-triggered MSI of ``vector`` to the LAPIC whose ID is
+    ``apic_id`` (SDM 11.11.2: data bits 7-0 the vector, delivery mode 000 fixed, bit 15 clear
+    edge), in physical destination mode."""
+    return MSI_ADDRESS_BASE | (apic_id << MSI_DESTINATION_SHIFT), vector
+
+
 class Msr(enum.IntEnum):
     """Model-specific registers kvmlab reads or writes itself."""
 

@@ -18,7 +18,7 @@ from kvmlab.kvm import run as kr
 from kvmlab.kvm import structs as ks
 
 # Python field names that differ from the C member path. kvm_run's exit union is anonymous in C.
-RENAMES = {("kvm_run", "exit"): None}
+RENAMES = {("kvm_run", "exit"): None, ("kvm_irq_level", "u"): None}
 # Structs whose C size is larger than what kvmlab declares (kvm_run continues with a 2 KiB
 # sync-regs union kvmlab never touches); their offsets are still checked.
 PARTIAL = {"kvm_run"}
@@ -78,7 +78,8 @@ def _c_program() -> tuple[str, dict[str, int]]:
             macro = f"{prefix}{member.name}"
             emit(f"const:{macro}", macro, int(member), optional=macro in OPTIONAL_MACROS)
     for name in ("KVM_API_VERSION", "KVM_EXIT_IO_IN", "KVM_EXIT_IO_OUT", "KVM_GUESTDBG_ENABLE", "KVM_GUESTDBG_SINGLESTEP",
-                 "KVM_GUESTDBG_USE_SW_BP", "KVM_GUESTDBG_USE_HW_BP", "KVM_GUESTDBG_INJECT_DB", "KVM_GUESTDBG_INJECT_BP"):  # fmt: skip
+                 "KVM_GUESTDBG_USE_SW_BP", "KVM_GUESTDBG_USE_HW_BP", "KVM_GUESTDBG_INJECT_DB", "KVM_GUESTDBG_INJECT_BP",
+                 "KVM_IRQFD_FLAG_DEASSIGN", "KVM_IRQFD_FLAG_RESAMPLE", "KVM_PIT_SPEAKER_DUMMY", "KVM_IOAPIC_NUM_PINS"):  # fmt: skip
         emit(f"const:{name}", name, getattr(kc, name))
     for name, c_path in kr.C_PATHS.items():  # every index of the kvm_run views, as offsetof() sees it
         item = kr.KvmRunLayout.item_size(name)

@@ -164,3 +164,44 @@ def test_structs_print_and_convert():
     assert regs.to_dict()["rip"] == 0x1000 and "rax=1" in repr(regs)
     msrs = ks.msrs_with([0x10, 0x174], [5, 6])
     assert msrs.nmsrs == 2 and msrs.entries[1].data == 6
+
+
+def test_the_irqchip_inputs_lines_irqfds_and_msis(kvm):
+    """KVM_IRQ_LINE(_STATUS), KVM_IRQFD (and its deassign) and KVM_SIGNAL_MSI on a VM with the
+    irqchip, and KVM_GET_TSC_KHZ on its vCPU. What the guest makes of them: tests/test_irqchip.py."""
+    from kvmlab.kvm import EventFd
+
+    vm = kvm.create_vm()
+    try:
+        vm.create_irqchip()
+        vcpu = vm.create_vcpu(0, kvm.get_vcpu_mmap_size())
+        assert vcpu.get_tsc_khz() > 100_000  # a TSC of more than 100 MHz
+        vm.irq_line(4, 1)
+        vm.irq_line(4, 0)
+        # The IOAPIC's pins start masked and the PIC is not initialized: nobody takes an edge on
+        # GSI 20 (IOAPIC only), so KVM says every controller ignored it.
+        assert vm.irq_line_status(20, 1) < 0
+        vm.irq_line_status(20, 0)
+        with EventFd("edge") as edge, EventFd("level") as level, EventFd("resample") as resample:
+            vm.irqfd(edge.fd, 5)
+            with pytest.raises(KvmIoctlError) as err:
+                vm.irqfd(edge.fd, 5)  # the same eventfd on the same GSI twice
+            assert err.value.errno == errno.EBUSY
+            vm.irqfd(level.fd, 6, resample_fd=resample.fd)
+            edge.write(1)  # injects inside the write (no vCPU runs: it only sets the line)
+            vm.irqfd_deassign(edge.fd, 5)
+            vm.irqfd_deassign(level.fd, 6)
+            vm.irqfd_deassign(edge.fd, 5)  # not assigned any more: KVM answers 0 all the same
+            vm.irqfd(edge.fd, 5)  # free again
+        # The vCPU's LAPIC is software-disabled after reset: the guest blocks the MSI.
+        assert vm.signal_msi(0xFEE0_0000, 0x40) == 0
+        vcpu.close()
+    finally:
+        vm.close()
+
+
+def test_irq_level_is_one_struct_with_its_status_over_the_gsi():
+    level = ks.kvm_irq_level(irq=7, level=1)
+    assert (level.irq, level.level, level.status) == (7, 1, 7)
+    level.status = -1
+    assert level.irq == 0xFFFF_FFFF

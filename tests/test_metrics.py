@@ -226,7 +226,8 @@ def test_json_lines_use_firecracker_names_and_deltas(machines, tmp_path):
     m.metrics.write_json_lines(path)
     m.metrics.write_json_lines(path)  # nothing ran since: zero deltas
     first, second, third = (json.loads(line) for line in path.read_text().splitlines())
-    assert set(first) == {"utc_timestamp_ms", "vcpu", "vcpus"}
+    assert set(first) == {"utc_timestamp_ms", "vcpu", "vcpus", "irq_lines"}
+    assert first["irq_lines"]["line_raises"] == 0 and "irqfd_triggers" in first["irq_lines"]  # the machine's, once
     assert abs(first["utc_timestamp_ms"] - time.time() * 1000) < 5000
     fc = first["vcpu"]
     assert {"exit_io_in", "exit_io_out", "exit_mmio_read", "exit_mmio_write", "failures"} <= set(fc)

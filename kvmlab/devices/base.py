@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from ..errors import MachineStateError
+
+if TYPE_CHECKING:
+    from ..vstate.irq_lines import IrqFd, IrqLine
 
 
 class Device:
@@ -23,6 +26,9 @@ class Device:
     registers: dict[int, str] = {}
     #: how this device raises interrupts (``raise_irq``): set by ``Machine.add_device``
     irq_raiser: Callable[[int, int], None] | None = None
+    #: where its interrupt lines come from (``irq_line``, ``irqfd``): set by ``Machine.add_device``
+    irq_line_source: "Callable[[int], IrqLine] | None" = None
+    irqfd_source: "Callable[[int, bool], IrqFd] | None" = None
     #: how it reports that a handler started (``irq_acknowledged``): set with ``irq_raiser``
     irq_acknowledger: Callable[[int], None] | None = None
     #: the vector ``raise_irq()`` raises when given none (a device whose guest programs it
@@ -52,6 +58,25 @@ class Device:
             if vector is None:
                 raise MachineStateError(f"the {self.name} has no interrupt vector yet: {self.irq_vector_hint}")
         self.irq_raiser(vector, vcpu)
+
+    def irq_line(self, gsi: int) -> "IrqLine":
+        """Line ``gsi`` of the in-kernel irqchip of the machine this device was added to (the
+        same object ``Machine.irq_line(gsi)`` returns): ``raise_()`` when the device needs
+        service, ``lower()`` once the guest has acknowledged it (a level-triggered device),
+        or ``pulse()`` (an edge). From any thread, this device's own ``read``/``write``
+        included. Needs a machine created with ``irqchip=True``."""
+        if self.irq_line_source is None:
+            raise MachineStateError(f"{self!r} irq_line(): the device is on no machine; map it with Machine.add_device() first")
+        return self.irq_line_source(gsi)
+
+    def irqfd(self, gsi: int, level: bool = False) -> "IrqFd":
+        """An irqfd on line ``gsi`` of this device's machine (``Machine.irqfd``): its
+        ``trigger()`` raises the line from any thread (a device's own worker thread) without a
+        vCPU exit. ``level=True`` for a level-triggered device, which calls the irqfd's
+        ``lower()`` once the guest has acknowledged it."""
+        if self.irqfd_source is None:
+            raise MachineStateError(f"{self!r} irqfd(): the device is on no machine; map it with Machine.add_device() first")
+        return self.irqfd_source(gsi, level)
 
     def irq_acknowledged(self, vector: int) -> None:
         """Tells kvmlab that the guest's handler for ``vector`` has started on the vCPU whose

@@ -57,6 +57,24 @@ class Capabilities:
     #: inject an interrupt from user space into a VM without an in-kernel irqchip
     #: (``KVM_INTERRUPT`` and the interrupt window, api.rst 4.16 and 5): ``Machine.raise_irq``
     interrupt_injection: bool = False
+    #: raise and lower the in-kernel irqchip's input lines (GSIs) from user space
+    #: (``KVM_IRQ_LINE``, api.rst 4.25): ``Machine.irq_line``, on a VM with the irqchip
+    irq_lines: bool = False
+    #: an eventfd that raises a GSI from any thread without a vCPU exit (``KVM_IRQFD``, api.rst
+    #: 4.75): ``Machine.irqfd``, on a VM with the irqchip
+    irqfd: bool = False
+    #: an irqfd for a level-triggered line, deasserted at the guest's EOI and reported on a
+    #: resample eventfd (``KVM_IRQFD_FLAG_RESAMPLE``): ``Machine.irqfd(gsi, level=True)``
+    irqfd_resample: bool = False
+    #: an MSI to one vCPU's LAPIC (``KVM_SIGNAL_MSI``, api.rst 4.71): ``raise_irq`` on a VM
+    #: with the irqchip
+    msi: bool = False
+    #: the i8254 PIT in the kernel beside the irqchip (``KVM_CREATE_PIT2``): ports 0x40-0x43
+    #: answered without an exit, ticks on GSI 0
+    pit: bool = False
+    #: the frequency of the guest's time stamp counter (``KVM_GET_TSC_KHZ``): what turns the
+    #: cycles a guest counts with RDTSC into time
+    tsc_khz: bool = False
     #: a doorbell write served without a vCPU exit (``KVM_IOEVENTFD``)
     ioeventfd: bool = False
     #: MMIO writes queued in a ring instead of exiting (``KVM_REGISTER_COALESCED_MMIO``)
@@ -142,6 +160,10 @@ class VcpuBackend(ABC):
         last exit said the guest can take it (``kvmlab.vstate.interrupts.offer`` decides)."""
         raise self.capabilities.refuse("inject_interrupt()", "interrupt injection", "run on KVM")
 
+    def tsc_khz(self) -> int:
+        """The frequency of this vCPU's time stamp counter, in kHz (what RDTSC counts)."""
+        raise self.capabilities.refuse("tsc_khz()", "TSC frequency (KVM_GET_TSC_KHZ)", "use engine='kvm'")
+
     #: set by the VM backend that creates the vCPU
     capabilities: Capabilities
 
@@ -152,6 +174,8 @@ class VmBackend(ABC):
     capabilities: Capabilities
     #: whether this VM has KVM's in-kernel interrupt controllers
     irqchip: bool
+    #: how many input lines (GSIs) its irqchip has (0 without one)
+    gsi_count: int = 0
 
     @abstractmethod
     def map_memory(self, memory: "GuestMemory") -> None: ...
@@ -162,6 +186,28 @@ class VmBackend(ABC):
     def create_irqchip(self) -> None:
         """Creates the in-kernel interrupt controllers (before any vCPU exists)."""
         raise self.capabilities.refuse("irqchip", "in-kernel interrupt controllers", "use engine='kvm'")
+
+    # The irqchip's inputs. Any thread may call these (they are VM-wide, not a vCPU's); the
+    # caller has checked the GSI and that this VM has its irqchip (``kvmlab.vstate.irq_lines``).
+
+    def irq_line(self, gsi: int, level: int) -> int | None:
+        """Sets line ``gsi`` to ``level`` (1 asserted, 0 not); returns what became of an
+        assert where the engine says (below 0 masked, 0 coalesced, above 0 delivered), else None."""
+        raise self.capabilities.refuse("irq_line()", "interrupt lines (KVM_IRQ_LINE)", "use engine='kvm' and irqchip=True")
+
+    def irqfd(self, eventfd: int, gsi: int, resample_fd: int | None = None) -> None:
+        """Makes a write to ``eventfd`` raise ``gsi`` without a vCPU exit; with ``resample_fd``
+        the line stays asserted until the guest's EOI, which writes ``resample_fd``."""
+        raise self.capabilities.refuse("irqfd()", "irqfd (KVM_IRQFD)", "use engine='kvm' and irqchip=True")
+
+    def irqfd_deassign(self, eventfd: int, gsi: int) -> None:
+        """Undoes ``irqfd``: ``eventfd`` no longer raises ``gsi``."""
+        raise self.capabilities.refuse("irqfd_deassign()", "irqfd (KVM_IRQFD)", "use engine='kvm' and irqchip=True")
+
+    def signal_msi(self, address: int, data: int) -> int:
+        """Delivers the MSI a device would write (``data`` to ``address``) through the
+        in-kernel LAPICs; returns above 0 when delivered, 0 when the guest blocked it."""
+        raise self.capabilities.refuse("signal_msi()", "MSI delivery (KVM_SIGNAL_MSI)", "use engine='kvm' and irqchip=True")
 
     @abstractmethod
     def close(self) -> None: ...

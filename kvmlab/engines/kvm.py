@@ -53,6 +53,12 @@ class KvmEngine(Engine):
                 mp_state=bool(kvm.check_extension(Cap.MP_STATE)),  # tracked when the VM has an irqchip
                 single_step=bool(kvm.check_extension(Cap.SET_GUEST_DEBUG)),
                 interrupt_injection=True,  # KVM_INTERRUPT is basic (api.rst 4.16), on every x86 KVM
+                irq_lines=bool(kvm.check_extension(Cap.IRQCHIP)),  # KVM_IRQ_LINE comes with the irqchip
+                irqfd=bool(kvm.check_extension(Cap.IRQFD)),
+                irqfd_resample=bool(kvm.check_extension(Cap.IRQFD_RESAMPLE)),
+                msi=bool(kvm.check_extension(Cap.SIGNAL_MSI)),
+                pit=bool(kvm.check_extension(Cap.PIT2)),
+                tsc_khz=bool(kvm.check_extension(Cap.GET_TSC_KHZ)),
             )
         except BaseException:
             kvm.close()
@@ -118,7 +124,10 @@ class KvmVmBackend(VmBackend):
             self.vm.set_tss_addr(TSS_ADDRESS)
             self.irqchip = False
             self.pit = False
+            self.gsi_count = 0
             self._has_pit2 = bool(kvm.check_extension(Cap.PIT2))
+            # KVM_IRQ_LINE_STATUS says what became of each assert (delivered, coalesced, masked)
+            self._line_status = bool(kvm.check_extension(Cap.IRQ_INJECT_STATUS))
             if irqchip:
                 self.create_irqchip()
             self._mmap_size = kvm.get_vcpu_mmap_size()
@@ -130,14 +139,39 @@ class KvmVmBackend(VmBackend):
 
     def create_irqchip(self) -> None:
         """KVM's PIC, IOAPIC and a LAPIC per vCPU (KVM_CREATE_IRQCHIP, only before the first
-        vCPU), and its PIT where KVM offers one (KVM_CREATE_PIT2)."""
+        vCPU), with KVM's default routing: GSIs 0-15 to both the PIC and the IOAPIC, 16-23 to
+        the IOAPIC (api.rst 4.24); and its PIT where KVM offers one (KVM_CREATE_PIT2).
+
+        Why the PIT comes with the irqchip, as QEMU creates its in-kernel PIT (``kvm-pit``,
+        hw/i386/kvm/i8254.c) whenever the irqchip is in the kernel: the PIT's channel 0 is a
+        PC's timer interrupt, on GSI 0 of these very controllers. In the kernel it ticks from
+        a kernel timer straight into the PIC/IOAPIC; a PIT in user space would need a thread
+        of its own and a KVM_IRQ_LINE per tick, and its ports 0x40-0x43 would exit on every
+        access. KVM only creates a PIT once the irqchip exists (api.rst 4.71)."""
         if not self.capabilities.irqchip:
             raise ConfigError("irqchip: this KVM has no in-kernel interrupt controllers (KVM_CAP_IRQCHIP); use irqchip=False and one vCPU")
         self.vm.create_irqchip()
         self.irqchip = True
+        self.gsi_count = kc.KVM_IOAPIC_NUM_PINS
         if self._has_pit2:
             self.vm.create_pit2()
             self.pit = True
+
+    def irq_line(self, gsi: int, level: int) -> int | None:
+        """KVM_IRQ_LINE_STATUS where KVM has it (the assert's fate), else KVM_IRQ_LINE."""
+        if self._line_status:
+            return self.vm.irq_line_status(gsi, level)
+        self.vm.irq_line(gsi, level)
+        return None
+
+    def irqfd(self, eventfd: int, gsi: int, resample_fd: int | None = None) -> None:
+        self.vm.irqfd(eventfd, gsi, resample_fd)
+
+    def irqfd_deassign(self, eventfd: int, gsi: int) -> None:
+        self.vm.irqfd_deassign(eventfd, gsi)
+
+    def signal_msi(self, address: int, data: int) -> int:
+        return self.vm.signal_msi(address, data)
 
     def map_memory(self, memory: GuestMemory) -> None:
         """One KVM memory slot per RAM range."""
@@ -165,6 +199,9 @@ class KvmVcpuBackend(VcpuBackend):
         self.run_views = (fd.run_u8, fd.run_u16, fd.run_u32, fd.run_u64)
         self._raw_fd = fd.fd
         self._stats: KvmStats | None = None
+        # Read once, here, on the thread that created the vCPU (vCPU ioctls belong to it): it
+        # does not change while the vCPU lives.
+        self._tsc_khz = fd.get_tsc_khz() if vm.capabilities.tsc_khz else None
         #: the MP state as last read on this vCPU's own thread (KVM_GET_MP_STATE would block
         #: on a vCPU sitting in KVM_RUN, so nobody else asks): refreshed when KVM_RUN returns
         #: EAGAIN (an AP that received INIT, and maybe its SIPI) or EINTR (a kick), and at the
@@ -216,13 +253,20 @@ class KvmVcpuBackend(VcpuBackend):
 
     def inject_interrupt(self, vector: int) -> None:
         """KVM_INTERRUPT. Only without the in-kernel irqchip: with KVM's PIC the ioctl fails
-        (ENXIO, api.rst 4.16) and interrupts go in through its interrupt lines instead."""
+        (ENXIO, api.rst 4.16) and interrupts go in through its lines (``irq_line``, ``irqfd``)
+        or as an MSI to the LAPIC (``signal_msi``, what ``raise_irq`` does there)."""
         if self.vm.irqchip:
             raise ConfigError(
                 "inject_interrupt(): this VM has KVM's in-kernel irqchip, whose PIC/IOAPIC/LAPIC take interrupts "
-                "on their lines, not through KVM_INTERRUPT (issue 13, part 2); use irqchip=False"
+                "on their lines (irq_line(), irqfd()) or as MSIs (raise_irq()), not through KVM_INTERRUPT"
             )
         self.fd.interrupt(vector)
+
+    def tsc_khz(self) -> int:
+        """KVM_GET_TSC_KHZ, as read when the vCPU was created."""
+        if self._tsc_khz is None:
+            return super().tsc_khz()
+        return self._tsc_khz
 
     def interrupt(self, thread_ident: int) -> None:
         """The second half of the kick: SIGRTMIN makes a KVM_RUN in progress return EINTR."""

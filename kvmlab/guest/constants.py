@@ -24,6 +24,7 @@ from ..devices import mailbox
 from ..devices.debug_exit import DEBUG_EXIT_PORT
 from ..devices.mailbox import MAILBOX_BASE
 from ..devices.serial import COM1
+from ..vstate.layout import IOAPIC_BASE, LAPIC_BASE
 from .modes import RESULTS_ADDRESS, RESULTS_STRIDE, Mode
 
 
@@ -59,6 +60,10 @@ def _machine_constants() -> tuple[Constant, ...]:
                  f"mailbox register offset: COUNTER0; COUNTER<n> is at MB_COUNTERS + 4*n, n < {mailbox.MAX_COUNTERS}"),
         Constant("SERIAL", COM1, "the 16550 UART's first port: OUT to SERIAL transmits a byte, SERIAL+5 is the line status"),
         Constant("DEBUG_EXIT", DEBUG_EXIT_PORT, "the debug-exit port: OUT of a value stops every vCPU, wait() returns the value"),
+        Constant("LAPIC", LAPIC_BASE, "each vCPU's local APIC, with the in-kernel irqchip (MMIO KVM answers): EOI at +0xb0, "
+                 "spurious-interrupt vector +0xf0, LVT timer +0x320, initial count +0x380"),
+        Constant("IOAPIC", IOAPIC_BASE, "the IOAPIC, with the in-kernel irqchip: register select at +0, data at +0x10; "
+                 "pin n's redirection entry is registers 0x10 + 2n (low) and 0x11 + 2n (high)"),
     )  # fmt: skip
 
 

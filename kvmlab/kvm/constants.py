@@ -48,7 +48,11 @@ KVM_CREATE_VCPU = _io(0x41)
 KVM_SET_USER_MEMORY_REGION = _iow(0x46, s.kvm_userspace_memory_region)
 KVM_SET_TSS_ADDR = _io(0x47)
 KVM_CREATE_IRQCHIP = _io(0x60)
+KVM_IRQ_LINE = _iow(0x61, s.kvm_irq_level)
+KVM_IRQ_LINE_STATUS = _iowr(0x67, s.kvm_irq_level)
+KVM_IRQFD = _iow(0x76, s.kvm_irqfd)
 KVM_CREATE_PIT2 = _iow(0x77, s.kvm_pit_config)
+KVM_SIGNAL_MSI = _iow(0xA5, s.kvm_msi)
 
 # vCPU ioctls
 KVM_RUN = _io(0x80)
@@ -69,6 +73,7 @@ KVM_SET_GUEST_DEBUG = _iow(0x9B, s.kvm_guest_debug)
 KVM_GET_VCPU_EVENTS = _ior(0x9F, s.kvm_vcpu_events)
 KVM_GET_DEBUGREGS = _ior(0xA1, s.kvm_debugregs)
 KVM_GET_XSAVE = _ior(0xA4, s.kvm_xsave)
+KVM_GET_TSC_KHZ = _io(0xA3)
 KVM_GET_XCRS = _ior(0xA6, s.kvm_xcrs)
 KVM_KVMCLOCK_CTRL = _io(0xAD)
 KVM_GET_STATS_FD = _io(0xCE)
@@ -173,19 +178,26 @@ class Cap(enum.IntEnum):
     NR_VCPUS = 9
     NR_MEMSLOTS = 10
     PIT = 11
+    IRQ_ROUTING = 25
+    IRQ_INJECT_STATUS = 26
+    IRQFD = 32
     MP_STATE = 14
     COALESCED_MMIO = 15
     IOMMU = 18
     SET_GUEST_DEBUG = 23
     IOEVENTFD = 36
     PIT2 = 33
+    PIT_STATE2 = 35
     ADJUST_CLOCK = 39
     VCPU_EVENTS = 41
     DEBUGREGS = 50
     XSAVE = 55
     XCRS = 56
+    GET_TSC_KHZ = 61
     TSC_DEADLINE_TIMER = 72
     MAX_VCPUS = 66
+    SIGNAL_MSI = 77
+    IRQFD_RESAMPLE = 82
     IMMEDIATE_EXIT = 136
     MAX_VCPU_ID = 128
     X2APIC_API = 129
@@ -203,5 +215,18 @@ KVM_GUESTDBG_INJECT_DB = 0x00040000
 KVM_GUESTDBG_INJECT_BP = 0x00080000
 
 KVM_MAX_CPUID_ENTRIES = 256
+
+# KVM_IRQFD flags (api.rst 4.75)
+KVM_IRQFD_FLAG_DEASSIGN = 1 << 0
+KVM_IRQFD_FLAG_RESAMPLE = 1 << 1
+
+# KVM_CREATE_PIT2 flags (api.rst 4.71): answer port 0x61 (the speaker gate) in the kernel too
+KVM_PIT_SPEAKER_DUMMY = 1
+
+#: The IOAPIC's pins, and so the GSIs KVM's default routing has (KVM_CREATE_IRQCHIP, api.rst
+#: 4.24): 0-15 reach both the PIC and the IOAPIC, 16-23 only the IOAPIC
+KVM_IOAPIC_NUM_PINS = 24
+#: GSIs below this also reach the two cascaded 8259 PICs (IRQ 0-7 master, 8-15 slave)
+PIC_GSIS = 16
 
 # The indices of the kvm_run page the exit paths use are in ``run`` (``kvmlab.kvm.run``).

@@ -68,6 +68,33 @@ class kvm_pit_config(Struct):
     _fields_ = [("flags", u32), ("pad", u32 * 15)]
 
 
+class _irq_level_u(ctypes.Union):
+    _fields_ = [("irq", u32), ("status", c_int32)]
+
+
+class kvm_irq_level(Struct):
+    """KVM_IRQ_LINE's argument (api.rst 4.25): ``irq`` is a GSI, an input of the in-kernel
+    irqchip, not a vector; ``level`` 1 asserts it, 0 deasserts it. KVM_IRQ_LINE_STATUS writes
+    its answer over ``irq`` (the same bytes, as ``status``: below 0 every controller ignored
+    it (masked), 0 coalesced with one still pending, above 0 delivered to that many)."""
+
+    _anonymous_ = ("u",)
+    _fields_ = [("u", _irq_level_u), ("level", u32)]
+
+
+class kvm_irqfd(Struct):
+    """KVM_IRQFD's argument (api.rst 4.75): an eventfd that injects ``gsi`` when written;
+    with KVM_IRQFD_FLAG_RESAMPLE, ``resamplefd`` is signalled when the guest EOIs it."""
+
+    _fields_ = [("fd", u32), ("gsi", u32), ("flags", u32), ("resamplefd", u32), ("pad", u8 * 16)]
+
+
+class kvm_msi(Struct):
+    """KVM_SIGNAL_MSI's argument (api.rst 4.71): the address/data pair a device would write."""
+
+    _fields_ = [("address_lo", u32), ("address_hi", u32), ("data", u32), ("flags", u32), ("devid", u32), ("pad", u8 * 12)]
+
+
 class kvm_msr_list(Struct):
     """Header of the MSR index list; ``msr_list_with(n)`` appends room for n indices."""
 
@@ -411,6 +438,9 @@ ABI_STRUCTS = {
     "kvm_userspace_memory_region": kvm_userspace_memory_region,
     "kvm_coalesced_mmio_zone": kvm_coalesced_mmio_zone,
     "kvm_pit_config": kvm_pit_config,
+    "kvm_irq_level": kvm_irq_level,
+    "kvm_irqfd": kvm_irqfd,
+    "kvm_msi": kvm_msi,
     "kvm_msr_list": kvm_msr_list,
     "kvm_regs": kvm_regs,
     "kvm_segment": kvm_segment,

@@ -161,6 +161,11 @@ class VcpuFd(OwnedFd):
         irq = s.kvm_interrupt(irq=vector)
         ioctl(self.fd, c.KVM_INTERRUPT, ctypes.byref(irq), name="KVM_INTERRUPT")
 
+    def get_tsc_khz(self) -> int:
+        """KVM_GET_TSC_KHZ (``KVM_CAP_GET_TSC_KHZ``): the frequency of this vCPU's time stamp
+        counter as the guest's RDTSC sees it, in kHz."""
+        return ioctl(self.fd, c.KVM_GET_TSC_KHZ, 0, name="KVM_GET_TSC_KHZ")
+
     def kvmclock_ctrl(self) -> None:
         """Tells the guest's kvmclock it was paused. EINVAL when the guest never enabled kvmclock."""
         ioctl(self.fd, c.KVM_KVMCLOCK_CTRL, 0, name="KVM_KVMCLOCK_CTRL")

@@ -50,5 +50,42 @@ class VmFd(OwnedFd):
         ioctl(self.fd, c.KVM_CREATE_IRQCHIP, 0, name="KVM_CREATE_IRQCHIP")
 
     def create_pit2(self, flags: int = 0) -> None:
+        """The in-kernel i8254 PIT (api.rst 4.71): ports 0x40-0x43 answered in the kernel, its
+        channel 0 ticking on GSI 0. Only after ``create_irqchip``."""
         config = s.kvm_pit_config(flags=flags)
         ioctl(self.fd, c.KVM_CREATE_PIT2, ctypes.byref(config), name="KVM_CREATE_PIT2")
+
+    def irq_line(self, gsi: int, level: int) -> None:
+        """KVM_IRQ_LINE (api.rst 4.25): sets input ``gsi`` of the in-kernel irqchip to
+        ``level`` (1 asserted, 0 not). An edge is 1 then 0. A VM ioctl: any thread may call it."""
+        irq = s.kvm_irq_level(irq=gsi, level=level)
+        ioctl(self.fd, c.KVM_IRQ_LINE, ctypes.byref(irq), name="KVM_IRQ_LINE")
+
+    def irq_line_status(self, gsi: int, level: int) -> int:
+        """KVM_IRQ_LINE_STATUS (``KVM_CAP_IRQ_INJECT_STATUS``): KVM_IRQ_LINE that also says what
+        became of it: below 0 every controller ignored it (masked), 0 it coalesced with one
+        still pending, above 0 it was delivered to that many CPUs (or controllers)."""
+        irq = s.kvm_irq_level(irq=gsi, level=level)
+        ioctl(self.fd, c.KVM_IRQ_LINE_STATUS, ctypes.byref(irq), name="KVM_IRQ_LINE_STATUS")
+        return irq.status
+
+    def irqfd(self, eventfd: int, gsi: int, resample_fd: int | None = None) -> None:
+        """KVM_IRQFD (api.rst 4.75): from now on a write to ``eventfd`` injects ``gsi``, inside
+        the writer's system call and without a vCPU exit. With ``resample_fd``
+        (KVM_IRQFD_FLAG_RESAMPLE, ``KVM_CAP_IRQFD_RESAMPLE``) the write asserts the line and
+        leaves it asserted; the guest's EOI deasserts it and writes ``resample_fd``."""
+        flags = c.KVM_IRQFD_FLAG_RESAMPLE if resample_fd is not None else 0
+        irqfd = s.kvm_irqfd(fd=eventfd, gsi=gsi, flags=flags, resamplefd=resample_fd if resample_fd is not None else 0)
+        ioctl(self.fd, c.KVM_IRQFD, ctypes.byref(irqfd), name="KVM_IRQFD")
+
+    def irqfd_deassign(self, eventfd: int, gsi: int) -> None:
+        """KVM_IRQFD with KVM_IRQFD_FLAG_DEASSIGN: ``eventfd`` no longer injects ``gsi``."""
+        irqfd = s.kvm_irqfd(fd=eventfd, gsi=gsi, flags=c.KVM_IRQFD_FLAG_DEASSIGN)
+        ioctl(self.fd, c.KVM_IRQFD, ctypes.byref(irqfd), name="KVM_IRQFD")
+
+    def signal_msi(self, address: int, data: int) -> int:
+        """KVM_SIGNAL_MSI (api.rst 4.71, ``KVM_CAP_SIGNAL_MSI``): the message a device would
+        write to ``address``, delivered by the in-kernel LAPICs. Returns KVM's answer: above 0
+        delivered, 0 the guest blocked it (on x86: the LAPIC is software-disabled)."""
+        msi = s.kvm_msi(address_lo=address & 0xFFFF_FFFF, address_hi=address >> 32, data=data)
+        return ioctl(self.fd, c.KVM_SIGNAL_MSI, ctypes.byref(msi), name="KVM_SIGNAL_MSI")

@@ -5,6 +5,9 @@ Names are flat strings used as DataFrame columns / categories:
 * counters, Firecracker's names: ``exit_mmio_read``, ``exit_io_out``, ``failures``, ...
 * latency aggregates around the device call: ``exit_mmio_write_agg.count`` / ``.min_us`` /
   ``.max_us`` / ``.sum_us``
+* the machine's interrupt lines, summed over its lines (``kvmlab.metrics.lines``):
+  ``line_raises``, ``line_pulses``, ``irqfd_triggers``, ``msis_sent``, ...; the same value in
+  every vCPU's row, since a line belongs to the machine, not to a vCPU
 * the kernel's own per-vCPU statistics (KVM's binary stats fd): ``kvm.exits``,
   ``kvm.mmio_exits``, ``kvm.halt_exits``, ``kvm.signal_exits``, ``kvm.insn_emulation``, ...
 """
@@ -15,6 +18,7 @@ from dataclasses import dataclass
 
 from ..kvm.stats import StatType, StatUnit
 from .counters import AGGREGATES, COUNTERS
+from .lines import LINE_METRICS
 
 COUNTER_HELP = {
     "exit_mmio_read": "MMIO reads that left the guest (KVM_EXIT_MMIO, is_write = 0)",
@@ -44,9 +48,9 @@ COUNTER_UNITS = {"interrupts_injected": "interrupts", "hlt_wakeups": "wakeups"}
 @dataclass(frozen=True)
 class MetricSpec:
     name: str
-    kind: str  # "counter", "latency" or "kernel"
+    kind: str  # "counter", "latency", "line" (the machine's, in every vCPU's row) or "kernel"
     cumulative: bool  # only ever grows: a per-second rate makes sense
-    combine: str  # how 'all' combines the vCPUs: "sum", "min" or "max"
+    combine: str  # how 'all' combines the vCPUs: "sum", "min", "max" or "same" (one machine-wide value)
     unit: str
     help: str
 
@@ -54,7 +58,7 @@ class MetricSpec:
     def integer(self) -> bool:
         """Whether every value is a whole number: counts of exits, and KVM's statistics (u64s,
         whatever their unit). Why it matters: a DataFrame should show 120000, not 1.2e+05."""
-        return self.kind in ("counter", "kernel") or self.name.endswith(".count")
+        return self.kind in ("counter", "line", "kernel") or self.name.endswith(".count")
 
 
 def exit_metric_specs() -> list[MetricSpec]:
@@ -69,6 +73,11 @@ def exit_metric_specs() -> list[MetricSpec]:
             MetricSpec(f"{agg}.sum_us", "latency", True, "sum", "us", f"{what}: {total}"),
         ]
     return specs
+
+
+def line_metric_specs() -> list[MetricSpec]:
+    """The machine's interrupt-line totals (``kvmlab.metrics.lines``)."""
+    return [MetricSpec(name, "line", True, "same", unit, f"{text} (the machine's, in every vCPU's row)") for name, _, unit, text in LINE_METRICS]
 
 
 #: How each aggregate's four metrics are described: (unit of the count, the count, the

@@ -29,10 +29,11 @@ import pandas as pd
 
 from ..checks import is_whole_number
 from ..errors import ConfigError, ExportWriteError, MachineStateError, UnknownMetricError, UnknownVcpuError
-from .catalog import MetricSpec, exit_metric_specs, kernel_metric_specs
+from .catalog import MetricSpec, exit_metric_specs, kernel_metric_specs, line_metric_specs
 from .counters import ADDRESS_LIMIT, AGGREGATES, COUNTERS, NS_PER_US, VcpuMetrics
 from .export import FORMATS, append_json_line, check_output_path, write_frame
 from .hexint import hex_array
+from .lines import LINE_FIELDS, LINE_METRIC_NAMES, LineMetrics
 from .ring import RingBuffer
 from .sampler import Sampler
 from .trace import DEFAULT_CAPACITY, KIND_NAMES, TraceBuffer
@@ -92,9 +93,11 @@ class MetricsRegistry:
         sample_hz: float = DEFAULT_SAMPLE_HZ,
         history_s: float = DEFAULT_HISTORY_S,
         describe_address: Callable[[str, int], tuple[str, str]] | None = None,
+        lines: LineMetrics | None = None,
     ):
         """Either ``peripherals`` (and ``kernel_stats``): attached now; or ``vcpus``: a count,
-        with its own ``VcpuMetrics`` that the vCPUs' peripherals must use (``attach``)."""
+        with its own ``VcpuMetrics`` that the vCPUs' peripherals must use (``attach``).
+        ``lines``: the machine's interrupt-line counters (its own, empty, if not given)."""
         if (peripherals is None) == (vcpus is None):
             raise ConfigError("MetricsRegistry: give the vCPUs' peripherals, or their number (vcpus=) and attach() them later")
         self._peripherals: list = []
@@ -108,6 +111,8 @@ class MetricsRegistry:
         #: KVM's statistics read when the machine stopped (their fds close with the machine)
         self._final_kernel: list[tuple[int, ...]] | None = None
         self._counters = operator.attrgetter(*COUNTERS)
+        #: the machine's interrupt lines (``irq_lines()`` has them one by one)
+        self.lines = lines if lines is not None else LineMetrics()
         self._describe_address = describe_address
         self.sample_hz = sample_hz
         self.history_s = history_s
@@ -126,7 +131,7 @@ class MetricsRegistry:
 
     def _set_specs(self) -> None:
         """The metric columns (kvmlab's, then KVM's own where attached) and the ring that holds them."""
-        self.specs: list[MetricSpec] = exit_metric_specs()
+        self.specs: list[MetricSpec] = exit_metric_specs() + line_metric_specs()
         if self._kernel:
             descriptors = [d for d in self._kernel[0].descriptors if d.size == 1]
             self.specs += kernel_metric_specs(descriptors)
@@ -208,14 +213,16 @@ class MetricsRegistry:
 
     # --- live values ----------------------------------------------------------------------------
 
-    def _row(self, index: int, kernel_values=None) -> list[float]:
-        """One vCPU's values in ``specs`` order."""
+    def _row(self, index: int, kernel_values=None, line_values=None) -> list[float]:
+        """One vCPU's values in ``specs`` order (the machine's line totals included: pass
+        ``line_values`` to read them once for several rows)."""
         m = self._metrics[index]
         row = list(self._counters(m))
         for name in AGGREGATES:
             agg = getattr(m, name)
             count = agg.count
             row += (count, agg.min_ns / NS_PER_US if count else np.nan, agg.max_ns / NS_PER_US, agg.sum_ns / NS_PER_US)
+        row += line_values if line_values is not None else self.lines.totals()
         if self._kernel:
             if kernel_values is None:
                 kernel_values = self._final_kernel[index] if self._final_kernel is not None else self._kernel[index].read_raw()
@@ -240,7 +247,7 @@ class MetricsRegistry:
             for j, spec in enumerate(self.specs):
                 if spec.combine == "min":
                     out[:, j] = np.nanmin(values[:, :, j], axis=1)
-                elif spec.combine == "max":
+                elif spec.combine in ("max", "same"):
                     out[:, j] = np.nanmax(values[:, :, j], axis=1)
         return out
 
@@ -272,6 +279,16 @@ class MetricsRegistry:
         frame["address"] = hex_array(frame["address"])
         frame["count"] = frame["count"].astype("int64")
         return frame.sort_values(["vcpu", "count"], ascending=[True, False], ignore_index=True)
+
+    def irq_lines(self) -> pd.DataFrame:
+        """One row per interrupt line the machine made (``Machine.irq_line``, ``irqfd``):
+        ``source`` ("line" or "irqfd"), ``gsi``, ``trigger`` ("level" for a resampling irqfd,
+        "edge" for another; "any" for a line, which the guest programs), and how often it was
+        raised (``raises``, ``pulses``), lowered, coalesced or masked by KVM, triggered through
+        its eventfd, resampled at the guest's EOI and re-triggered. The sums are the
+        ``line_*`` and ``irqfd_*`` metrics."""
+        frame = pd.DataFrame(self.lines.rows(), columns=["source", "gsi", "trigger", *LINE_FIELDS])
+        return frame.astype({name: "int64" for name in ("gsi", *LINE_FIELDS)})
 
     # --- sampling -------------------------------------------------------------------------------
 
@@ -315,8 +332,9 @@ class MetricsRegistry:
         now = time.perf_counter_ns()
         start = self.start_perf_ns if self.start_perf_ns is not None else now
         row = [self._wall_ns(now), (now - start) / 1e9]
+        lines = self.lines.totals()
         for index in range(len(self._metrics)):
-            row += self._row(index)
+            row += self._row(index, line_values=lines)
         self.ring.append(row)
         self.flush_due()
 
@@ -491,7 +509,7 @@ class MetricsRegistry:
     # --- exports --------------------------------------------------------------------------------
 
     def export(self, path, *, rates: bool = False, what: str = "timeseries") -> Path:
-        """Writes ``what`` ("timeseries", "totals", "trace" or "addresses") to ``path``; the
+        """Writes ``what`` ("timeseries", "totals", "trace", "addresses" or "irq_lines") to ``path``; the
         extension picks the format (.csv, .parquet; .jsonl writes a Firecracker line)."""
         path = check_output_path(path)
         if path.suffix.lower() == ".jsonl":
@@ -501,6 +519,7 @@ class MetricsRegistry:
             "totals": lambda: self.totals().reset_index(),
             "trace": self.trace_dataframe,
             "addresses": self.address_counts,
+            "irq_lines": self.irq_lines,
         }
         if what not in frames:
             raise ConfigError(f"what={what!r}: nothing of that name to export; choose one of {', '.join(frames)}")
@@ -598,7 +617,8 @@ class MetricsRegistry:
                 "max_us": max((w["max_us"] for w in active), default=0.0),
                 "sum_us": round(sum(w["sum_us"] for w in windows), 3),
             }
-        append_json_line(writer.path, {"utc_timestamp_ms": time.time_ns() // 1_000_000, "vcpu": combined, "vcpus": vcpus})
+        lines = {name: int(current[0][name] - base[0][name]) for name in LINE_METRIC_NAMES} if current else {}
+        append_json_line(writer.path, {"utc_timestamp_ms": time.time_ns() // 1_000_000, "vcpu": combined, "vcpus": vcpus, "irq_lines": lines})
         writer.baseline = current
 
     def _json_values(self, index: int) -> dict[str, float]:

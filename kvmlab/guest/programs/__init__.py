@@ -3,6 +3,7 @@
 Each factory returns a ``Program``: the assembly text, its parameters (which become ``.equ``
 constants) and what the program writes into its results area. ``Machine.load`` assembles it
 for the chosen CPU mode; every program runs in real, protected and long mode.
+``timer_ticks`` also needs KVM's in-kernel irqchip, which ``load`` then creates.
 
 >>> from kvmlab import programs
 >>> print(programs.mmio_counter(iterations=100).header)   # what the program teaches
@@ -10,16 +11,20 @@ for the chosen CPU mode; every program runs in real, protected and long mode.
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 from ...checks import is_whole_number
 from ...errors import ConfigError
 from ...vstate.interrupts import check_vector
 from ..asm import assemble
 from ..constants import describe_layout
-from ..modes import RESULTS_STRIDE
+from ..modes import RESULTS_STRIDE, Mode
+
+if TYPE_CHECKING:
+    from ...machine import Machine
 
 U32_MAX = 0xFFFF_FFFF
 
@@ -37,6 +42,9 @@ class Program:
     results_fields: tuple[str, ...] = ()
     #: False for programs that never end on their own (busy loops, counters with 0 iterations)
     ends: bool = True
+    #: True for programs that program KVM's in-kernel interrupt controllers and timers (PIC,
+    #: IOAPIC, LAPIC, PIT): ``load`` then creates the irqchip (where the engine has one)
+    irqchip: bool = False
 
     @property
     def header(self) -> str:
@@ -161,6 +169,103 @@ def exit_cost(iterations: int = 10_000) -> Program:
     )
 
 
+#: The 8254 PIT's input clock, 14.31818 MHz / 12, as KVM's PIT counts it (KVM_PIT_FREQ)
+PIT_HZ = 1_193_182
+#: KVM's APIC bus: one LAPIC timer count per nanosecond at divide-by-1 (APIC_BUS_CYCLE_NS,
+#: the default of KVM_CAP_X86_APIC_BUS_CYCLES_NS); a LAPIC on hardware counts at its own bus rate
+LAPIC_BUS_NS = 1
+#: divide configuration register value for divide-by-1 (Intel SDM Vol. 3A, 11.5.4)
+LAPIC_DIVIDE_BY_1 = 0xB
+#: the timer's interrupt: IRQ0 on the PIC (ICW2 must be a multiple of 8), the LVT timer's vector
+TIMER_VECTOR = 0x20
+#: most ticks the stamp table holds (8 bytes each; in real mode it must stay below 64 KiB)
+MAX_TICKS = 2000
+#: the longest period the PIT's 16-bit count allows (65535 / PIT_HZ), in microseconds
+PIT_MAX_PERIOD_US = 65535 * 1_000_000 // PIT_HZ
+
+
+def timer_ticks(ticks: int = 50, period_us: float = 1000) -> Program:
+    """vCPU 0 counts ``ticks`` ticks of a timer that runs inside KVM, every ``period_us``
+    microseconds: the PIT on the PIC in real mode, the LAPIC timer in protected and long mode.
+    It stamps the TSC at each tick; ``timer_report(m)`` turns the stamps into the measured
+    period and its jitter. Needs KVM's in-kernel irqchip (``load`` creates it).
+
+    KVM runs both timers at no less than ``min_timer_period_us`` (a kvm module parameter,
+    200 us by default): a shorter period is programmed as asked and ticks at that floor."""
+    if not is_whole_number(ticks) or not 2 <= ticks <= MAX_TICKS:
+        raise ConfigError(f"ticks={ticks!r}: need a whole number from 2 to {MAX_TICKS} (a period needs two ticks)")
+    if isinstance(period_us, bool) or not isinstance(period_us, (int, float)) or not 1 <= period_us <= PIT_MAX_PERIOD_US:
+        raise ConfigError(f"period_us={period_us!r}: need a number of microseconds from 1 to {PIT_MAX_PERIOD_US} (the PIT's 16-bit count)")
+    pit_count = max(2, round(period_us * PIT_HZ / 1_000_000))  # mode 2 needs a count of at least 2
+    return Program(
+        "timer_ticks.asm",
+        _source("timer_ticks.asm"),
+        params={
+            "TICKS": ticks,
+            "VECTOR": TIMER_VECTOR,
+            "PIT_COUNT": pit_count,
+            "LAPIC_COUNT": round(period_us * 1000 / LAPIC_BUS_NS),
+            "LAPIC_DIVIDE": LAPIC_DIVIDE_BY_1,
+        },
+        results_fields=("ticks", "cycles_low", "cycles_high", "stamps"),
+        irqchip=True,
+    )
+
+
+@dataclass(frozen=True)
+class TimerReport:
+    """What ``timer_ticks`` measured on one vCPU, in microseconds of the guest's TSC."""
+
+    #: "PIT" (real mode) or "LAPIC timer" (protected, long)
+    timer: str
+    ticks: int
+    #: the period the program asked for, from the count it programmed
+    programmed_us: float
+    #: the mean period from the first tick to the last
+    period_us: float
+    min_us: float
+    max_us: float
+    #: the standard deviation of the periods between ticks
+    jitter_us: float
+    #: every period between two ticks, in order
+    intervals_us: tuple[float, ...]
+    tsc_khz: int
+
+    @property
+    def ratio(self) -> float:
+        """Measured over programmed period: 1.0 is a timer that keeps its rate."""
+        return self.period_us / self.programmed_us
+
+    def __str__(self) -> str:
+        return (f"{self.timer}: {self.ticks} ticks, programmed {self.programmed_us:.1f} us, measured {self.period_us:.1f} us "
+                f"(x{self.ratio:.3f}), min {self.min_us:.1f}, max {self.max_us:.1f}, jitter {self.jitter_us:.1f} us")  # fmt: skip
+
+
+def timer_report(machine: "Machine", vcpu: int = 0) -> TimerReport:
+    """The period ``timer_ticks`` measured on a machine that ran it (stopped or not, not
+    closed): its TSC stamps, converted with the TSC frequency KVM reports (KVM_GET_TSC_KHZ)."""
+    loaded = machine.program
+    if loaded is None or loaded.program.name != "timer_ticks.asm":
+        raise ConfigError("timer_report(): the machine did not load programs.timer_ticks()")
+    results = machine.results(vcpu)
+    ticks, params = results["ticks"], loaded.program.params
+    if ticks < 2 or results["stamps"] == 0:
+        raise ConfigError(f"timer_report(): vCPU {vcpu} counted {ticks} of {params['TICKS']} ticks and has no period yet; wait() for the program to end")
+    khz = machine.tsc_khz(vcpu)
+    raw = machine.memory.read(results["stamps"], 8 * ticks)
+    stamps = [int.from_bytes(raw[i : i + 8], "little") for i in range(0, len(raw), 8)]
+    intervals = tuple((b - a) * 1000 / khz for a, b in zip(stamps, stamps[1:]))
+    cycles = results["cycles_low"] | results["cycles_high"] << 32
+    if loaded.mode is Mode.REAL:
+        timer, programmed = "PIT", params["PIT_COUNT"] * 1_000_000 / PIT_HZ
+    else:
+        timer, programmed = "LAPIC timer", params["LAPIC_COUNT"] * LAPIC_BUS_NS / 1000
+    return TimerReport(
+        timer, ticks, programmed, cycles * 1000 / khz / (ticks - 1), min(intervals), max(intervals),
+        statistics.pstdev(intervals), intervals, khz,
+    )  # fmt: skip
+
+
 def from_source(source: str, name: str = "<source>", *, results: tuple[str, ...] = (), **params: int) -> Program:
     """A program of your own: assembly text (``;`` comments) and ``.equ`` parameters (``count=10``
     becomes ``COUNT``). ``results`` names the dwords the program writes at ``RESULTS +
@@ -186,5 +291,7 @@ __all__ = [
     "mailbox_irq",
     "mailbox_pingpong",
     "mmio_counter",
+    "timer_report",
+    "timer_ticks",
     "triple_fault",
 ]
