@@ -52,3 +52,33 @@ def _walk(memory, table: int, linear: int, *, levels: tuple[tuple[int, int], ...
             return (entry & ADDRESS_MASK & ~page) | (linear & page)
         table = entry & ADDRESS_MASK
     raise AssertionError("unreachable")
+
+
+def read_linear(memory, sregs: dict, linear: int, size: int) -> bytes:
+    """``size`` bytes at a linear address, translated page by page (a table or a stack that
+    crosses a page boundary may continue anywhere in physical memory). Raises ``NotMapped``
+    (its ``address`` is the first linear address that is not) or ``GuestMemoryError``."""
+    return b"".join(memory.read(physical, length) for physical, length in _pieces(memory, sregs, linear, size))
+
+
+def write_linear(memory, sregs: dict, linear: int, data: bytes) -> None:
+    """Writes ``data`` at a linear address, translated page by page; nothing is written
+    unless every page is mapped (a CPU's frame push faults before it stores anything)."""
+    offset = 0
+    for physical, length in _pieces(memory, sregs, linear, len(data)):
+        memory.write(physical, data[offset : offset + length])
+        offset += length
+
+
+def _pieces(memory, sregs: dict, linear: int, size: int) -> list[tuple[int, int]]:
+    pieces = []
+    end = linear + size
+    while linear < end:
+        length = min(end, (linear | 0xFFF) + 1) - linear
+        try:
+            pieces.append((translate(memory, sregs, linear), length))
+        except NotMapped as err:
+            err.address = linear
+            raise
+        linear += length
+    return pieces
