@@ -402,21 +402,8 @@ def test_a_device_on_no_machine_cannot_raise():
 # --- capabilities ----------------------------------------------------------------------------
 
 
-@pytest.mark.kvm
-def test_kvm_declares_interrupt_injection(machines):
-    assert machines().capabilities.interrupt_injection is True
-
-
-@pytest.mark.emulated
-def test_the_emulated_engine_refuses_raise_irq_through_its_capabilities(machines):
-    m = machines(engine="emulated", sample_hz=0)
-    assert m.capabilities.interrupt_injection is False
-    with pytest.raises(EngineCapabilityError, match="interrupt injection"):
-        m.raise_irq(VECTOR)
-    m.load(with_target(HALT_LOOP, 1), mode="real")
-    m.start()
-    with pytest.raises(EngineCapabilityError, match="interrupt injection"):
-        m.raise_irq(VECTOR)
+def test_both_engines_declare_interrupt_injection(engine, machines):
+    assert machines(engine=engine).capabilities.interrupt_injection is True
 
 
 # --- metrics ---------------------------------------------------------------------------------

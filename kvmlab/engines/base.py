@@ -142,6 +142,12 @@ class VcpuBackend(ABC):
         last exit said the guest can take it (``kvmlab.vstate.interrupts.offer`` decides)."""
         raise self.capabilities.refuse("inject_interrupt()", "interrupt injection", "run on KVM")
 
+    def interrupt_pending(self) -> None:
+        """A vector was raised for this vCPU by its own thread, during an exit (a device's
+        handler). The default does nothing: an engine whose run returns after every exit
+        (KVM) offers it before the next run anyway. One that handles exits inside its run
+        (the emulated engine) returns from it soon, so the vector is offered."""
+
     #: set by the VM backend that creates the vCPU
     capabilities: Capabilities
 

@@ -390,12 +390,15 @@ class Vcpu:
         """Queues interrupt ``vector`` (checked by the caller) from any thread, and gets this
         vCPU's thread to it: a wake-up on its event channel when it sleeps in HLT, else the
         kick (``kick_thread``), so a run under way returns and the loop injects before the
-        next. None from the vCPU's own thread (a device raising during an exit): its loop
-        looks at the pending vectors before its next KVM_RUN anyway."""
+        next. No kick from the vCPU's own thread (a device raising during an exit): its loop
+        looks at the pending vectors before its next run, which the engine is told to end
+        soon (``interrupt_pending``: a no-op on KVM, whose run returns after every exit)."""
         if self.irqs.add(vector):
             self.events.put((INTERRUPT_WAKE, None))
         elif self.thread is None or self.thread.ident != threading.get_ident():
             self.kick()
+        else:
+            self.backend.interrupt_pending()
 
     def _answer(self, action: Callable, response_type: type, seq: int) -> VcpuResponse:
         try:
