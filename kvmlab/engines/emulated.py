@@ -119,6 +119,12 @@ TSS64_IST1 = 0x24
 _STACK_WRITERS = frozenset({"push", "pushf", "pushfd", "pushfq", "pusha", "pushal", "call", "enter"})
 #: the emulation paused and goes on within the same run (``_emulate``)
 _GO_ON = object()
+# Plain ints: an IntFlag's & or | costs ~0.7 us, 20 times an int's (measured with timeit).
+_IF, _PG, _RF, _VM = int(Rflags.IF), int(Cr0.PG), int(Rflags.RF), int(Rflags.VM)
+#: what entering a handler clears: in real mode IF, TF and AC; else TF, NT, RF and VM (and IF
+#: through an interrupt gate)
+_REAL_CLEARED = int(Rflags.IF | Rflags.TF | Rflags.AC)
+_CLEARED = int(Rflags.TF | Rflags.NT | Rflags.RF | Rflags.VM)
 
 log = logging.getLogger("kvmlab.engines")
 
@@ -147,6 +153,26 @@ if unicorn is not None:
     _REGS32["rflags"] = ux.UC_X86_REG_EFLAGS
     _SEGMENTS = {name: getattr(ux, f"UC_X86_REG_{name.upper()}") for name in ("cs", "ds", "es", "fs", "gs", "ss")}
     _EFLAGS = ux.UC_X86_REG_EFLAGS  # its low 32 bits in every mode, IF among them
+
+
+
+
+def _scalar_reader(uc):
+    """``uc.reg_read`` for a register of up to 64 bits, through Unicorn's C function: the
+    binding's own method costs ~2.4 us a call (measured), this about a tenth. Interrupt
+    delivery reads a dozen registers."""
+    uclib = uc_kick._unicorn_library()
+    if uclib is None:
+        return uc.reg_read
+    handle, value, read = uc._uch, ctypes.c_uint64(), uclib.uc_reg_read
+    where = ctypes.byref(value)
+
+    def reg(reg_id: int) -> int:
+        value.value = 0
+        read(handle, reg_id, where)
+        return value.value
+
+    return reg
 
 
 def _escalate(vector: int, source: str, failure: UndeliverableVector) -> tuple[int, str, int] | None:
@@ -331,6 +357,7 @@ class EmulatedVcpuBackend(VcpuBackend):
         self._raised = False  # a vector was raised during an exit of this run (interrupt_pending)
         self._watched = False  # the block hook stopped for one of those
         self._block: int | None = None  # where the last block started
+        self._past_shadow: int | None = None  # the PC just after a stepped-over shadow
         self._cr2 = 0  # a page fault's CR2, as Unicorn had it in the interrupt hook
         self._decoder = None  # capstone with details, for page-fault error codes
         self._decoder_bits = 0
@@ -355,6 +382,7 @@ class EmulatedVcpuBackend(VcpuBackend):
         uc.hook_add(unicorn.UC_HOOK_INSN, self._on_out, None, 1, 0, ux.UC_X86_INS_OUT)
         uc.hook_add(unicorn.UC_HOOK_INTR, self._on_interrupt)
         self.uc, self.bits = uc, bits
+        self._reg = _scalar_reader(uc)
         self._regs = _REGS64 if bits == 64 else _REGS32
         self._pc_reg = ux.UC_X86_REG_RIP if bits == 64 else ux.UC_X86_REG_EIP
 
@@ -386,7 +414,7 @@ class EmulatedVcpuBackend(VcpuBackend):
             uc.emu_stop()
         elif self._skip:
             self._skip = False
-        elif self._stop_next or (self._watch_if and uc.reg_read(_EFLAGS) & Rflags.IF):
+        elif self._stop_next or (self._watch_if and self._reg(_EFLAGS) & _IF):
             self._watched = True
             uc.emu_stop()
         now = perf_counter_ns()
@@ -475,7 +503,7 @@ class EmulatedVcpuBackend(VcpuBackend):
         0xffff_ffff_ffff_fffe afterwards, measured), so a page fault's is kept here."""
         self._vector = vector
         if vector == Vector.PF:
-            self._cr2 = uc.reg_read(ux.UC_X86_REG_CR2)
+            self._cr2 = self._reg(ux.UC_X86_REG_CR2)
         uc.emu_stop()
 
     # --- run_emulation ------------------------------------------------------------------------
@@ -505,11 +533,10 @@ class EmulatedVcpuBackend(VcpuBackend):
             if stop is not None:
                 return stop
         window = bool(self.run_u8[REQUEST_INTERRUPT_WINDOW_U8])
-        shadow_over = False  # the instruction after an STI has just run: no shadow now
         while True:
             once = False
-            if window and uc.reg_read(_EFLAGS) & Rflags.IF:
-                if shadow_over or not self._in_shadow():
+            if window and self._reg(_EFLAGS) & _IF:
+                if not self._in_shadow():
                     encode_reason(self.run_u32, EXIT_IRQ_WINDOW_OPEN)
                     return handle_kvm_exit(p, 0)
                 once = True  # the instruction after STI (or MOV SS) runs first (SDM Vol. 3A, 6.8.3)
@@ -519,7 +546,8 @@ class EmulatedVcpuBackend(VcpuBackend):
             result = self._emulate(p, uc, watch_if=window and not once, once=once)
             if result is not _GO_ON:
                 return result
-            shadow_over = once
+            if once and self._watched:
+                self._past_shadow = self.pc()  # the shadowed instruction ran: no shadow here now
 
     def _emulate(self, p: Peripherals, uc, *, watch_if: bool, once: bool):
         """One emu_start (or a run of steps); an exit result, or ``_GO_ON`` when emulation
@@ -527,6 +555,7 @@ class EmulatedVcpuBackend(VcpuBackend):
         shadow has run (``once``: until the second block start)."""
         self._result = self._vector = None
         self._exited = self._kicked = self._watched = False
+        self._past_shadow = None
         self._watch_if, self._stop_next, self._skip = watch_if, self._raised or once, once
         state = self._kick_state
         if state is not None:
@@ -591,7 +620,7 @@ class EmulatedVcpuBackend(VcpuBackend):
             if u8[IMMEDIATE_EXIT_U8]:
                 self._kicked = True
                 break
-            if self._raised or (watch_if and uc.reg_read(_EFLAGS) & Rflags.IF):
+            if self._raised or (watch_if and self._reg(_EFLAGS) & _IF):
                 self._watched = True
                 break
             pc = self.pc()
@@ -602,22 +631,24 @@ class EmulatedVcpuBackend(VcpuBackend):
 
     def pc(self) -> int:
         """The linear address of the next instruction (what ``emu_start`` takes)."""
-        uc = self.uc
+        reg = self._reg
         if self.bits == 64:
-            return uc.reg_read(ux.UC_X86_REG_RIP)
-        eip = uc.reg_read(ux.UC_X86_REG_EIP)
+            return reg(ux.UC_X86_REG_RIP)
+        eip = reg(ux.UC_X86_REG_EIP)
         if self.bits == 16:
-            return (uc.reg_read(ux.UC_X86_REG_CS) << 4) + (eip & 0xFFFF)
+            return (reg(ux.UC_X86_REG_CS) << 4) + (eip & 0xFFFF)
         return eip
 
     def _paging(self) -> dict:
         """What a page walk reads (``paging.translate``), straight from the emulator: far
-        cheaper than ``get_sregs``, which also decodes every segment."""
-        uc = self.uc
-        return {
-            "cr0": uc.reg_read(ux.UC_X86_REG_CR0), "cr3": uc.reg_read(ux.UC_X86_REG_CR3),
-            "cr4": uc.reg_read(ux.UC_X86_REG_CR4), "efer": uc.reg_read(ux.UC_X86_REG_MSR, Msr.EFER),
-        }  # fmt: skip
+        cheaper than ``get_sregs``, which also decodes every segment. With paging off only
+        CR0 counts (a linear address is physical, and IA-32e mode needs paging), and only
+        CR0 is read."""
+        reg = self._reg
+        cr0 = reg(ux.UC_X86_REG_CR0)
+        if not cr0 & _PG:
+            return {"cr0": cr0, "cr3": 0, "cr4": 0, "efer": 0}  # EFER.LMA needs paging on
+        return {"cr0": cr0, "cr3": reg(ux.UC_X86_REG_CR3), "cr4": reg(ux.UC_X86_REG_CR4), "efer": self.uc.reg_read(ux.UC_X86_REG_MSR, Msr.EFER)}
 
     def _tables(self) -> dict:
         """``_paging`` and the GDTR and IDTR: what ``idt.read_gate`` reads."""
@@ -678,7 +709,7 @@ class EmulatedVcpuBackend(VcpuBackend):
                 f"vCPU {self.index}: vector {self._queued} is queued and not delivered yet; "
                 "inject the next one after a run, when ready_for_interrupt_injection says so"
             )
-        read_gate(self.vm.memory, self.get_sregs().to_dict(), vector)
+        read_gate(self.vm.memory, self._tables(), vector)
         self._queued = vector
 
     def interrupt_pending(self) -> None:
@@ -694,7 +725,7 @@ class EmulatedVcpuBackend(VcpuBackend):
         KVM_RUN returns: RFLAGS.IF, and whether a vector may go in now (IF=1, no STI or
         MOV SS shadow, none queued)."""
         u8 = self.run_u8
-        enabled = bool(self.uc.reg_read(_EFLAGS) & Rflags.IF)
+        enabled = bool(self._reg(_EFLAGS) & _IF)
         u8[_if] = enabled
         u8[_ready] = enabled and self._queued is None and not self._in_shadow()
 
@@ -705,9 +736,13 @@ class EmulatedVcpuBackend(VcpuBackend):
         ``8e d0``-``8e d7`` (MOV SS from a register), ``17`` (POP SS, outside 64-bit mode).
         A false positive (those bytes ending a longer instruction, an STI that found IF
         already set, or ``sti; idle: jmp idle`` back at its jump) only makes the interrupt
-        wait one instruction more (``_run`` knows the shadow is over once it stepped over
-        it); a MOV SS from memory is not seen (its shadow is ignored)."""
-        before = self._code_at(self.pc() - 2, 2)
+        wait one instruction more: once ``_run`` has stepped over a shadow, it knows there
+        is none where it stopped (``_past_shadow``). A MOV SS from memory is not seen (its
+        shadow is ignored)."""
+        pc = self.pc()
+        if pc == self._past_shadow:
+            return False
+        before = self._code_at(pc - 2, 2)
         if len(before) < 2:
             return False
         return before[1] == 0xFB or (before[0] == 0x8E and before[1] & 0xF8 == 0xD0) or (self.bits != 64 and before[1] == 0x17)
@@ -768,6 +803,7 @@ class EmulatedVcpuBackend(VcpuBackend):
                 if failure.cr2 is not None:
                     self.uc.reg_write(ux.UC_X86_REG_CR2, failure.cr2)
                 continue
+            self._past_shadow = None
             if failures:
                 log.info("vCPU %d: %s; vector %d was delivered instead", self.index, "; then ".join(map(str, failures)), vector)
             if source is EXCEPTION:
@@ -808,43 +844,43 @@ class EmulatedVcpuBackend(VcpuBackend):
         tables = self._tables()
         gate = read_gate(memory, tables, vector, external=source is not SOFTWARE)
         flags_reg = self._regs["rflags"]
-        flags = uc.reg_read(flags_reg)
+        flags = self._reg(flags_reg)
         if gate.mode is Mode.REAL:
-            sp, ss = uc.reg_read(ux.UC_X86_REG_ESP), uc.reg_read(ux.UC_X86_REG_SS)
-            frame = (uc.reg_read(ux.UC_X86_REG_EIP) & 0xFFFF, uc.reg_read(ux.UC_X86_REG_CS), flags & 0xFFFF)
+            sp, ss = self._reg(ux.UC_X86_REG_ESP), self._reg(ux.UC_X86_REG_SS)
+            frame = (self._reg(ux.UC_X86_REG_EIP) & 0xFFFF, self._reg(ux.UC_X86_REG_CS), flags & 0xFFFF)
             for n, value in enumerate(frame):  # IP lowest: pushed last
                 self._push_physical((ss << 4) + ((sp - 6 + 2 * n) & 0xFFFF), value.to_bytes(2, "little"), vector)
             uc.reg_write(ux.UC_X86_REG_ESP, (sp & ~0xFFFF) | ((sp - 6) & 0xFFFF))
-            uc.reg_write(flags_reg, flags & ~(Rflags.IF | Rflags.TF | Rflags.AC))
+            uc.reg_write(flags_reg, flags & ~_REAL_CLEARED)
             uc.reg_write(ux.UC_X86_REG_CS, gate.selector)
             uc.reg_write(ux.UC_X86_REG_EIP, gate.offset)
             return
-        cs = uc.reg_read(ux.UC_X86_REG_CS)
+        cs = self._reg(ux.UC_X86_REG_CS)
         self._check_deliverable(gate, cs, flags)
-        pushed_flags = flags | Rflags.RF if source is EXCEPTION and vector in FAULT_VECTORS else flags
+        pushed_flags = flags | _RF if source is EXCEPTION and vector in FAULT_VECTORS else flags
         code = [error_code] if source is EXCEPTION and vector in ERROR_CODE_VECTORS else []
         if gate.mode is Mode.LONG:
-            rsp = uc.reg_read(ux.UC_X86_REG_RSP)
+            rsp = self._reg(ux.UC_X86_REG_RSP)
             top = (self._ist_stack(tables, gate) if gate.ist else rsp) & ~0xF
-            frame = [*code, uc.reg_read(ux.UC_X86_REG_RIP), cs, pushed_flags, rsp, uc.reg_read(ux.UC_X86_REG_SS)]
+            frame = [*code, self._reg(ux.UC_X86_REG_RIP), cs, pushed_flags, rsp, self._reg(ux.UC_X86_REG_SS)]
             new_rsp = top - 8 * len(frame)
-            self._push(tables, new_rsp, struct.pack(f"<{len(frame)}Q", *frame), vector)
+            self._push(tables, new_rsp, struct.pack(f"<{len(frame)}Q", *frame), vector, 8)
             uc.reg_write(ux.UC_X86_REG_RSP, new_rsp)
             ip_reg = ux.UC_X86_REG_RIP
         else:
-            ss = uc.reg_read(ux.UC_X86_REG_SS)
+            ss = self._reg(ux.UC_X86_REG_SS)
             try:
                 stack = read_descriptor(memory, tables, ss)
             except GuestMemoryError as err:
                 raise FaultyKvmExit(f"vCPU {self.index}: delivering vector {vector}: the stack segment {ss:#x} cannot be read: {err}") from err
             mask = 0xFFFF_FFFF if stack.db else 0xFFFF
-            esp = uc.reg_read(ux.UC_X86_REG_ESP)
-            frame = [*code, uc.reg_read(ux.UC_X86_REG_EIP), cs, pushed_flags & 0xFFFF_FFFF]
+            esp = self._reg(ux.UC_X86_REG_ESP)
+            frame = [*code, self._reg(ux.UC_X86_REG_EIP), cs, pushed_flags & 0xFFFF_FFFF]
             new_sp = (esp - 4 * len(frame)) & mask
-            self._push(tables, stack.base + new_sp, struct.pack(f"<{len(frame)}I", *frame), vector)
+            self._push(tables, stack.base + new_sp, struct.pack(f"<{len(frame)}I", *frame), vector, 4)
             uc.reg_write(ux.UC_X86_REG_ESP, (esp & ~mask) | new_sp)
             ip_reg = ux.UC_X86_REG_EIP
-        cleared = Rflags.TF | Rflags.NT | Rflags.RF | Rflags.VM | (Rflags.IF if gate.clears_if else 0)
+        cleared = _CLEARED | (_IF if gate.clears_if else 0)
         uc.reg_write(flags_reg, flags & ~cleared)
         uc.reg_write(ux.UC_X86_REG_CS, gate.selector & ~3)
         uc.reg_write(ip_reg, gate.offset)
@@ -852,7 +888,7 @@ class EmulatedVcpuBackend(VcpuBackend):
     def _check_deliverable(self, gate: Gate, cs: int, flags: int) -> None:
         """What the CPU would do but this engine does not: an error that says so."""
         instead = "run this guest on KVM"
-        if flags & Rflags.VM:
+        if flags & _VM:
             raise FaultyKvmExit(f"vector {gate.vector}: the emulated engine delivers no interrupts in virtual-8086 mode; {instead}")
         if cs & 3:
             raise FaultyKvmExit(f"vector {gate.vector}: the emulated engine delivers interrupts at CPL 0 only (kvmlab's guests run there), not CPL {cs & 3}; {instead}")
@@ -877,13 +913,15 @@ class EmulatedVcpuBackend(VcpuBackend):
         except GuestMemoryError as err:
             raise FaultyKvmExit(f"vector {gate.vector}: the TSS at {base:#x} (for IST{gate.ist}) cannot be read: {err}") from err
 
-    def _push(self, tables: dict, linear: int, frame: bytes, vector: int) -> None:
+    def _push(self, tables: dict, linear: int, frame: bytes, vector: int, width: int) -> None:
         """Writes an interrupt frame at a linear address, through the guest's paging: a page
-        that is not mapped is the #PF a CPU takes while pushing."""
+        that is not mapped is the #PF a CPU takes while pushing, at the first push that
+        fails (the CPU pushes from the top down, ``width`` bytes at a time: CR2 is the
+        highest such address that is not mapped)."""
         try:
             write_linear(self.vm.memory, tables, linear, frame)
         except NotMapped as err:
-            address = getattr(err, "address", linear)
+            address = next(at for at in range(linear + len(frame) - width, linear - 1, -width) if not self._mapped(tables, at))
             raise UndeliverableVector(
                 f"interrupt vector {vector} ({vector:#x}) cannot be delivered: its {len(frame)}-byte frame goes on the stack "
                 f"at {linear:#x}, and the guest's page tables do not map {address:#x}",
@@ -891,6 +929,13 @@ class EmulatedVcpuBackend(VcpuBackend):
             ) from err  # fmt: skip
         except GuestMemoryError as err:
             raise FaultyKvmExit(f"vector {vector}: the stack at {linear:#x} is not RAM, where the emulated engine pushes interrupt frames: {err}") from err
+
+    def _mapped(self, tables: dict, linear: int) -> bool:
+        try:
+            translate(self.vm.memory, tables, linear)
+        except NotMapped:
+            return False
+        return True
 
     def _push_physical(self, address: int, data: bytes, vector: int) -> None:
         try:
@@ -945,12 +990,12 @@ class EmulatedVcpuBackend(VcpuBackend):
             if not reg:
                 continue
             name = insn.reg_name(reg)
-            value = insn.address + insn.size if name in ("rip", "eip") else self.uc.reg_read(getattr(ux, f"UC_X86_REG_{name.upper()}"))
+            value = insn.address + insn.size if name in ("rip", "eip") else self._reg(getattr(ux, f"UC_X86_REG_{name.upper()}"))
             total += scale * value
         if memory.segment:
             name = insn.reg_name(memory.segment)
             if name in ("fs", "gs") and self.bits == 64:
-                total += self.uc.reg_read(getattr(ux, f"UC_X86_REG_{name.upper()}_BASE"))
+                total += self._reg(getattr(ux, f"UC_X86_REG_{name.upper()}_BASE"))
         return total & ((1 << self.bits) - 1 if self.bits != 16 else 0xFFFF_FFFF)
 
     def _capstone(self):

@@ -92,6 +92,8 @@ ENTRY_SIZES = {Mode.REAL: ctypes.sizeof(IvtEntry), Mode.PROTECTED: ctypes.sizeof
 assert ENTRY_SIZES == {Mode.REAL: 4, Mode.PROTECTED: 8, Mode.LONG: 16}
 #: a code segment's type field has this bit set (SDM Vol. 3A, Table 3-1)
 CODE_SEGMENT = 0x8
+# plain ints: an IntFlag's & or | costs 20 times an int's, and an interrupt reads a gate
+_PE, _LMA, _EXT, _IDT, _TI = int(Cr0.PE), int(Efer.LMA), int(SelectorError.EXT), int(SelectorError.IDT), int(SelectorError.TI)
 _GATES = {Mode.PROTECTED: frozenset(GateType), Mode.LONG: frozenset({GateType.INTERRUPT, GateType.TRAP})}
 _NAMES = {GateType.TASK: "task gate", GateType.INTERRUPT_16: "16-bit interrupt gate", GateType.TRAP_16: "16-bit trap gate"}
 
@@ -154,9 +156,9 @@ class Segment:
 def table_mode(sregs: dict) -> Mode:
     """Which table format the CPU uses under ``sregs``: IA-32e mode (EFER.LMA) uses 16-byte
     gates even for compatibility-mode code, protected mode 8-byte ones, real mode the IVT."""
-    if not sregs["cr0"] & Cr0.PE:
+    if not sregs["cr0"] & _PE:
         return Mode.REAL
-    return Mode.LONG if sregs["efer"] & Efer.LMA else Mode.PROTECTED
+    return Mode.LONG if sregs["efer"] & _LMA else Mode.PROTECTED
 
 
 def read_descriptor(memory, sregs: dict, selector: int) -> Segment:
@@ -188,8 +190,8 @@ def read_gate(memory, sregs: dict, vector: int, *, external: bool = True) -> Gat
     size = ENTRY_SIZES[mode]
     base, limit = sregs["idt"]["base"], sregs["idt"]["limit"]
     address = base + vector * size
-    ext = SelectorError.EXT if external else 0
-    own_code = vector << 3 | SelectorError.IDT | ext  # the error code that names this entry
+    ext = _EXT if external else 0
+    own_code = vector << 3 | _IDT | ext  # the error code that names this entry
 
     def fail(reason: str, fault: int = Vector.GP, error_code: int = own_code, cr2: int | None = None):
         return UndeliverableVector(_message(vector, mode, base, limit, reason), vector=vector, fault=fault, error_code=error_code, cr2=cr2)
@@ -230,7 +232,7 @@ def _check_code_segment(memory, sregs: dict, gate: Gate, ext: int, fail) -> None
     code = (selector & ~3) | ext
     if not selector & ~3:
         raise fail(f"its {gate.kind} has a null code segment selector", Vector.GP, ext)
-    if selector & SelectorError.TI:
+    if selector & _TI:
         raise fail(f"its {gate.kind} selector {selector:#x} points into the LDT, which kvmlab does not read", Vector.GP, code)
     gdt_limit = sregs["gdt"]["limit"]
     if (selector | 7) > gdt_limit:
