@@ -384,7 +384,7 @@ class Vcpu:
         try:
             offer(self.irqs, self.run_u8, self.backend.inject_interrupt, p.metrics, p.trace)
         except KvmlabError as err:
-            raise VcpuError(f"vCPU {self.index}: injecting interrupt vector {self.irqs.vectors[0]} failed: {err}") from err
+            raise VcpuError(f"injecting interrupt vector {self.irqs.vectors[0]} failed: {err}") from err  # the exit names the vCPU
 
     def raise_irq(self, vector: int) -> None:
         """Queues interrupt ``vector`` (checked by the caller) from any thread, and gets this
