@@ -113,14 +113,21 @@ def program(mode: str, name: str, main: str, gates: dict[int, tuple[str, str]], 
     return Program(f"{name} ({mode})", with_table(mode, gates, main, handlers), {k.upper(): v for k, v in params.items()}, results_fields=tuple(results))
 
 
-def frame_check(mode: str, label: str, field: int, advance: int, expected: str, *, error_code: bool = False) -> str:
+def say(mode: str, char: str) -> str:
+    """Sends ``char`` to the serial port (an I/O exit), leaving every register as it was."""
+    a, d = {"real": ("ax", "dx"), "protected": ("eax", "edx"), "long": ("rax", "rdx")}[mode]
+    return f"    push {a}\n    push {d}\n    mov dx, SERIAL\n    mov al, {ord(char)}\n    out dx, al\n    pop {d}\n    pop {a}\n"
+
+
+def frame_check(mode: str, label: str, field: int, advance: int, expected: str, *, error_code: bool = False, char: str = "") -> str:
     """A handler that counts into dword ``field`` only if the return address the CPU pushed
     is ``expected`` (and, with ``error_code``, the pushed error code is 0), then moves the
-    return address on by ``advance`` bytes (past a faulting instruction) and returns."""
+    return address on by ``advance`` bytes (past a faulting instruction) and returns; with
+    ``char``, it first sends that character to the serial port."""
     ret = IRET[mode]
+    head = f"{label}:\n{say(mode, char) if char else ''}"
     if mode == "real":
-        return f"""{label}:
-    push bp
+        return f"""{head}    push bp
     mov bp, sp
     cmp word ptr [bp + 2], {expected}
     jne {label}_wrong
@@ -131,15 +138,13 @@ def frame_check(mode: str, label: str, field: int, advance: int, expected: str, 
 """
     sp, size, width = ("esp", "dword", 4) if mode == "protected" else ("rsp", "qword", 8)
     if not error_code:
-        return f"""{label}:
-    cmp {size} ptr [{sp}], {expected}
+        return f"""{head}    cmp {size} ptr [{sp}], {expected}
     jne {label}_wrong
 {count(field)}{label}_wrong:
     add {size} ptr [{sp}], {advance}
     {ret}
 """
-    return f"""{label}:
-    cmp {size} ptr [{sp}], 0
+    return f"""{head}    cmp {size} ptr [{sp}], 0
     jne {label}_wrong
     cmp {size} ptr [{sp} + {width}], {expected}
     jne {label}_wrong
@@ -148,3 +153,43 @@ def frame_check(mode: str, label: str, field: int, advance: int, expected: str, 
     add {size} ptr [{sp}], {advance}
     {ret}
 """
+
+
+def exceptions(mode: str, *, int_n: bool, int3: bool = False, chars: bool = False):
+    """Three #DE in a row (a CPU delivers each as #DE: none is nested in another), a #UD,
+    an INT 0x21 through a trap gate, an INT3 and, in long mode, a #GP (a non-canonical
+    address, error code 0). With ``chars`` each handler also sends a letter to the serial
+    port (D, U, I, B, G), so the run makes exits a comparison can see."""
+    def letter(char: str) -> str:
+        return char if chars else ""
+
+    divisor = "cx" if mode == "real" else "ecx"
+    main = f"""
+    xor ecx, ecx
+    mov esi, 3
+divide:
+    mov eax, 1
+    xor edx, edx
+div_at:
+    div {divisor}
+    dec esi
+    jnz divide
+ud_at:
+    ud2
+"""
+    gates = {0: ("on_de", "interrupt"), 6: ("on_ud", "interrupt")}
+    handlers = frame_check(mode, "on_de", 0, 2, "div_at", char=letter("D")) + frame_check(mode, "on_ud", 1, 2, "ud_at", char=letter("U"))
+    if int_n:
+        main += "    int 0x21\nint_after:\n"
+        gates[0x21] = ("on_int", "trap")
+        handlers += frame_check(mode, "on_int", 2, 0, "int_after", char=letter("I"))
+    if int3:
+        main += "    int3\nint3_after:\n"
+        gates[3] = ("on_bp", "interrupt")
+        handlers += frame_check(mode, "on_bp", 2, 0, "int3_after", char=letter("B"))
+    if mode == "long":
+        main += "    mov rax, 0x8000000000000000\ngp_at:\n    mov rbx, [rax]\n"
+        gates[13] = ("on_gp", "interrupt")
+        handlers += frame_check(mode, "on_gp", 3, 3, "gp_at", error_code=True, char=letter("G"))
+    main += "    cli\n    hlt\n"
+    return program(mode, "exceptions", main, gates, handlers, results=("de", "ud", "software", "gp"))

@@ -21,7 +21,7 @@ from kvmlab.vstate.exits import ExitCode
 from kvmlab.x86 import PageFaultError, Vector
 
 from .conftest import KVM_PVM
-from .idtkit import IRET, count, frame_check, program
+from .idtkit import IRET, count, exceptions, program
 
 MODES = ("real", "protected", "long")
 #: the cases this KVM fails to emulate (see the module docstring)
@@ -38,42 +38,6 @@ def skip_on_kvm_pvm(engine: str, mode: str, *features: str) -> None:
     for key in [(mode, "iret"), *((mode, f) for f in features), *(("any", f) for f in features)]:
         if key in KVM_PVM_FAILS:
             pytest.skip(KVM_PVM_FAILS[key])
-
-
-def exceptions(mode: str, *, int_n: bool, int3: bool):
-    """Three #DE in a row (a CPU delivers each as #DE: none is nested in another), a #UD,
-    an INT 0x21 through a trap gate, an INT3 and, in long mode, a #GP (a non-canonical
-    address, error code 0)."""
-    divisor = "cx" if mode == "real" else "ecx"
-    main = f"""
-    xor ecx, ecx
-    mov esi, 3
-divide:
-    mov eax, 1
-    xor edx, edx
-div_at:
-    div {divisor}
-    dec esi
-    jnz divide
-ud_at:
-    ud2
-"""
-    gates = {Vector.DE: ("on_de", "interrupt"), Vector.UD: ("on_ud", "interrupt")}
-    handlers = frame_check(mode, "on_de", 0, 2, "div_at") + frame_check(mode, "on_ud", 1, 2, "ud_at")
-    if int_n:
-        main += "    int 0x21\nint_after:\n"
-        gates[0x21] = ("on_int", "trap")
-        handlers += frame_check(mode, "on_int", 2, 0, "int_after")
-    if int3:
-        main += "    int3\nint3_after:\n"
-        gates[Vector.BP] = ("on_bp", "interrupt")
-        handlers += frame_check(mode, "on_bp", 2, 0, "int3_after")
-    if mode == "long":
-        main += "    mov rax, 0x8000000000000000\ngp_at:\n    mov rbx, [rax]\n"
-        gates[Vector.GP] = ("on_gp", "interrupt")
-        handlers += frame_check(mode, "on_gp", 3, 3, "gp_at", error_code=True)
-    main += "    cli\n    hlt\n"
-    return program(mode, "exceptions", main, gates, handlers, results=("de", "ud", "software", "gp"))
 
 
 @pytest.mark.parametrize("mode", MODES)
