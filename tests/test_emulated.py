@@ -8,6 +8,7 @@ import time
 import pytest
 
 from kvmlab import ConfigError, programs
+from kvmlab.guest.modes import results_address
 from kvmlab.vstate.exits import ExitCode
 from kvmlab.vstate.protocol import VcpuState
 
@@ -153,3 +154,31 @@ def test_kicks_in_a_polling_loop_keep_the_pingpong_exact(engine, machines):
         polls = m.results(i)["polls"]
         least = polls if engine == "emulated" else polls - 1
         assert least <= m.metrics.vcpu(i).exit_mmio_read <= polls, "every poll the guest counted, and no more"
+
+
+def test_cr2_stays_what_the_guest_wrote_across_kicks(engine, machines):
+    """Before: each emulated run ended with Unicorn walking the guest's page tables for its
+    'until' address, which faulted and left CR2 = 0xffff_ffff_ffff_fffe (and a #PF 'in
+    flight', so the next #PF or #GP came as #DF): a page-fault handler kicked before it read
+    CR2 read that instead."""
+    source = """
+    mov rax, 0x12345678
+    mov cr2, rax
+    mov rbx, RESULTS
+wait:
+    cmp dword ptr [rbx + 4], 0
+    je wait
+    mov rax, cr2
+    mov dword ptr [rbx], eax
+    cli
+    hlt
+"""
+    m = machines(vcpus=1, engine=engine, sample_hz=0)
+    m.load(programs.from_source(source, "cr2", results=("cr2", "go")), mode="long")
+    m.start()
+    for _ in range(5):
+        m.pause()
+        m.resume()
+    m.memory.write(results_address(0) + 4, (1).to_bytes(4, "little"))
+    assert int(m.wait(10)) == 0
+    assert m.results(0)["cr2"] == 0x12345678

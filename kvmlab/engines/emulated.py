@@ -368,8 +368,9 @@ class EmulatedVcpuBackend(VcpuBackend):
         uc = unicorn.Uc(unicorn.UC_ARCH_X86, _MODES[bits])
         # Runs end only at this engine's own stops, never at an address: exits on, and none
         # set, so emu_start's ``until`` is ignored. With an ``until`` the guest's page tables
-        # do not map (``_UNTIL`` is 2**64 - 1), Unicorn 2.1 walks them for it at every run
-        # and leaves a #PF recorded as in flight, so a paging guest's next #PF or #GP came
+        # do not map (``_UNTIL`` is 2**64 - 1), Unicorn 2.1 walks them for it at every run,
+        # faults, and leaves CR2 = 0xffff_ffff_ffff_fffe and a #PF recorded as in flight: a
+        # paging guest's CR2 changed under it at every kick, and its next #PF or #GP came
         # as a #DF (measured; ``exception_in_flight_offset``).
         with contextlib.suppress(AttributeError, unicorn.UcError):
             uc.ctl_exits_enabled(True)
@@ -499,8 +500,8 @@ class EmulatedVcpuBackend(VcpuBackend):
         """An exception or INT n inside an instruction: record it and stop there (Unicorn has
         already restored a faulting instruction, so nothing of it ran; an INT n has ended).
         The register state is the CPU's at delivery: RIP is the faulting instruction, or
-        the one after an INT n. Unicorn keeps CR2 only until emulation stops (it reads
-        0xffff_ffff_ffff_fffe afterwards, measured), so a page fault's is kept here."""
+        the one after an INT n (measured). A page fault's CR2 is kept from here, where it is
+        certainly the fault's (see ``_create`` for a run's end that used to overwrite it)."""
         self._vector = vector
         if vector == Vector.PF:
             self._cr2 = self._reg(ux.UC_X86_REG_CR2)
