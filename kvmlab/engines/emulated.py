@@ -499,9 +499,14 @@ class EmulatedVcpuBackend(VcpuBackend):
     def _on_interrupt(self, uc, vector, _):
         """An exception or INT n inside an instruction: record it and stop there (Unicorn has
         already restored a faulting instruction, so nothing of it ran; an INT n has ended).
-        The register state is the CPU's at delivery: RIP is the faulting instruction, or
-        the one after an INT n (measured). A page fault's CR2 is kept from here, where it is
-        certainly the fault's (see ``_create`` for a run's end that used to overwrite it)."""
+
+        What Unicorn 2.1 reports (measured, in every mode): DIV by zero calls this hook with
+        0 and RIP at the DIV; INT n with n and RIP after it, INT3 with 3, INTO with 4; a
+        non-canonical address or a bad segment load 13 with RIP at the instruction; a page
+        walk that fails 14, RIP at the instruction, CR2 the address (set here, kept from
+        here: see ``_create`` for a run's end that used to overwrite it). No error code,
+        for any of them. UD2 and ICEBP (F1) come as UC_ERR_INSN_INVALID from emu_start,
+        RIP at the instruction (``_fault``)."""
         self._vector = vector
         if vector == Vector.PF:
             self._cr2 = self._reg(ux.UC_X86_REG_CR2)
