@@ -72,6 +72,28 @@ class UnhandledKvmExit(VcpuError):
         return f"Unexpected kvm exit received: {self.args[0]}"
 
 
+class UndeliverableVector(VcpuError):
+    """The guest's interrupt table (the IDT; the IVT in real mode) cannot deliver ``vector``:
+    the entry is beyond the table's limit, not present, not a gate, or not in memory. A CPU
+    would raise ``fault`` instead (``x86.Vector``: #GP, #NP or #PF, with ``error_code``, and
+    ``cr2`` for a #PF), and with no handler for that either it ends in a triple fault. The
+    message names the vector, the IDTR and what to set up (``kvmlab.guest.idt`` writes it)."""
+
+    def __init__(self, message: str, *, vector: int, fault: int, error_code: int = 0, cr2: int | None = None):
+        super().__init__(message)
+        self.vector = vector
+        self.fault = fault
+        self.error_code = error_code
+        self.cr2 = cr2
+
+    def __reduce__(self):
+        return (_rebuild_undeliverable, (self.args[0], self.vector, self.fault, self.error_code, self.cr2))
+
+
+def _rebuild_undeliverable(message, vector, fault, error_code, cr2):
+    return UndeliverableVector(message, vector=vector, fault=fault, error_code=error_code, cr2=cr2)
+
+
 class VcpuResponseError(VcpuError):
     """Saving state or dumping the CPU configuration failed on the vCPU thread."""
 

@@ -161,7 +161,7 @@ class Vmm:
         backend = self.vm.backend
         caps = backend.capabilities
         if not caps.interrupt_injection:
-            raise caps.refuse("raise_irq()", "interrupt injection", "run on KVM (engine='kvm'); emulated delivery is a later part of issue 13")
+            raise caps.refuse("raise_irq()", "interrupt injection", "kvmlab's own engines have it: choose engine='kvm' or engine='emulated'")
         check_vector(vector)
         self.require_started("raise_irq()")
         vcpus = self.vcpus

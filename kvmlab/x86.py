@@ -5,7 +5,8 @@ from here (the mode setup, the page walk, the emulated engine, the inspector).
 Each is an ``IntFlag``, so ``sregs.cr0 & Cr0.PE`` reads as the SDM does and still is a plain
 int operation. References: Intel SDM Vol. 3A, section 2.5 "Control Registers" (CR0, CR4),
 section 2.2.1 "Extended Feature Enable Register" (EFER), Vol. 1, section 3.4.3 "EFLAGS",
-Vol. 3A, section 4.5 "4-Level Paging" (entry formats).
+Vol. 3A, section 4.5 "4-Level Paging" (entry formats), chapter 6 "Interrupt and Exception
+Handling" (vectors, gates, error codes).
 """
 
 from __future__ import annotations
@@ -86,6 +87,75 @@ class Rflags(enum.IntFlag):
 
 #: RFLAGS' I/O privilege level, two bits wide
 RFLAGS_IOPL_SHIFT = 12
+
+
+class Vector(enum.IntEnum):
+    """The processor's own exception vectors (Intel SDM Vol. 3A, 6.3.1, Table 6-1); 32-255
+    are free for interrupts."""
+
+    DE = 0  # divide error (DIV, IDIV, AAM)
+    DB = 1  # debug
+    NMI = 2
+    BP = 3  # breakpoint (INT3)
+    OF = 4  # overflow (INTO)
+    BR = 5  # BOUND range exceeded
+    UD = 6  # invalid opcode (UD2, an undefined opcode)
+    NM = 7  # device not available
+    DF = 8  # double fault
+    TS = 10  # invalid TSS
+    NP = 11  # segment (or gate) not present
+    SS = 12  # stack-segment fault
+    GP = 13  # general protection
+    PF = 14  # page fault
+    MF = 16  # x87 floating-point error
+    AC = 17  # alignment check
+    MC = 18  # machine check
+    XM = 19  # SIMD floating-point exception
+    VE = 20  # virtualization exception
+    CP = 21  # control protection
+
+
+#: the exceptions that push an error code (SDM Vol. 3A, 6.13 and Table 6-1); an INT n with
+#: one of these numbers pushes none, nor does anything in real mode
+ERROR_CODE_VECTORS = frozenset({Vector.DF, Vector.TS, Vector.NP, Vector.SS, Vector.GP, Vector.PF, Vector.AC, Vector.CP})
+#: fault-class exceptions: the saved return address is the faulting instruction, which runs
+#: again after the handler returns, and the pushed RFLAGS has RF set (SDM Vol. 3A, 6.5 and 17.3.1.1)
+FAULT_VECTORS = frozenset({
+    Vector.DE, Vector.BR, Vector.UD, Vector.NM, Vector.TS, Vector.NP, Vector.SS, Vector.GP, Vector.PF,
+    Vector.MF, Vector.AC, Vector.XM, Vector.VE, Vector.CP,
+})  # fmt: skip
+#: the contributory exceptions of the double-fault rules (SDM Vol. 3A, Table 6-4 and 6-5)
+CONTRIBUTORY_VECTORS = frozenset({Vector.DE, Vector.TS, Vector.NP, Vector.SS, Vector.GP})
+
+
+class GateType(enum.IntEnum):
+    """The type field of an IDT gate descriptor (SDM Vol. 3A, 6.11 and Table 3-2). In IA-32e
+    mode only the 64-bit INTERRUPT and TRAP gates are valid."""
+
+    TASK = 0x5
+    INTERRUPT_16 = 0x6
+    TRAP_16 = 0x7
+    INTERRUPT = 0xE  # 32-bit (64-bit in IA-32e mode): clears IF on entry
+    TRAP = 0xF  # leaves IF as it was
+
+
+class PageFaultError(enum.IntFlag):
+    """Bits of the error code a #PF pushes (SDM Vol. 3A, 4.7, Figure 4-12)."""
+
+    PRESENT = 1 << 0  # 0: the page was not present; 1: a protection violation
+    WRITE = 1 << 1
+    USER = 1 << 2  # the access was made at CPL 3
+    RESERVED = 1 << 3  # a reserved bit was set in a paging-structure entry
+    FETCH = 1 << 4  # an instruction fetch (reported only with EFER.NXE or CR4.SMEP)
+
+
+class SelectorError(enum.IntFlag):
+    """Bits of a selector error code (#GP, #NP, #TS, #SS; SDM Vol. 3A, 6.13, Figure 6-6): the
+    index sits above them (selector & ~7, or vector * 8 with IDT set)."""
+
+    EXT = 1 << 0  # the event was external to the program (an interrupt, an earlier exception)
+    IDT = 1 << 1  # the index refers to an IDT gate
+    TI = 1 << 2  # (without IDT) the index refers to the LDT
 
 
 class Pte(enum.IntFlag):

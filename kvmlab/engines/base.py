@@ -164,6 +164,12 @@ class VcpuBackend(ABC):
         """The frequency of this vCPU's time stamp counter, in kHz (what RDTSC counts)."""
         raise self.capabilities.refuse("tsc_khz()", "TSC frequency (KVM_GET_TSC_KHZ)", "use engine='kvm'")
 
+    def interrupt_pending(self) -> None:
+        """A vector was raised for this vCPU by its own thread, during an exit (a device's
+        handler). The default does nothing: an engine whose run returns after every exit
+        (KVM) offers it before the next run anyway. One that handles exits inside its run
+        (the emulated engine) returns from it soon, so the vector is offered."""
+
     #: set by the VM backend that creates the vCPU
     capabilities: Capabilities
 

@@ -1,5 +1,10 @@
 """The emulated engine's kick check at every block start: ``uc_kick.c``, built on first use.
 
+The same hook also makes the engine's own stops between instructions: at an interrupt window
+(the first block start with RFLAGS.IF = 1, while the engine waits for one) and at the next
+block (a vector was raised during an exit). Those have flags of their own in ``KickState``,
+never the kick's ``immediate_exit``, so a controller's kick is neither mistaken nor lost.
+
 Backends by availability, as ``selectors`` chooses one: where a C compiler exists (``cc``,
 every machine that runs the test suite), the check is the small C function in ``uc_kick.c``,
 compiled once into the user's cache folder and called by Unicorn without the GIL; elsewhere
@@ -32,9 +37,23 @@ ENV_CHOICE = "KVMLAB_UC_KICK"  # "c" (the default where it builds) or "python"
 
 
 class KickState(ctypes.Structure):
-    """``struct kvmlab_kick`` in ``uc_kick.c``."""
+    """``struct kvmlab_kick`` in ``uc_kick.c``: the hook reads ``pending`` (the kick),
+    ``watch_if``, ``stop_next`` and ``skip`` (the engine's own stops) and writes ``kicked``
+    or ``watched`` when it stopped a run, and ``block`` at every block start."""
 
-    _fields_ = [("pending", ctypes.c_void_p), ("stop", ctypes.c_void_p), ("kicked", ctypes.c_uint8)]
+    _fields_ = [
+        ("pending", ctypes.c_void_p),
+        ("stop", ctypes.c_void_p),
+        ("kicked", ctypes.c_uint8),
+        ("watch_if", ctypes.c_uint8),
+        ("stop_next", ctypes.c_uint8),
+        ("watched", ctypes.c_uint8),
+        ("skip", ctypes.c_uint8),
+        ("reg_read", ctypes.c_void_p),
+        ("flags_reg", ctypes.c_int),
+        ("if_mask", ctypes.c_uint64),
+        ("block", ctypes.c_uint64),
+    ]
 
 
 _library: ctypes.CDLL | None = None
@@ -125,17 +144,26 @@ def _unicorn_library():
     return uclib
 
 
-def install(uc, run_page: bytearray, pending_offset: int, hook_block: int, python_hook: Callable) -> KickState | None:
+def install(
+    uc, run_page: bytearray, pending_offset: int, hook_block: int, python_hook: Callable, flags_reg: int, if_mask: int
+) -> KickState | None:  # fmt: skip
     """Adds the block hook to ``uc``: the C one if available (returns its state, whose
-    ``kicked`` says whether it stopped a run), else ``python_hook`` (returns None).
-    ``pending_offset`` is where the kick flag (``immediate_exit``) is in ``run_page``."""
+    ``kicked`` and ``watched`` say whether it stopped a run), else ``python_hook`` (returns
+    None). ``pending_offset`` is where the kick flag (``immediate_exit``) is in ``run_page``;
+    ``flags_reg`` is Unicorn's register id of EFLAGS and ``if_mask`` its IF bit."""
     function = c_hook()
     uclib = _unicorn_library()
     if function is None or uclib is None:
         uc.hook_add(hook_block, python_hook)
         return None
     page = (ctypes.c_uint8 * len(run_page)).from_buffer(run_page)
-    state = KickState(ctypes.addressof(page) + pending_offset, ctypes.cast(uclib.uc_emu_stop, ctypes.c_void_p).value, 0)
+    state = KickState(
+        pending=ctypes.addressof(page) + pending_offset,
+        stop=ctypes.cast(uclib.uc_emu_stop, ctypes.c_void_p).value,
+        reg_read=ctypes.cast(uclib.uc_reg_read, ctypes.c_void_p).value,
+        flags_reg=flags_reg,
+        if_mask=if_mask,
+    )
     state._keep = (page, function)  # the page view and the function outlive the hook
     handle = ctypes.c_size_t()
     status = uclib.uc_hook_add(uc._uch, ctypes.byref(handle), hook_block, ctypes.cast(function, ctypes.c_void_p),

@@ -396,19 +396,22 @@ class Vcpu:
         try:
             offer(self.irqs, self.run_u8, self.backend.inject_interrupt, p.metrics, p.trace)
         except KvmlabError as err:
-            raise VcpuError(f"vCPU {self.index}: injecting interrupt vector {self.irqs.vectors[0]} failed: {err}") from err
+            raise VcpuError(f"injecting interrupt vector {self.irqs.vectors[0]} failed: {err}") from err  # the exit names the vCPU
 
     def raise_irq(self, vector: int) -> None:
         """Queues interrupt ``vector`` (checked by the caller) from any thread, and gets this
         vCPU's thread to it: a wake-up on its event channel when it sleeps in HLT, else the
         kick (``kick_thread``), so a run under way returns and the loop injects before the
-        next. None from the vCPU's own thread (a device raising during an exit): its loop
-        looks at the pending vectors before its next KVM_RUN anyway."""
+        next. No kick from the vCPU's own thread (a device raising during an exit): its loop
+        looks at the pending vectors before its next run, which the engine is told to end
+        soon (``interrupt_pending``: a no-op on KVM, whose run returns after every exit)."""
         self.delivery.raised(vector)
         if self.irqs.add(vector):
             self.events.put((INTERRUPT_WAKE, None))
         elif self.thread is None or self.thread.ident != threading.get_ident():
             self.kick()
+        else:
+            self.backend.interrupt_pending()
 
     def irq_acknowledged(self, vector: int) -> int | None:
         """On this vCPU's thread: its handler for ``vector`` started (a device said so while
