@@ -7,8 +7,9 @@ at; protected and long mode: an IDT inside the program image, 256 gates of 8 or 
 with ``.space`` and filled by ``set_gate`` at start), the gates for ``gates`` ({vector:
 (handler label, "interrupt" or "trap")}) and a jump to ``main``.
 
-What keystone makes of some instructions decides a few spellings: ``iret`` in 32-bit code is
-the 16-bit form (66 cf), so handlers return with ``iretd`` / ``iretq`` (``IRET[mode]``);
+What keystone makes of some instructions decides a few spellings: handlers return with the
+guest library's ``INTERRUPT_RETURN`` (``IRET[mode]``: ``iret`` in 32-bit code would be the
+16-bit form, and kvm_pvm cannot emulate ``iretd``);
 ``lidt [eax]`` in 32-bit code gets a 0x66 prefix (a 24-bit base), so it is written as bytes;
 and ``mov r64, [absolute]`` in 64-bit code comes out RIP-relative with the wrong
 displacement, so 64-bit code reaches memory through a register.
@@ -16,7 +17,13 @@ displacement, so 64-bit code reaches memory through a register.
 
 from __future__ import annotations
 
-IRET = {"real": "iret", "protected": "iretd", "long": "iretq"}
+#: how a handler returns, in every mode: kvmlab's guest library's INTERRUPT_RETURN (iret,
+#: iretq, and in 32-bit code the same-privilege IRET spelled out, which kvm_pvm can emulate:
+#: kvmlab/guest/programs/lib/idt.asm says why); ``with_table`` includes the library
+IRET = {"real": "INTERRUPT_RETURN", "protected": "INTERRUPT_RETURN", "long": "INTERRUPT_RETURN"}
+#: what makes INTERRUPT_RETURN known (macros only: no code)
+LIBRARY = '.include "idt.asm"\n'
+
 #: the gate type and attribute byte: present, DPL 0, 32-bit (or 64-bit) interrupt / trap gate
 ATTRIBUTES = {"interrupt": 0x8E, "trap": 0x8F}
 #: bytes per gate in each mode
@@ -81,7 +88,7 @@ def with_table(mode: str, gates: dict[int, tuple[str, str]], main: str, handlers
         lines = ["    xor ax, ax", "    mov ds, ax"]
         for vector, (label, _) in sorted(gates.items()):
             lines += [f"    mov word ptr [{vector} * 4], {label}", f"    mov word ptr [{vector} * 4 + 2], 0"]
-        return "\n".join(lines) + "\n    jmp main\n" + handlers + "\nmain:\n" + main
+        return LIBRARY + "\n".join(lines) + "\n    jmp main\n" + handlers + "\nmain:\n" + main
     size = GATE_SIZE[mode]
     table = _TABLE[mode].replace("IDT_LIMIT", str(256 * size - 1 if limit is None else limit))
     if mode == "protected":
@@ -92,7 +99,7 @@ def with_table(mode: str, gates: dict[int, tuple[str, str]], main: str, handlers
         load = "    mov rax, {label}"
     for vector, (label, kind) in sorted(gates.items()):
         lines += [f"    mov ecx, {vector}", load.format(label=label), f"    mov dl, {ATTRIBUTES[kind]:#x}", "    call set_gate"]
-    return "\n".join(lines) + "\n    jmp main\n" + _SET_GATE[mode] + handlers + "\nmain:\n" + main + table
+    return LIBRARY + "\n".join(lines) + "\n    jmp main\n" + _SET_GATE[mode] + handlers + "\nmain:\n" + main + table
 
 
 def count(field: int) -> str:

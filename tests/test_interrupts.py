@@ -12,9 +12,8 @@ area and IRETs; the counts they leave are what the tests compare with what was r
 Under kvm_pvm the guest's instructions run through KVM's emulator in batches, and the window
 exit comes at the end of one (measured: ~1000 instructions after STI), so the programs keep
 IF set for longer than that; on hardware KVM the exit follows the STI at once, as it does on
-the emulated engine. Under kvm_pvm a protected-mode IRETD ends in KVM_EXIT_INTERNAL_ERROR
-(emulation failure, measured), so protected-mode handlers cannot return there: those runs
-skip on kvm_pvm.
+the emulated engine. Handlers return with the guest library's INTERRUPT_RETURN, which
+kvm_pvm can emulate in protected mode too (its IRETD cannot: kvmlab/guest/programs/lib/idt.asm).
 """
 
 from __future__ import annotations
@@ -43,7 +42,6 @@ RAISER_PORT = 0x10
 #: how long Pause, a wake-up and close may take while a vCPU waits in HLT (the issue's bound)
 PROMPT_S = 2.0
 MODES = ("real", "protected", "long")
-PROTECTED_IRET_FAILS = "kvm_pvm's instruction emulator fails on IRETD (KVM_EXIT_INTERNAL_ERROR, measured)"
 
 #: every program's gates: VECTOR and the first and last vectors a device may raise
 GATES = {VECTOR: ("on_irq", "interrupt"), 32: ("on_irq", "interrupt"), 255: ("on_irq", "interrupt")}
@@ -172,11 +170,6 @@ class Raiser(Device):
         self.raise_irq(VECTOR)
 
 
-def skip_where_unsupported(engine: str, mode: str) -> None:
-    if engine == "kvm" and mode == "protected" and KVM_PVM:
-        pytest.skip(PROTECTED_IRET_FAILS)
-
-
 def wait_until(predicate, timeout: float = 5.0, what: str = "the condition") -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -221,7 +214,6 @@ def halted(machines, engine):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_every_interrupt_raised_from_other_threads_is_handled_once_while_the_guest_toggles_if(engine_and_kick, machines, mode):
-    skip_where_unsupported(engine_and_kick, mode)
     per_thread, threads = 150, 2
     total = per_thread * threads
     # The emulated engine spends ~0.1-0.2 ms of its vCPU thread on each interrupt (a kick, an
@@ -289,7 +281,6 @@ def test_pause_and_resume_while_interrupts_are_raised_lose_and_duplicate_nothing
 
 @pytest.mark.parametrize("mode", MODES)
 def test_a_vector_raised_while_if_is_0_waits_for_sti_and_goes_in_at_the_window(engine_and_kick, machines, mode):
-    skip_where_unsupported(engine_and_kick, mode)
     m = machines(engine=engine_and_kick, sample_hz=0, trace=True)
     m.add_device(Raiser(), RAISER_PORT, bus="pio")
     m.load(raised_while_masked(mode), mode=mode)
@@ -310,7 +301,6 @@ def test_a_vector_raised_while_if_is_0_waits_for_sti_and_goes_in_at_the_window(e
 
 @pytest.mark.parametrize("mode", MODES)
 def test_the_interrupt_waits_for_the_instruction_after_sti(engine_and_kick, machines, mode):
-    skip_where_unsupported(engine_and_kick, mode)
     m = machines(engine=engine_and_kick, sample_hz=0)
     m.add_device(Raiser(), RAISER_PORT, bus="pio")
     m.load(in_the_shadow(mode), mode=mode)
@@ -341,7 +331,6 @@ def test_an_idle_loop_right_after_sti_takes_every_interrupt(engine, machines):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_hlt_with_if_1_waits_and_each_interrupt_wakes_it(engine, machines, mode):
-    skip_where_unsupported(engine, mode)
     target = 4
     m = machines(engine=engine, sample_hz=0)
     m.load(halt_loop(mode, target), mode=mode)
