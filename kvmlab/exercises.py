@@ -11,6 +11,7 @@ notebook, and a guess cannot pass: each run draws a new secret for the guest to 
 from __future__ import annotations
 
 import random
+import struct
 import time
 import traceback
 from dataclasses import dataclass
@@ -18,8 +19,10 @@ from typing import Callable, Sequence
 
 from .devices import COM1, MAILBOX_BASE
 from .errors import MachineTimeoutError
-from .guest.modes import PML4_ADDRESS
-from .guest.programs import Program
+from .guest.asm import disassemble
+from .guest.idt import GateDescriptor64, encode_gate
+from .guest.modes import PML4_ADDRESS, Mode
+from .guest.programs import Program, from_source
 from .kvm.constants import IoDirection
 from .machine import Machine
 from .vstate.exit_record import ExitRecord
@@ -449,3 +452,117 @@ def reference_cpu_mode(sregs: dict) -> str:
     if sregs["efer"] & Efer.LMA:
         return "long" if sregs["cs"]["l"] else "compatibility"
     return "protected"
+
+
+# --- the interrupt gate --------------------------------------------------------------------------
+
+#: where the check's guest keeps its IDT: free low RAM, above the program and below the stacks
+GATE_IDT_BASE = 0x20000
+#: the 64-bit code segment selector of kvmlab's long mode (its GDT: null, code32, data, code64)
+LONG_MODE_CODE_SELECTOR = 0x18
+#: pages of RAM above 1 MiB where the check loads its guest, so the handler's address has bits
+#: in 16-31 (a gate that drops the middle of the offset sends the CPU elsewhere)
+_GATE_LOAD_PAGES = range(0x140000, 0x1C0000, 0x1000)
+
+
+def gate_guest(count: int) -> Program:
+    """A long-mode guest with an IDT at ``GATE_IDT_BASE`` (whose entries the check writes) that
+    waits in HLT until its handler ran ``count`` times. The handler is the first thing after the
+    program's opening jump, so the check finds its address by decoding that jump."""
+    source = f"""
+    jmp start
+handler:
+    inc dword ptr [RESULTS]
+    iretq
+start:
+    lidt [idt_pointer]
+wait:
+    cli
+    cmp dword ptr [RESULTS], {count}
+    jae done
+    sti
+    hlt                         ; STI's shadow: an interrupt after the compare wakes this HLT
+    jmp wait
+done:
+    hlt
+idt_pointer:
+    .word 256 * 16 - 1
+    .quad {GATE_IDT_BASE:#x}
+"""
+    return from_source(source, "gate_guest.asm", results=("handled",))
+
+
+def _gate_fields(entry: bytes) -> dict[str, int]:
+    gate = GateDescriptor64.from_buffer_copy(entry)
+    low = gate.low
+    return {
+        "offset 15:0 (bytes 0-1)": low.offset_low, "selector (bytes 2-3)": low.selector, "IST (byte 4, bits 0-2)": low.ist,
+        "type (byte 5, bits 0-3)": low.type, "S (byte 5, bit 4)": low.s, "DPL (byte 5, bits 5-6)": low.dpl,
+        "P (byte 5, bit 7)": low.present, "offset 31:16 (bytes 6-7)": low.offset_middle,
+        "offset 63:32 (bytes 8-11)": gate.offset_high, "reserved (bytes 12-15)": gate.reserved,
+    }  # fmt: skip
+
+
+def check_interrupt_gate(function: Callable[[int, int], bytes], *, engine: str = "auto", seed: int | None = None) -> Verdict:
+    """Checks ``function(handler, selector) -> bytes``: the 16-byte long-mode interrupt gate
+    for a handler at ``handler`` in code segment ``selector``. The check writes the gate for a
+    random vector into a guest's IDT, raises that vector a random number of times, and passes
+    when the guest's handler ran exactly as often as the vector was injected."""
+    rng = random.Random(seed)
+    vector, count, address = rng.randrange(32, 256), rng.randrange(3, 9), rng.choice(_GATE_LOAD_PAGES)
+    with Machine(vcpus=1, memory_mib=2, engine=engine, sample_hz=0) as m:
+        loaded = m.load(gate_guest(count), mode="long", address=address)
+        handler = address + len(disassemble(loaded.code, 64, address, 1)[0][1])
+        got, failed = _call(function, handler, LONG_MODE_CODE_SELECTOR, hint="It gets two ints; return 16 bytes.")
+        if failed is not None:
+            return failed
+        if not isinstance(got, (bytes, bytearray)) or len(got) != 16:
+            what = f"{len(got)} bytes" if isinstance(got, (bytes, bytearray)) else type(got).__name__
+            return Verdict(False, f"Return the gate as 16 bytes (a long-mode gate is 16 bytes, twice a protected-mode one), not {what}.")
+        m.memory.write(GATE_IDT_BASE + 16 * vector, bytes(got))
+        m.start()
+        for _ in range(count):
+            m.raise_irq(vector)
+        try:
+            code = m.wait(10)
+        except MachineTimeoutError:
+            code = None
+        handled, injected = m.results(0)["handled"], m.metrics.vcpu(0).interrupts_injected
+        outcome = m.exit.reason if m.exit is not None else "the guest did not finish in 10 s"
+    expected = _gate_fields(encode_gate(handler, LONG_MODE_CODE_SELECTOR, mode=Mode.LONG))
+    wrong = [(name, value, expected[name]) for name, value in _gate_fields(bytes(got)).items() if value != expected[name]]
+    ran = code == 0 and handled == injected == count
+    if ran and not wrong:
+        return Verdict(
+            True,
+            f"Vector {vector} went in {count} times (KVM_INTERRUPT, each when the guest could take it) and the CPU entered "
+            f"your handler at {handler:#x} every time through your gate: present, DPL 0, type 0xE (a 64-bit interrupt gate, "
+            "which clears IF on entry), code segment 0x18, the offset split over three fields (Intel SDM Vol. 3A, 6.14.1).",
+        )
+    if wrong:
+        name, value, want = wrong[0]
+        hints = {
+            "type (byte 5, bits 0-3)": "0xE is a 64-bit interrupt gate; 0xF, a trap gate, leaves IF set, so a second "
+                                       "interrupt could enter the handler before it returned",
+            "P (byte 5, bit 7)": "a gate the CPU may use has P = 1",
+            "selector (bytes 2-3)": "the handler runs in the code segment you were given",
+            "offset 31:16 (bytes 6-7)": "the handler's address is split: bits 15:0 first, 31:16 in bytes 6-7, 63:32 in bytes 8-11",
+            "offset 63:32 (bytes 8-11)": "bytes 8-11 hold bits 63:32 of the address",
+            "offset 15:0 (bytes 0-1)": "bytes 0-1 hold bits 15:0 of the handler's address",
+        }
+        more = f" ({hints[name]})" if name in hints else ""
+        if ran:  # a trap gate works here: the guest's handler is short and nothing else interrupts
+            happened = f"The handler ran {handled} times, but your"
+        else:
+            happened = f"The guest stopped ({outcome.split(' A CPU would raise')[0]}). Your"
+        return Verdict(
+            False,
+            f"{happened} gate's {name} is {value:#x}; an interrupt gate here needs {want:#x}{more}. "
+            f"{len(wrong)} field(s) differ in all.",
+        )
+    return Verdict(False, f"Your gate looks right, yet the handler ran {handled} times for {injected} injections ({outcome}).")
+
+
+def reference_interrupt_gate(handler: int, selector: int) -> bytes:
+    """The answer ``check_interrupt_gate`` expects (for the tests)."""
+    return struct.pack("<HHBBHII", handler & 0xFFFF, selector, 0, 0x8E, handler >> 16 & 0xFFFF, handler >> 32, 0)

@@ -3,6 +3,10 @@ answers (fails, with the hint aimed at that mistake), on both engines."""
 
 from __future__ import annotations
 
+import struct
+
+import pytest
+
 from kvmlab import exercises
 from kvmlab.kvm.constants import IoDirection
 
@@ -144,3 +148,40 @@ def test_each_usual_cpu_mode_mistake_gets_its_hint(engine):
     if engine == "kvm":  # the emulator cannot run compatibility mode (notebook 04 says so)
         no_l = check_cpu_mode(lambda s: "real" if not s["cr0"] & 1 else "long" if s["efer"] & 0x400 else "protected", engine=engine, seed=2)
         assert not no_l and "CS.L decides" in no_l.message
+
+
+# --- the interrupt gate (notebook 08) ------------------------------------------------------------
+
+from kvmlab.exercises import check_interrupt_gate, reference_interrupt_gate  # noqa: E402
+
+
+def test_the_reference_gate_passes(engine):
+    verdict = check_interrupt_gate(reference_interrupt_gate, engine=engine)
+    assert verdict, verdict
+    assert "went in" in verdict.message and "type 0xE" in verdict.message
+
+
+@pytest.mark.parametrize(
+    "gate, hint",
+    [
+        (lambda h, s: bytes(16), "offset 15:0 (bytes 0-1) is 0x0"),
+        (lambda h, s: struct.pack("<HHBBHII", h & 0xFFFF, s, 0, 0x8E, 0, 0, 0), "offset 31:16 (bytes 6-7) is 0x0"),
+        (lambda h, s: struct.pack("<HHBBHII", h & 0xFFFF, s, 0, 0x0E, h >> 16, 0, 0), "P (byte 5, bit 7) is 0x0"),
+        (lambda h, s: struct.pack("<HHBBHII", h & 0xFFFF, 0x08, 0, 0x8E, h >> 16, 0, 0), "selector (bytes 2-3) is 0x8"),
+    ],
+    ids=["zeros", "no-middle-offset", "not-present", "32-bit-code-segment"],
+)
+def test_a_wrong_gate_names_its_wrong_field(engine, gate, hint):
+    verdict = check_interrupt_gate(gate, engine=engine, seed=4)
+    assert not verdict and hint in verdict.message, verdict
+
+
+def test_a_trap_gate_runs_but_is_not_the_answer(engine):
+    trap = lambda h, s: struct.pack("<HHBBHII", h & 0xFFFF, s, 0, 0x8F, h >> 16, 0, 0)  # noqa: E731
+    verdict = check_interrupt_gate(trap, engine=engine, seed=2)
+    assert not verdict and "The handler ran" in verdict.message and "leaves IF set" in verdict.message
+
+
+def test_a_gate_of_the_wrong_size_or_type_is_refused_before_the_guest_runs(engine):
+    assert "16 bytes" in check_interrupt_gate(lambda h, s: bytes(8), engine=engine).message
+    assert "raised ZeroDivisionError" in check_interrupt_gate(lambda h, s: 1 // 0, engine=engine).message

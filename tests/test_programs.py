@@ -8,6 +8,7 @@ import time
 import pytest
 
 from kvmlab import bench, programs
+from kvmlab.errors import ConfigError
 from kvmlab.devices.mailbox import COUNTERS, MAILBOX_BASE
 from kvmlab.vstate.exits import ExitCode
 from kvmlab.vstate.protocol import VcpuState
@@ -154,3 +155,15 @@ def test_exit_cost_times_every_exit_it_makes(engine, machines, mode):
         assert 0 < fewest <= mean < 1e9, f"vCPU {index}: mean {mean}, fewest {fewest} cycles"
     assert m.serial.scr == 1, "the last write (ECX = 1) went to the UART's scratch register"
     assert m.console.text == ""
+
+
+def test_a_program_above_1_mib_is_clear_of_the_stacks_and_one_over_them_is_refused(machines):
+    """The vCPU stacks sit at the top of low RAM (below 640 KiB): a program loaded above
+    1 MiB cannot overlap them, one loaded across them can."""
+    m = machines(vcpus=2, memory_mib=2, sample_hz=0)
+    m.load("mov dword ptr [RESULTS], 7\ncli\nhlt", mode="long", address=0x150000)
+    m.start()
+    assert m.wait(10) == 0 and m.memory.read_u32(0x500) == 7
+    over = machines(vcpus=2, memory_mib=2, sample_hz=0)
+    with pytest.raises(ConfigError, match="vCPU stacks of 4 KiB need"):
+        over.load("nop\n" * 64 + "hlt", mode="long", address=0x9E000 - 32)

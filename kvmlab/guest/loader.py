@@ -74,7 +74,7 @@ def load_program(vm: Vm, program: Program | str | bytes, mode: Mode | str, layou
         raise ConfigError(f"{program.name} at {image} is not in RAM ({ram}); load it into RAM (the default address is {LOAD_ADDRESS:#x})")
     if vcpus > MAX_RESULTS_VCPUS:
         raise ConfigError(f"bundled programs support up to {MAX_RESULTS_VCPUS} vCPUs (the results area), not {vcpus}")
-    check_fits(vm.memory, image.end, vcpus)
+    check_fits(vm.memory, image.start, image.end, vcpus)
     write_tables(vm.memory, mode)
     vm.memory.fill(RESULTS_ADDRESS, vcpus * RESULTS_STRIDE)
     vm.memory.write(address, code)

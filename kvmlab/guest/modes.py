@@ -86,11 +86,12 @@ def stack_top(memory: GuestMemory, index: int) -> int:
     return min(memory.size, LOW_RAM_END) - index * STACK_SIZE
 
 
-def check_fits(memory: GuestMemory, image_end: int, vcpus: int) -> None:
-    """Raises ``ConfigError`` unless the program and every vCPU's stack fit in low RAM."""
+def check_fits(memory: GuestMemory, image_start: int, image_end: int, vcpus: int) -> None:
+    """Raises ``ConfigError`` if the program's image [start, end) would overlap the vCPUs'
+    stacks at the top of low RAM (a program loaded above 1 MiB is clear of them)."""
     low_end = min(memory.size, LOW_RAM_END)
     lowest_stack = stack_top(memory, vcpus - 1) - STACK_SIZE
-    if image_end > lowest_stack:
+    if image_start < low_end and image_end > lowest_stack:
         raise ConfigError(
             f"the program ends at {image_end:#x} but {vcpus} vCPU stacks of {STACK_SIZE // 1024} KiB need "
             f"[{lowest_stack:#x}, {low_end:#x}); low RAM ends at {low_end:#x}. "
