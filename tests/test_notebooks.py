@@ -23,12 +23,17 @@ EXPECTED = {
     "04-cpu-modes.ipynb": ["64-bit long mode, paging on", "PE ET NE WP PG", "=>", "Not yet."],
     "05-exit-analysis.ipynb": ["every vCPU halted", "dropped: {0: 0, 1: 0}", "Exercise: not answered yet"],
     "06-write-a-device.ipynb": ["numbers drawn 1000", "drawn: 2000", "the fourth number is cursed", "exit code 42: vCPU 1: debug-exit port write (42)", "0xa0100", "Exercise: not answered yet"],
+    "08-interrupts-and-timers.ipynb": [
+        "Running (halted)", "0% of a core", "pending [64]", "interrupt_injected", "window exits 1",
+        "64-bit interrupt gate -> 0x18:", "cannot be delivered", "0x600df00d", "injected = handled on every vCPU: True", "Not yet.",
+    ],
     "07-real-kernels.ipynb": ["exit code 0: vCPU 0: debug-exit port write (0)", "kvmlab boot exit status 1", "the kernel will see the command line: 'smp_demo.elf demo loglevel=1'", "Not yet. The map says"],
 }
 
 
 #: what a notebook prints only where it runs on KVM (on the emulated engine it says why not)
 EXPECTED_ON_KVM = {
+    "08-interrupts-and-timers.ipynb": ["LAPIC timer", "PIT"],
     "00-the-kvm-api.ipynb": ["KVM_GET_API_VERSION -> 12", "KVM_EXIT_IO out port 0x3f8, 1 byte(s): b'H'", "KVM_EXIT_HLT: the guest halted", "console: Hi"],
 }
 
@@ -49,6 +54,10 @@ PROBES = {
     "06-write-a-device.ipynb": [
         ("check_exits(200_000 + 1, m.results(1)['polls'])", "Exercise: right, 200,001"),
         ("print('machine closed:', m.closed, '| exit code', int(m.exit))", "machine closed: False | exit code 42"),
+    ],
+    "08-interrupts-and-timers.ipynb": [
+        ("print(check_interrupt_gate(lambda h, s: struct.pack('<HHBBHII', h & 0xFFFF, s, 0, 0x8E, h >> 16, h >> 32, 0)))", "Right. Vector"),
+        ("print(check_interrupt_gate(lambda h, s: struct.pack('<HHBBHII', h & 0xFFFF, s, 0, 0x8F, h >> 16, h >> 32, 0)))", "leaves IF set"),
     ],
     "03-mmio-exits.ipynb": [
         ("print('after Run All the machine is', m.phase, 'closed:', m.closed)", "after Run All the machine is started closed: False"),
