@@ -6,7 +6,7 @@
 Guests: ``mailbox_pingpong`` (each vCPU polls an MMIO register for the other's answer) and
 ``mailbox_irq`` (each vCPU waits in HLT until the other rings the mailbox's doorbell), both
 in protected mode on 2 vCPUs, the sampler off, variants interleaved repeat by repeat. Host CPU
-is this process's user + system time (vCPU threads, in the guest or in kvmlab, included).
+is this process's CPU time (time.process_time(): every thread, in the guest or in kvmlab).
 Delivery latency: raise_irq to the handler's IRQ_ACK exit (kvmlab.vstate.interrupts.DeliveryClock).
 """
 
