@@ -4,7 +4,10 @@ Runs the program once per engine with the exit trace on, and compares per vCPU t
 of exits (kind, address or port, size, data). Polling makes the *number* of identical reads
 depend on timing (how long the other vCPU took), so a run of consecutive identical reads of
 one address counts as one read with its last value: a poll loop's observable outcome.
-Kicks are not exits of the guest and are left out.
+Waiting in HLT for an interrupt is the same thing done without polling: whether a vCPU got to
+its HLT before the interrupt came is timing, so a HLT that more exits follow (the vCPU was
+woken) is left out, and only a final HLT (the vCPU stopped) is compared. Kicks and
+injections are not exits of the guest and are left out.
 
     >>> report = compare(programs.hello(), "real", vcpus=2)
     >>> report.ok, report.first_divergence
@@ -56,13 +59,15 @@ class ParityReport:
 
 def canonical_exits(trace, vcpus: int) -> dict[int, list[tuple]]:
     """Per vCPU: (kind, address, size, data) of each guest exit, consecutive identical reads
-    collapsed to the last one."""
+    collapsed to the last one, and HLTs the vCPU was woken from left out."""
     out: dict[int, list[tuple]] = {}
     for index in range(vcpus):
         rows = trace[(trace["vcpu"] == str(index)) & trace["reason"].isin(GUEST_EXITS)]
         sequence: list[tuple] = []
         for reason, address, size, data in zip(rows["reason"].astype(str), rows["address"], rows["size"], rows["data"]):
             item = (reason, int(address), int(size), int(data))
+            if sequence and sequence[-1][0] == "hlt":
+                sequence.pop()  # a HLT more exits follow: the vCPU waited, and was woken
             if sequence and reason in READS and sequence[-1][:3] == item[:3]:
                 sequence[-1] = item
             else:

@@ -15,6 +15,8 @@ PROGRAMS = {
     "mailbox_pingpong": (programs.mailbox_pingpong(rounds=150), 2, True),
     "triple_fault": (programs.triple_fault(), 1, False),  # registers after a triple fault are undefined
     "exit_code": (programs.exit_code(code=9, delay=50), 2, False),  # vCPU 1 is stopped mid-loop
+    "mailbox_irq": (programs.mailbox_irq(rounds=100), 2, True),
+    "exceptions": (programs.exceptions(repeat=3), 1, True),
 }
 
 
@@ -43,6 +45,19 @@ def test_polling_reads_collapse_to_their_outcome():
         }
     )
     assert canonical_exits(trace, 1) == {0: [("mmio_write", 0xA0004, 4, 1), ("mmio_read", 0xA0008, 4, 1), ("mmio_write", 0xA0004, 4, 2), ("hlt", 0, 0, 0)]}
+
+
+def test_a_hlt_the_vcpu_was_woken_from_is_a_wait_and_only_the_last_is_compared():
+    trace = pd.DataFrame(
+        {
+            "vcpu": ["0"] * 5,
+            "reason": ["mmio_write", "hlt", "mmio_read", "hlt", "hlt"],
+            "address": [0xA0010, 0, 0xA0008, 0, 0],
+            "size": [4, 0, 4, 0, 0],
+            "data": [1, 0, 7, 0, 0],
+        }
+    )
+    assert canonical_exits(trace, 1) == {0: [("mmio_write", 0xA0010, 4, 1), ("mmio_read", 0xA0008, 4, 7), ("hlt", 0, 0, 0)]}
 
 
 def test_a_divergence_is_reported_at_the_first_differing_exit():
