@@ -53,6 +53,23 @@ def machines():
         machine.close()
 
 
+@pytest.fixture(
+    params=[
+        pytest.param("kvm", marks=pytest.mark.kvm),
+        pytest.param("emulated", marks=pytest.mark.emulated),
+        pytest.param("emulated-python-kick", marks=pytest.mark.emulated),
+    ]
+)
+def engine_and_kick(request, monkeypatch):
+    """Both engines, and the emulated one with each of its block hooks (``uc_kick``: the C one
+    and the Python one, which check for kicks and watch for the interrupt window the same way)."""
+    from kvmlab.engines import uc_kick
+
+    engine, _, kick = request.param.partition("-")
+    monkeypatch.setenv(uc_kick.ENV_CHOICE, "python" if kick else "c")
+    return engine
+
+
 @pytest.fixture(scope="session")
 def kernels(tmp_path_factory):
     """The test kernels (tests/kernels/*.s), assembled and linked once per run."""

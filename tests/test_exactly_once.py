@@ -93,18 +93,6 @@ def check_log(name: str, vcpu: int, log: list[tuple[str, int]]) -> int:
     return len(log) // 2
 
 
-@pytest.fixture(
-    params=[
-        pytest.param("kvm", marks=pytest.mark.kvm),
-        pytest.param("emulated", marks=pytest.mark.emulated),
-        pytest.param("emulated-python-kick", marks=pytest.mark.emulated),
-    ]
-)
-def engine_and_kick(request, monkeypatch):
-    """Both engines, and the emulated one with each of its kick checks (``uc_kick``)."""
-    engine, _, kick = request.param.partition("-")
-    monkeypatch.setenv(uc_kick.ENV_CHOICE, "python" if kick else "c")
-    return engine
 
 
 @pytest.mark.parametrize("mode", MODES)

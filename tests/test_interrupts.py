@@ -25,7 +25,6 @@ import pytest
 
 from kvmlab import Machine
 from kvmlab.devices import Device
-from kvmlab.engines import uc_kick
 from kvmlab.errors import ConfigError, KvmlabError, MachineStateError, MachineTimeoutError, VcpuExitedError
 from kvmlab.guest.programs import Program
 from kvmlab.kvm.run import RUN, RUN_MAPPING_SIZE
@@ -184,19 +183,6 @@ def timed(action) -> float:
     return time.monotonic() - start
 
 
-@pytest.fixture(
-    params=[
-        pytest.param("kvm", marks=pytest.mark.kvm),
-        pytest.param("emulated", marks=pytest.mark.emulated),
-        pytest.param("emulated-python-kick", marks=pytest.mark.emulated),
-    ]
-)
-def engine_and_kick(request, monkeypatch):
-    """Both engines, and the emulated one with each of its block hooks (``uc_kick``: the C
-    one and the Python one, which watch for the interrupt window the same way)."""
-    engine, _, kick = request.param.partition("-")
-    monkeypatch.setenv(uc_kick.ENV_CHOICE, "python" if kick else "c")
-    return engine
 
 
 @pytest.fixture
