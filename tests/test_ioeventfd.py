@@ -267,3 +267,19 @@ def test_the_doorbell_metrics_are_registry_metrics_with_units(engine, machines):
         assert (spec.kind, spec.unit, spec.cumulative, spec.combine) == ("line", unit, True, "same")
         assert "vCPU" in spec.help
     assert m.capabilities.ioeventfd
+
+
+def test_a_registration_the_engine_refuses_leaves_no_fd_and_no_doorbell(engine, machines, monkeypatch):
+    m = machines(memory_mib=1, engine=engine, sample_hz=0)
+    backend = m._vmm.vm.backend
+
+    def refuse(*args):
+        raise OSError(17, "File exists")
+
+    monkeypatch.setattr(backend, "ioeventfd", refuse)
+    before = open_fds()
+    with pytest.raises(OSError):
+        m.ioeventfd(BELL)
+    assert open_fds() == before and m.metrics.ioeventfds().empty
+    monkeypatch.undo()
+    m.ioeventfd(BELL)  # nothing was left registered in kvmlab's table

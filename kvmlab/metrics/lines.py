@@ -33,7 +33,7 @@ LINE_METRICS = (
     # does not say which vCPU wrote it (KVM adds 1 to it inside KVM_RUN and nothing more).
     ("ioeventfd_signals", "doorbell.signals", "writes", "guest writes that rang a doorbell (KVM_IOEVENTFD) instead of exiting, as served by the I/O thread"),
     ("ioeventfd_wakeups", "doorbell.wakeups", "wakeups", "times the I/O thread served a doorbell: one eventfd read, which may sum several writes"),
-    ("ioeventfd_errors", "doorbell.errors", "errors", "doorbell handlers that raised (each also in device_errors() of the Machine); the I/O thread went on"),
+    ("ioeventfd_errors", "doorbell.errors", "errors", "doorbell handlers that raised (each also in Machine.device_errors, with vcpu None); the I/O thread went on"),
 )
 LINE_METRIC_NAMES = tuple(name for name, *_ in LINE_METRICS)
 
@@ -91,11 +91,9 @@ class LineMetrics:
         #: every doorbell ever registered (``ioeventfd_*``), kept after it is closed
         self.doorbells: list[DoorbellCounters] = []
 
-    def new_doorbell(self, bus: str, address: int, size: int, datamatch: int | None) -> DoorbellCounters:
-        counters = DoorbellCounters(bus, address, size, datamatch)
+    def add_doorbell(self, counters: DoorbellCounters) -> None:
         with self._lock:
             self.doorbells.append(counters)
-        return counters
 
     def new_line(self, source: str, gsi: int, level_triggered: bool = False) -> LineCounters:
         counters = LineCounters(source, gsi, level_triggered)

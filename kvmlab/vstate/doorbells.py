@@ -143,7 +143,8 @@ class Doorbells:
 
     def register(self, address: int, size: int = 4, datamatch: int | None = None,
                  handler: Callable[[int], object] | None = None, bus: str = "mmio") -> Doorbell:  # fmt: skip
-        what = f"ioeventfd({address!r}, size={size!r}" + (f", datamatch={datamatch!r}" if datamatch is not None else "") + (f", bus={bus!r})" if bus != "mmio" else ")")
+        what = f"ioeventfd({address!r}, size={size!r}"
+        what += (f", datamatch={datamatch!r}" if datamatch is not None else "") + (f", bus={bus!r})" if bus != "mmio" else ")")
         if self._refusal is not None:
             raise MachineStateError(f"{what}: {self._refusal}")
         caps = self._backend.capabilities
@@ -155,7 +156,8 @@ class Doorbells:
             sizes = ", ".join(map(str, SIZES[bus]))
             raise ConfigError(f"{what}: size={size!r}: a {bus.upper()} doorbell matches writes of {sizes} bytes")
         if not is_whole_number(address) or not 0 <= address <= SPACE[bus] - size:
-            raise ConfigError(f"{what}: address={address!r}: {'a port 0 to 0xffff' if bus == 'pio' else 'a guest-physical address below 2**52'}, room for {size} bytes")
+            space = "a port 0 to 0xffff" if bus == "pio" else "a guest-physical address below 2**52"
+            raise ConfigError(f"{what}: address={address!r}: {space}, room for {size} bytes")
         if datamatch is not None and (not is_whole_number(datamatch) or not 0 <= datamatch < 1 << (8 * size)):
             raise ConfigError(
                 f"{what}: datamatch={datamatch!r} does not fit in a {size}-byte write (0 to {(1 << (8 * size)) - 1:#x}), "
@@ -184,13 +186,13 @@ class Doorbells:
                         raise ConfigError(f"{what}: {other!r} is at the same address with another size; one size per address")
                 elif address < other.address + other.size and other.address < address + size:
                     raise ConfigError(f"{what}: overlaps {other!r}; a write rings only the doorbell at its exact address, so overlapping ones are refused")
-            counters = self.metrics.new_doorbell(bus, address, size, datamatch)
-            bell = Doorbell(self, bus, address, size, datamatch, handler, counters)
+            bell = Doorbell(self, bus, address, size, datamatch, handler, DoorbellCounters(bus, address, size, datamatch))
             try:
                 self._backend.ioeventfd(bell.fileno(), address, size, bus == "pio", datamatch)
             except BaseException:
                 bell._event.close()
                 raise
+            self.metrics.add_doorbell(bell.counters)  # only a doorbell that exists is a row
             bell.assigned = True
             self._bells.append(bell)
             self._version += 1
