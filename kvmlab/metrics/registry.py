@@ -298,8 +298,11 @@ class MetricsRegistry:
         ``ioeventfd_*`` metrics."""
         rows = self.lines.doorbell_rows()
         frame = pd.DataFrame(rows, columns=["bus", "address", "size", "datamatch", *DOORBELL_FIELDS])
-        frame["datamatch"] = pd.Series([row[3] for row in rows], dtype=object)  # None stays None, not NaN
-        return frame.astype({name: "int64" for name in ("address", "size", *DOORBELL_FIELDS)})
+        # datamatch: Python ints (a u64 may not fit int64) and None for "any value", not NaN
+        frame["datamatch"] = pd.Series([row[3] for row in rows], dtype=object)
+        frame = frame.astype({name: "int64" for name in ("size", *DOORBELL_FIELDS)})
+        frame["address"] = hex_array(frame["address"])  # shown 0xb0000, still an integer
+        return frame
 
     # --- sampling -------------------------------------------------------------------------------
 
