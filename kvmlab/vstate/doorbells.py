@@ -38,7 +38,7 @@ the stopping thread and what is left is served (so no write is ever lost silentl
 every doorbell is deassigned (``KVM_IOEVENTFD_FLAG_DEASSIGN``) and its eventfd closed before
 the VM goes. A doorbell closed by the user while the machine runs is deassigned and drained
 at once; its eventfd is closed with the machine (an emulated vCPU may still hold its number
-for one more write).
+for one more write, which the drain at stop still serves).
 """
 
 from __future__ import annotations
@@ -283,7 +283,9 @@ class Doorbells:
             thread.join(IO_THREAD_JOIN_S)
             if thread.is_alive():  # a handler that blocks: say so, and leave its fds to close()
                 log.error("the I/O thread did not end within %.1f s of stop (a doorbell handler blocks?)", IO_THREAD_JOIN_S)
-        for bell in list(self._bells):
+        # The closed ones too: on the emulated engine a vCPU that had matched a write just as the
+        # doorbell closed still writes its eventfd once (KVM's deassign waits for that itself).
+        for bell in list(self._bells) + list(self._released):
             bell._drain()
 
     def close(self) -> None:
