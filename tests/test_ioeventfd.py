@@ -283,3 +283,32 @@ def test_a_registration_the_engine_refuses_leaves_no_fd_and_no_doorbell(engine, 
     assert open_fds() == before and m.metrics.ioeventfds().empty
     monkeypatch.undo()
     m.ioeventfd(BELL)  # nothing was left registered in kvmlab's table
+
+
+def test_an_engine_without_doorbells_refuses_them_by_name():
+    """The boundary's default: a VmBackend that does not implement ioeventfd refuses it, and
+    the check above it refuses before any fd is made when the capability is off."""
+    import dataclasses
+
+    from kvmlab.engines.base import VmBackend
+    from kvmlab.engines.emulated import CAPABILITIES
+    from kvmlab.errors import EngineCapabilityError
+    from kvmlab.metrics.lines import LineMetrics
+    from kvmlab.vstate.doorbells import Doorbells
+
+    class Bare(VmBackend):
+        capabilities = dataclasses.replace(CAPABILITIES, ioeventfd=False)
+        irqchip = False
+
+        def map_memory(self, memory): ...
+
+        def create_vcpu(self, index, count): ...
+
+        def close(self): ...
+
+    with pytest.raises(EngineCapabilityError, match=r"^ioeventfd\(\): the emulated engine has no ioeventfd \(KVM_IOEVENTFD\)"):
+        Bare().ioeventfd(0, BELL, 4, False, None)
+    before = open_fds()
+    with pytest.raises(EngineCapabilityError, match=r"^ioeventfd\(720896, size=4\): the emulated engine has no ioeventfd"):
+        Doorbells(Bare(), lambda: [], LineMetrics()).register(BELL)
+    assert open_fds() == before
