@@ -7,6 +7,10 @@ the raiser's. So the registry shows these totals in every vCPU's row, and once (
 in 'all' (``MetricSpec.combine == "same"``). The vCPU's side of the same interrupts is in
 KVM's own statistics: ``kvm.irq_injections`` counts what each vCPU took.
 
+The machine's doorbells (``Machine.ioeventfd``, ``kvmlab.vstate.doorbells``) are counted here
+too (``DoorbellCounters``, ``ioeventfd_*``), for the same reason: the eventfd a guest write
+signals does not say which vCPU wrote it, on KVM or on the emulated engine.
+
 Many threads raise (a notebook cell, device handlers on every vCPU thread, the resampler), so
 unlike ``VcpuMetrics`` these are written under the lock of the line they count.
 """
