@@ -55,6 +55,7 @@ from .vstate.cpu_state import CpuConfiguration, VcpuSnapshot
 from .vstate.exit_record import ExitRecord, outcome_of, read_exit
 from .vstate.exits import DeviceFailure, Emulation
 from .vstate.final_state import TRACE_TAIL, FinalState
+from .vstate.doorbells import Doorbell
 from .vstate.irq_lines import IrqFd, IrqLine
 from .vstate.vcpu import VcpuHandle
 from .vstate.kick import install_kick_handler
@@ -477,6 +478,20 @@ class Machine:
         ``irqchip=True``; counted in ``irqfd_triggers``, ``irqfd_resamples``, ``irqfd_retriggers``."""
         self._require_open("irqfd()")
         return self._vmm.irqfd(gsi, level)
+
+    def ioeventfd(self, address: int, size: int = 4, datamatch: int | None = None, handler=None, *, bus: str = "mmio") -> Doorbell:
+        """A doorbell (KVM_IOEVENTFD): from now on a guest write of ``size`` bytes to
+        ``address`` (a port with ``bus="pio"``), of the value ``datamatch`` if given, reaches no
+        device and causes no vCPU exit: it signals an eventfd, and the machine's I/O thread
+        (``kvmlab I/O thread``) calls ``handler(count)``, ``count`` being the writes since its
+        last call (an eventfd sums them). Any other write to the address exits as before, to
+        the device there or to the open bus. Allowed before start and while the vCPUs run; the
+        rules, and what is refused, are in ``kvmlab.vstate.doorbells``. A raising handler is
+        a device error (``device_errors``) and the thread goes on. Counted per doorbell
+        (``metrics.ioeventfds()``) and per machine (``ioeventfd_signals``, ``_wakeups``,
+        ``_errors``); ``close()`` on it, or on the machine, deassigns it and serves what is left."""
+        self._require_open("ioeventfd()")
+        return self._vmm.ioeventfd(address, size, datamatch, handler, bus)
 
     def tsc_khz(self, vcpu: int = 0) -> int:
         """The frequency of vCPU ``vcpu``'s time stamp counter in kHz, as KVM reports it

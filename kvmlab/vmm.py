@@ -22,6 +22,7 @@ from .errors import ConfigError, MachineStateError, VcpuError, VcpuExitedError
 from .vstate.exits import DeviceFailure, ExitCode
 from .vstate.final_state import FinalState
 from .vstate.interrupts import check_vector
+from .vstate.doorbells import Doorbell, Doorbells
 from .vstate.irq_lines import IrqFd, IrqLine, IrqLines
 from .vstate.protocol import VcpuEvent, VcpuState, VcpuStatus
 from .vstate.vcpu import Vcpu, VcpuHandle, current_vcpu, request_all
@@ -73,6 +74,8 @@ class Vmm:
         self._supervisor: threading.Thread | None = None
         #: the in-kernel irqchip's lines, irqfds and MSIs (``irq_line``, ``irqfd``, ``raise_irq``)
         self.irq_lines = IrqLines(vm.backend)
+        #: the doorbells (``ioeventfd``) and the I/O thread that serves them
+        self.doorbells = Doorbells(vm.backend, lambda: vm.memory.ranges, self.irq_lines.metrics, self.record_device_failure)
         #: called just before the vCPUs are first resumed
         self.on_start: list[Callable[[], None]] = []
         #: called (on whichever thread stopped the machine) once every vCPU thread has ended
@@ -184,6 +187,10 @@ class Vmm:
         """A new irqfd on ``gsi`` (``kvmlab.vstate.irq_lines``)."""
         return self.irq_lines.irqfd(gsi, level)
 
+    def ioeventfd(self, address: int, size: int, datamatch: int | None, handler, bus: str) -> Doorbell:
+        """A new doorbell (``kvmlab.vstate.doorbells``)."""
+        return self.doorbells.register(address, size, datamatch, handler, bus)
+
     def acknowledge_irq(self, vector: int) -> None:
         """A device says the guest's handler for ``vector`` started on the vCPU whose exit it
         is handling: that vCPU records the delivery latency. Called on any other thread
@@ -267,7 +274,9 @@ class Vmm:
 
     def _halt_lines(self) -> None:
         """No vCPU runs any more: lines, irqfds and MSIs are refused from now on."""
-        self.irq_lines.halt(f"the machine is {self.phase.value} ({self.exit_description()}); make a new Machine to run again")
+        reason = f"the machine is {self.phase.value} ({self.exit_description()}); make a new Machine to run again"
+        self.irq_lines.halt(reason)
+        self.doorbells.halt(reason)  # the I/O thread joined, what is left served
 
     def _run_on_stop(self) -> None:
         for callback in list(self.on_stop):
@@ -293,6 +302,7 @@ class Vmm:
             for vcpu in self.vcpus:
                 vcpu.read_code = None  # it holds the guest's memory, which goes now
             self.irq_lines.close()  # irqfds deassigned and their eventfds closed while the VM exists
+            self.doorbells.close()  # likewise every ioeventfd
             self.vm.close()
             os.close(self._wake)
             self.phase = Phase.CLOSED

@@ -75,7 +75,9 @@ class Capabilities:
     #: the frequency of the guest's time stamp counter (``KVM_GET_TSC_KHZ``): what turns the
     #: cycles a guest counts with RDTSC into time
     tsc_khz: bool = False
-    #: a doorbell write served without a vCPU exit (``KVM_IOEVENTFD``)
+    #: a doorbell: a guest write to an MMIO address or a port (of one value, with datamatch)
+    #: signals an eventfd instead of reaching a device (``KVM_IOEVENTFD``, api.rst 4.59), served
+    #: by the machine's I/O thread: ``Machine.ioeventfd``
     ioeventfd: bool = False
     #: MMIO writes queued in a ring instead of exiting (``KVM_REGISTER_COALESCED_MMIO``)
     coalesced_mmio: bool = False
@@ -209,6 +211,20 @@ class VmBackend(ABC):
     def irqfd_deassign(self, eventfd: int, gsi: int) -> None:
         """Undoes ``irqfd``: ``eventfd`` no longer raises ``gsi``."""
         raise self.capabilities.refuse("irqfd_deassign()", "irqfd (KVM_IRQFD)", "use engine='kvm' and irqchip=True")
+
+    # Doorbells (KVM_IOEVENTFD). Any thread may call these, the vCPUs running or not; the
+    # caller has checked the address, size and datamatch and that no registration collides
+    # (``kvmlab.vstate.doorbells``).
+
+    def ioeventfd(self, eventfd: int, address: int, size: int, pio: bool, datamatch: int | None) -> None:
+        """From now on a guest write of ``size`` bytes to ``address`` (a port if ``pio``), of the
+        value ``datamatch`` unless it is None, adds 1 to ``eventfd`` and reaches no device; any
+        other write exits as before. The write completes in the guest at once."""
+        raise self.capabilities.refuse("ioeventfd()", "ioeventfd (KVM_IOEVENTFD)", "use engine='kvm'")
+
+    def ioeventfd_deassign(self, eventfd: int, address: int, size: int, pio: bool, datamatch: int | None) -> None:
+        """Undoes ``ioeventfd`` (the same arguments): those writes exit again."""
+        raise self.capabilities.refuse("ioeventfd_deassign()", "ioeventfd (KVM_IOEVENTFD)", "use engine='kvm'")
 
     def signal_msi(self, address: int, data: int) -> int:
         """Delivers the MSI a device would write (``data`` to ``address``) through the

@@ -142,6 +142,7 @@ CAPABILITIES = Capabilities(
     mp_state=False,
     single_step=False,  # Machine.step's stepping() runs to the next exit; instruction steps are the debugger's
     interrupt_injection=True,  # delivered through the guest's IVT/IDT as a CPU does, behind KVM's kvm_run protocol
+    ioeventfd=True,  # matched in the MMIO and port callbacks, as KVM matches them inside KVM_RUN
 )
 
 if unicorn is not None:
@@ -242,6 +243,21 @@ def _find_exception_in_flight() -> int | None:
     return at
 
 
+def _ring(doorbells: dict, address: int, size: int, value: int) -> bool:
+    """A write that matches a doorbell adds 1 to its eventfd, as KVM's ``ioeventfd_write``
+    does (virt/kvm/eventfd.c): the same address, the same size, and the datamatch value if
+    there is one. Called only while some doorbell exists; off that, the callbacks pay one
+    truth test of an empty dict."""
+    entries = doorbells.get(address)
+    if entries:
+        value &= (1 << (8 * size)) - 1
+        for length, datamatch, eventfd in entries:
+            if length == size and (datamatch is None or datamatch == value):
+                os.eventfd_write(eventfd, 1)
+                return True
+    return False
+
+
 def require_unicorn() -> None:
     if unicorn is None:
         raise EngineUnavailableError(f"engine='emulated' needs the unicorn package (GPLv2, an optional extra): {INSTALL}")
@@ -295,6 +311,11 @@ class EmulatedVmBackend(VmBackend):
         #: indices of the vCPUs inside emu_start now (a spinning vCPU gives way only if
         #: another one runs); a set, as adding and discarding are atomic under the GIL
         self.running: set[int] = set()
+        #: the doorbells (``ioeventfd``): address or port -> ((size, datamatch or None,
+        #: eventfd), ...). Each vCPU holds these very dicts, and a registration replaces one
+        #: entry's tuple whole (atomic under the GIL), so it may come while vCPUs run.
+        self.mmio_doorbells: dict[int, tuple] = {}
+        self.pio_doorbells: dict[int, tuple] = {}
 
     @property
     def regions(self) -> list[MemoryRegion]:
@@ -318,6 +339,18 @@ class EmulatedVmBackend(VmBackend):
 
     def create_vcpu(self, index: int, count: int) -> "EmulatedVcpuBackend":
         return EmulatedVcpuBackend(self, index)
+
+    def ioeventfd(self, eventfd: int, address: int, size: int, pio: bool, datamatch: int | None) -> None:
+        table = self.pio_doorbells if pio else self.mmio_doorbells
+        table[address] = table.get(address, ()) + ((size, datamatch, eventfd),)
+
+    def ioeventfd_deassign(self, eventfd: int, address: int, size: int, pio: bool, datamatch: int | None) -> None:
+        table = self.pio_doorbells if pio else self.mmio_doorbells
+        left = tuple(entry for entry in table.get(address, ()) if entry != (size, datamatch, eventfd))
+        if left:
+            table[address] = left
+        else:
+            table.pop(address, None)
 
     def close(self) -> None:
         pass
@@ -361,6 +394,8 @@ class EmulatedVcpuBackend(VcpuBackend):
         self._cr2 = 0  # a page fault's CR2, as Unicorn had it in the interrupt hook
         self._decoder = None  # capstone with details, for page-fault error codes
         self._decoder_bits = 0
+        self._mmio_bells = vm.mmio_doorbells  # the VM's dicts themselves: registrations show at once
+        self._pio_bells = vm.pio_doorbells
 
     # --- the Unicorn instance ------------------------------------------------------------------
 
@@ -473,6 +508,9 @@ class EmulatedVcpuBackend(VcpuBackend):
         _reason=EXIT_REASON_U32, _mmio=EXIT_MMIO, _addr=MMIO_PHYS_ADDR_U64, _len=MMIO_LEN_U32,
         _write=MMIO_IS_WRITE_U8, _data=MMIO_DATA_U64,
     ):  # fmt: skip
+        if self._mmio_bells and _ring(self._mmio_bells, base + offset, size, value):
+            self._last_read = None
+            return  # a doorbell: the eventfd was written, no device is called (KVM_IOEVENTFD)
         u32, u64 = self.run_u32, self.run_u64
         u32[_reason] = _mmio
         u64[_addr] = base + offset
@@ -490,6 +528,9 @@ class EmulatedVcpuBackend(VcpuBackend):
 
     def _on_out(self, uc, port, size, value, _, _data=PIO_DATA_OFFSET):
         value &= (1 << (8 * size)) - 1
+        if self._pio_bells and _ring(self._pio_bells, port, size, value):
+            self._last_read = None
+            return  # a doorbell on a port
         u8 = self.run_u8
         encode_io(u8, self.run_u16, self.run_u32, self.run_u64, IO_OUT, port, size, 1, _data)
         u8[_data : _data + size] = value.to_bytes(size, "little")

@@ -60,6 +60,7 @@ class KvmEngine(Engine):
                 msi=bool(kvm.check_extension(Cap.SIGNAL_MSI)),
                 pit=bool(kvm.check_extension(Cap.PIT2)),
                 tsc_khz=bool(kvm.check_extension(Cap.GET_TSC_KHZ)),
+                ioeventfd=bool(kvm.check_extension(Cap.IOEVENTFD)),
             )
         except BaseException:
             kvm.close()
@@ -176,6 +177,15 @@ class KvmVmBackend(VmBackend):
 
     def signal_msi(self, address: int, data: int) -> int:
         return self.vm.signal_msi(address, data)
+
+    def ioeventfd(self, eventfd: int, address: int, size: int, pio: bool, datamatch: int | None) -> None:
+        """KVM_IOEVENTFD: KVM matches the write inside KVM_RUN (its io bus, under SRCU, so a
+        registration may come while vCPUs run) and the vCPU never exits for it."""
+        self.vm.ioeventfd(eventfd, address, size, pio=pio, datamatch=datamatch)
+
+    def ioeventfd_deassign(self, eventfd: int, address: int, size: int, pio: bool, datamatch: int | None) -> None:
+        """KVM_IOEVENTFD with DEASSIGN; once it returns KVM signals the eventfd no more."""
+        self.vm.ioeventfd(eventfd, address, size, pio=pio, datamatch=datamatch, deassign=True)
 
     def map_memory(self, memory: GuestMemory) -> None:
         """One KVM memory slot per RAM range (the memory is kept: an interrupt's gate is

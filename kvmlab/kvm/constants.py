@@ -52,6 +52,7 @@ KVM_IRQ_LINE = _iow(0x61, s.kvm_irq_level)
 KVM_IRQ_LINE_STATUS = _iowr(0x67, s.kvm_irq_level)
 KVM_IRQFD = _iow(0x76, s.kvm_irqfd)
 KVM_CREATE_PIT2 = _iow(0x77, s.kvm_pit_config)
+KVM_IOEVENTFD = _iow(0x79, s.kvm_ioeventfd)
 KVM_SIGNAL_MSI = _iow(0xA5, s.kvm_msi)
 
 # vCPU ioctls
@@ -186,6 +187,8 @@ class Cap(enum.IntEnum):
     IOMMU = 18
     SET_GUEST_DEBUG = 23
     IOEVENTFD = 36
+    IOEVENTFD_NO_LENGTH = 100
+    IOEVENTFD_ANY_LENGTH = 122
     PIT2 = 33
     PIT_STATE2 = 35
     ADJUST_CLOCK = 39
@@ -219,6 +222,11 @@ KVM_MAX_CPUID_ENTRIES = 256
 # KVM_IRQFD flags (api.rst 4.75)
 KVM_IRQFD_FLAG_DEASSIGN = 1 << 0
 KVM_IRQFD_FLAG_RESAMPLE = 1 << 1
+
+# KVM_IOEVENTFD flags (api.rst 4.59); the C header spells them as 1 << kvm_ioeventfd_flag_nr_*
+KVM_IOEVENTFD_FLAG_DATAMATCH = 1 << 0
+KVM_IOEVENTFD_FLAG_PIO = 1 << 1
+KVM_IOEVENTFD_FLAG_DEASSIGN = 1 << 2
 
 # KVM_CREATE_PIT2 flags (api.rst 4.71): answer port 0x61 (the speaker gate) in the kernel too
 KVM_PIT_SPEAKER_DUMMY = 1

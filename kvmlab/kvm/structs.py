@@ -89,6 +89,14 @@ class kvm_irqfd(Struct):
     _fields_ = [("fd", u32), ("gsi", u32), ("flags", u32), ("resamplefd", u32), ("pad", u8 * 16)]
 
 
+class kvm_ioeventfd(Struct):
+    """KVM_IOEVENTFD's argument (api.rst 4.59): a guest write of ``len`` bytes (0: any length,
+    MMIO only) to ``addr`` (a port with KVM_IOEVENTFD_FLAG_PIO) signals eventfd ``fd`` instead
+    of exiting; with KVM_IOEVENTFD_FLAG_DATAMATCH only a write of the value ``datamatch``."""
+
+    _fields_ = [("datamatch", u64), ("addr", u64), ("len", u32), ("fd", c_int32), ("flags", u32), ("pad", u8 * 36)]
+
+
 class kvm_msi(Struct):
     """KVM_SIGNAL_MSI's argument (api.rst 4.71): the address/data pair a device would write."""
 
@@ -440,6 +448,7 @@ ABI_STRUCTS = {
     "kvm_pit_config": kvm_pit_config,
     "kvm_irq_level": kvm_irq_level,
     "kvm_irqfd": kvm_irqfd,
+    "kvm_ioeventfd": kvm_ioeventfd,
     "kvm_msi": kvm_msi,
     "kvm_msr_list": kvm_msr_list,
     "kvm_regs": kvm_regs,

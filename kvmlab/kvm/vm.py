@@ -83,6 +83,18 @@ class VmFd(OwnedFd):
         irqfd = s.kvm_irqfd(fd=eventfd, gsi=gsi, flags=c.KVM_IRQFD_FLAG_DEASSIGN)
         ioctl(self.fd, c.KVM_IRQFD, ctypes.byref(irqfd), name="KVM_IRQFD")
 
+    def ioeventfd(self, eventfd: int, address: int, length: int, *, pio: bool = False, datamatch: int | None = None, deassign: bool = False) -> None:
+        """KVM_IOEVENTFD (api.rst 4.59): from now on a guest write of ``length`` bytes to
+        ``address`` (a port with ``pio``; ``length`` 0 is any length, MMIO only) adds 1 to
+        ``eventfd`` inside KVM_RUN and the guest goes on without an exit; with ``datamatch``
+        only a write of that value does, any other is an ordinary exit. ``deassign`` undoes the
+        registration with the same arguments. A VM ioctl: any thread may call it."""
+        flags = (c.KVM_IOEVENTFD_FLAG_PIO if pio else 0) | (c.KVM_IOEVENTFD_FLAG_DEASSIGN if deassign else 0)
+        if datamatch is not None:
+            flags |= c.KVM_IOEVENTFD_FLAG_DATAMATCH
+        arg = s.kvm_ioeventfd(datamatch=datamatch or 0, addr=address, len=length, fd=eventfd, flags=flags)
+        ioctl(self.fd, c.KVM_IOEVENTFD, ctypes.byref(arg), name="KVM_IOEVENTFD")
+
     def signal_msi(self, address: int, data: int) -> int:
         """KVM_SIGNAL_MSI (api.rst 4.71, ``KVM_CAP_SIGNAL_MSI``): the message a device would
         write to ``address``, delivered by the in-kernel LAPICs. Returns KVM's answer: above 0

@@ -8,6 +8,9 @@ Names are flat strings used as DataFrame columns / categories:
 * the machine's interrupt lines, summed over its lines (``kvmlab.metrics.lines``):
   ``line_raises``, ``line_pulses``, ``irqfd_triggers``, ``msis_sent``, ...; the same value in
   every vCPU's row, since a line belongs to the machine, not to a vCPU
+* the machine's doorbells (``Machine.ioeventfd``), summed over them: ``ioeventfd_signals``,
+  ``ioeventfd_wakeups``, ``ioeventfd_errors``; machine-wide too, since an eventfd does not say
+  which vCPU wrote it
 * the kernel's own per-vCPU statistics (KVM's binary stats fd): ``kvm.exits``,
   ``kvm.mmio_exits``, ``kvm.halt_exits``, ``kvm.signal_exits``, ``kvm.insn_emulation``, ...
 """

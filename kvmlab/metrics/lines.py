@@ -7,6 +7,10 @@ the raiser's. So the registry shows these totals in every vCPU's row, and once (
 in 'all' (``MetricSpec.combine == "same"``). The vCPU's side of the same interrupts is in
 KVM's own statistics: ``kvm.irq_injections`` counts what each vCPU took.
 
+The machine's doorbells (``Machine.ioeventfd``, ``kvmlab.vstate.doorbells``) are counted here
+too (``DoorbellCounters``, ``ioeventfd_*``), for the same reason: the eventfd a guest write
+signals does not say which vCPU wrote it, on KVM or on the emulated engine.
+
 Many threads raise (a notebook cell, device handlers on every vCPU thread, the resampler), so
 unlike ``VcpuMetrics`` these are written under the lock of the line they count.
 """
@@ -29,6 +33,11 @@ LINE_METRICS = (
     ("irqfd_resamples", "resamples", "EOIs", "guest EOIs of a level irqfd, reported on its resample eventfd (KVM_IRQFD_FLAG_RESAMPLE)"),
     ("irqfd_retriggers", "retriggers", "triggers", "resamples after which the device still asserted, so kvmlab triggered again"),
     ("msis_sent", None, "interrupts", "interrupts raise_irq sent as MSIs to a LAPIC with the in-kernel irqchip (KVM_SIGNAL_MSI)"),
+    # Doorbells (Machine.ioeventfd, kvmlab.vstate.doorbells): machine-wide, because an eventfd
+    # does not say which vCPU wrote it (KVM adds 1 to it inside KVM_RUN and nothing more).
+    ("ioeventfd_signals", "doorbell.signals", "writes", "guest writes that rang a doorbell (KVM_IOEVENTFD) instead of exiting, as served by the I/O thread"),
+    ("ioeventfd_wakeups", "doorbell.wakeups", "wakeups", "times the I/O thread served a doorbell: one eventfd read, which may sum several writes"),
+    ("ioeventfd_errors", "doorbell.errors", "errors", "doorbell handlers that raised (each also in Machine.device_errors, with vcpu None); the I/O thread went on"),
 )
 LINE_METRIC_NAMES = tuple(name for name, *_ in LINE_METRICS)
 
@@ -55,6 +64,25 @@ class LineCounters:
         return f"LineCounters({self.source} {self.gsi}, {nonzero or 'nothing yet'})"
 
 
+#: What one doorbell counts, in table order.
+DOORBELL_FIELDS = ("signals", "wakeups", "errors")
+
+
+class DoorbellCounters:
+    """What one doorbell (``Machine.ioeventfd``) served. Written by the I/O thread (and by the
+    thread that stops or closes the machine, for the last drain); read by anyone."""
+
+    __slots__ = ("bus", "address", "size", "datamatch") + DOORBELL_FIELDS
+
+    def __init__(self, bus: str, address: int, size: int, datamatch: int | None):
+        self.bus, self.address, self.size, self.datamatch = bus, address, size, datamatch
+        for name in DOORBELL_FIELDS:
+            setattr(self, name, 0)
+
+    def __repr__(self) -> str:
+        return f"DoorbellCounters({self.bus} {self.address:#x}/{self.size}, " + ", ".join(f"{n}={getattr(self, n)}" for n in DOORBELL_FIELDS) + ")"
+
+
 class LineMetrics:
     """Every line of one machine that was ever made, and the MSIs sent. Lines stay here after
     they are closed, so their counts still add up."""
@@ -64,6 +92,12 @@ class LineMetrics:
         self.lines: list[LineCounters] = []
         #: MSIs ``raise_irq`` sent (``msis_sent``), by the vCPU they went to
         self.msis_by_vcpu: dict[int, int] = {}
+        #: every doorbell ever registered (``ioeventfd_*``), kept after it is closed
+        self.doorbells: list[DoorbellCounters] = []
+
+    def add_doorbell(self, counters: DoorbellCounters) -> None:
+        with self._lock:
+            self.doorbells.append(counters)
 
     def new_line(self, source: str, gsi: int, level_triggered: bool = False) -> LineCounters:
         counters = LineCounters(source, gsi, level_triggered)
@@ -78,8 +112,18 @@ class LineMetrics:
     def totals(self) -> tuple[int, ...]:
         """The machine-wide values, in ``LINE_METRICS`` order."""
         lines = list(self.lines)
+        bells = list(self.doorbells)
         msis = sum(self.msis_by_vcpu.values())
-        return tuple(msis if field is None else sum(getattr(line, field) for line in lines) for _, field, *_ in LINE_METRICS)
+        return tuple(
+            msis if field is None
+            else sum(getattr(bell, field[9:]) for bell in bells) if field.startswith("doorbell.")
+            else sum(getattr(line, field) for line in lines)
+            for _, field, *_ in LINE_METRICS
+        )  # fmt: skip
+
+    def doorbell_rows(self) -> list[tuple]:
+        """(bus, address, size, datamatch, *DOORBELL_FIELDS) per doorbell, in the order made."""
+        return [(b.bus, b.address, b.size, b.datamatch, *(getattr(b, f) for f in DOORBELL_FIELDS)) for b in list(self.doorbells)]
 
     def rows(self) -> list[tuple]:
         """(source, gsi, trigger, *LINE_FIELDS) per line, in the order they were made."""

@@ -33,7 +33,7 @@ from .catalog import MetricSpec, exit_metric_specs, kernel_metric_specs, line_me
 from .counters import ADDRESS_LIMIT, AGGREGATES, COUNTERS, NS_PER_US, VcpuMetrics
 from .export import FORMATS, append_json_line, check_output_path, write_frame
 from .hexint import hex_array
-from .lines import LINE_FIELDS, LINE_METRIC_NAMES, LineMetrics
+from .lines import DOORBELL_FIELDS, LINE_FIELDS, LINE_METRIC_NAMES, LineMetrics
 from .ring import RingBuffer
 from .sampler import Sampler
 from .trace import DEFAULT_CAPACITY, KIND_NAMES, TraceBuffer
@@ -289,6 +289,20 @@ class MetricsRegistry:
         ``line_*`` and ``irqfd_*`` metrics."""
         frame = pd.DataFrame(self.lines.rows(), columns=["source", "gsi", "trigger", *LINE_FIELDS])
         return frame.astype({name: "int64" for name in ("gsi", *LINE_FIELDS)})
+
+    def ioeventfds(self) -> pd.DataFrame:
+        """One row per doorbell the machine registered (``Machine.ioeventfd``): ``bus`` ("mmio"
+        or "pio"), ``address``, ``size``, ``datamatch`` (None: any value), the guest writes it
+        took (``signals``), the I/O thread's reads that served them (``wakeups``: one read sums
+        the writes since the last) and the handler's exceptions (``errors``). The sums are the
+        ``ioeventfd_*`` metrics."""
+        rows = self.lines.doorbell_rows()
+        frame = pd.DataFrame(rows, columns=["bus", "address", "size", "datamatch", *DOORBELL_FIELDS])
+        # datamatch: Python ints (a u64 may not fit int64) and None for "any value", not NaN
+        frame["datamatch"] = pd.Series([row[3] for row in rows], dtype=object)
+        frame = frame.astype({name: "int64" for name in ("size", *DOORBELL_FIELDS)})
+        frame["address"] = hex_array(frame["address"])  # shown 0xb0000, still an integer
+        return frame
 
     # --- sampling -------------------------------------------------------------------------------
 

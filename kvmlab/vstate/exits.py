@@ -103,9 +103,10 @@ STOPPED_SHUTDOWN = Stopped(ExitCode.TRIPLE_FAULT, "SHUTDOWN (triple fault)", mac
 
 @dataclass
 class DeviceFailure:
-    """A device handler raised; the guest got zeros for a read and the vCPU went on."""
+    """A device handler raised; the guest got zeros for a read and the vCPU went on. ``vcpu``
+    is None for a doorbell's handler, which runs on the I/O thread (``vstate.doorbells``)."""
 
-    vcpu: int
+    vcpu: int | None
     device: str
     kind: str
     address: int
@@ -116,7 +117,8 @@ class DeviceFailure:
 
     def __str__(self) -> str:
         what = f"{self.kind} {self.address:#x}/{self.size}"
-        return f"vCPU {self.vcpu}: device {self.device!r} raised {self.error!r} on {what}"
+        who = "the I/O thread" if self.vcpu is None else f"vCPU {self.vcpu}"
+        return f"{who}: device {self.device!r} raised {self.error!r} on {what}"
 
 
 class Peripherals:
