@@ -19,6 +19,7 @@ from typing import Callable
 
 from .checks import is_whole_number
 from .errors import ConfigError, MachineStateError, VcpuError, VcpuExitedError
+from .vstate.coalesced import CoalescedMmio
 from .vstate.exits import DeviceFailure, ExitCode
 from .vstate.final_state import FinalState
 from .vstate.interrupts import check_vector
@@ -73,6 +74,8 @@ class Vmm:
         self._supervisor: threading.Thread | None = None
         #: the in-kernel irqchip's lines, irqfds and MSIs (``irq_line``, ``irqfd``, ``raise_irq``)
         self.irq_lines = IrqLines(vm.backend)
+        #: the coalesced MMIO zones and ring (``Machine.coalesce_mmio``)
+        self.coalesced = CoalescedMmio(vm)
         #: called just before the vCPUs are first resumed
         self.on_start: list[Callable[[], None]] = []
         #: called (on whichever thread stopped the machine) once every vCPU thread has ended
@@ -258,6 +261,7 @@ class Vmm:
             for handle in self.handles:
                 handle.release()
             self.exit = MachineExit(code, reason, {v.index: (v.exit_status.code if v.exit_status else None) for v in self.vcpus})
+            self.coalesced.drain()  # no vCPU runs: the writes still queued reach their devices now
             self.phase = Phase.STOPPED
             self._halt_lines()
             # Before waking wait(): whoever wait() returns to sees the final metrics sample.
@@ -292,6 +296,7 @@ class Vmm:
             self._closed_finals = [vcpu.final_state for vcpu in self.vcpus]
             for vcpu in self.vcpus:
                 vcpu.read_code = None  # it holds the guest's memory, which goes now
+            self.coalesced.close()  # a last drain, then its views of the vCPUs' mappings go
             self.irq_lines.close()  # irqfds deassigned and their eventfds closed while the VM exists
             self.vm.close()
             os.close(self._wake)

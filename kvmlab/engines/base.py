@@ -215,6 +215,21 @@ class VmBackend(ABC):
         in-kernel LAPICs; returns above 0 when delivered, 0 when the guest blocked it."""
         raise self.capabilities.refuse("signal_msi()", "MSI delivery (KVM_SIGNAL_MSI)", "use engine='kvm' and irqchip=True")
 
+    # Coalesced MMIO (``kvmlab.vstate.coalesced`` checks the zone and drains the ring).
+
+    def coalesced_ring(self) -> memoryview:
+        """The page of the VM's coalesced MMIO ring (``kvm_coalesced_mmio_ring``'s layout), once
+        the vCPUs exist."""
+        raise self.capabilities.refuse("coalesced_ring()", "coalesced MMIO (KVM_REGISTER_COALESCED_MMIO)", "use engine='kvm'")
+
+    def register_coalesced_mmio(self, address: int, size: int) -> None:
+        """Guest writes to ``size`` bytes at ``address`` go to the ring instead of exiting."""
+        raise self.capabilities.refuse("register_coalesced_mmio()", "coalesced MMIO (KVM_REGISTER_COALESCED_MMIO)", "use engine='kvm'")
+
+    def unregister_coalesced_mmio(self, address: int, size: int) -> None:
+        """Undoes ``register_coalesced_mmio`` with the same arguments."""
+        raise self.capabilities.refuse("unregister_coalesced_mmio()", "coalesced MMIO (KVM_REGISTER_COALESCED_MMIO)", "use engine='kvm'")
+
     @abstractmethod
     def close(self) -> None: ...
 

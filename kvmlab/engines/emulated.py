@@ -73,6 +73,7 @@ from ..kvm.run import (
     IO_OUT, MMIO_DATA_U64, MMIO_IS_WRITE_U8, MMIO_LEN_U32, MMIO_PHYS_ADDR_U64, PIO_DATA_OFFSET,
     READY_FOR_INTERRUPT_INJECTION_U8, REQUEST_INTERRUPT_WINDOW_U8, RUN_MAPPING_SIZE, encode_io, encode_reason,
 )  # fmt: skip
+from ..vstate.coalesced import Ring
 from ..vstate.exits import Emulation, Peripherals, handle_kvm_exit
 from ..vstate.interrupts import FIRST_INTERRUPT_VECTOR
 from ..vstate.layout import PAGE_SIZE
@@ -142,6 +143,7 @@ CAPABILITIES = Capabilities(
     mp_state=False,
     single_step=False,  # Machine.step's stepping() runs to the next exit; instruction steps are the debugger's
     interrupt_injection=True,  # delivered through the guest's IVT/IDT as a CPU does, behind KVM's kvm_run protocol
+    coalesced_mmio=True,  # a ring of the engine's own in KVM's layout, drained by the same code
 )
 
 if unicorn is not None:
@@ -295,6 +297,33 @@ class EmulatedVmBackend(VmBackend):
         #: indices of the vCPUs inside emu_start now (a spinning vCPU gives way only if
         #: another one runs); a set, as adding and discarding are atomic under the GIL
         self.running: set[int] = set()
+        # Coalesced MMIO as KVM does it: a write inside a zone goes into a ring page (KVM's
+        # layout) instead of exiting; the shared exit handling drains it at the next exit.
+        #: the zones as (start, end), read by every MMIO write (empty: one truth test)
+        self.zones: tuple[tuple[int, int], ...] = ()
+        self._ring_page = bytearray(PAGE_SIZE)
+        self._ring = Ring(memoryview(self._ring_page))
+        self._push_lock = threading.Lock()  # the writers' side (KVM's ring_lock); drains hold their own
+
+    def coalesced_ring(self) -> memoryview:
+        return memoryview(self._ring_page)
+
+    def register_coalesced_mmio(self, address: int, size: int) -> None:
+        self.zones = (*self.zones, (address, address + size))
+
+    def unregister_coalesced_mmio(self, address: int, size: int) -> None:
+        zones = list(self.zones)
+        zones.remove((address, address + size))
+        self.zones = tuple(zones)
+
+    def coalesce(self, address: int, size: int, value: int) -> bool:
+        """Queues a guest write inside a zone; False when it is in none or the ring is full
+        (then it exits, as KVM exits when its ring has no room)."""
+        for start, end in self.zones:
+            if start <= address < end:
+                with self._push_lock:
+                    return self._ring.push(address, size, value)
+        return False
 
     @property
     def regions(self) -> list[MemoryRegion]:
@@ -473,6 +502,10 @@ class EmulatedVcpuBackend(VcpuBackend):
         _reason=EXIT_REASON_U32, _mmio=EXIT_MMIO, _addr=MMIO_PHYS_ADDR_U64, _len=MMIO_LEN_U32,
         _write=MMIO_IS_WRITE_U8, _data=MMIO_DATA_U64,
     ):  # fmt: skip
+        vm = self.vm
+        if vm.zones and vm.coalesce(base + offset, size, value):
+            self._last_read = None
+            return  # queued, no exit: the next exit (or kick, HLT, stop) delivers it
         u32, u64 = self.run_u32, self.run_u64
         u32[_reason] = _mmio
         u64[_addr] = base + offset
