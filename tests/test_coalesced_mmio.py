@@ -251,3 +251,43 @@ def test_mmio_counter_read_every():
     for bad in (-1, 3, 6, True, 2.0):
         with pytest.raises(ConfigError, match="need 0 \\(never read back\\) or a power of two"):
             programs.mmio_counter(10, read_every=bad)
+
+
+WRITE_THEN_SPIN = """
+    mov ax, MAILBOX >> 4
+    mov es, ax
+    xor ecx, ecx
+again:
+    inc ecx
+    mov dword ptr es:[MB_COUNTERS], ecx   ; coalesced: no exit
+    cmp ecx, WRITES
+    jne again
+    mov dword ptr [RESULTS], ecx          ; in RAM: the writes are made
+spin:
+    jmp spin                               ; no exit from here on
+"""
+
+
+def test_writes_wait_until_a_sample_drains_them(engine):
+    """Batched writes wait in the ring while the guest makes no exit, and a metrics sample
+    delivers them (a sample counts every write made before it)."""
+    writes = 50  # fewer than the ring holds: no write finds it full
+    m = Machine(vcpus=1, memory_mib=2, engine=engine, sample_hz=0)
+    with m:
+        m.load(programs.from_source(WRITE_THEN_SPIN, "spin", results=("made",), writes=writes), mode="real")
+        log = _log_writes(m)
+        m.coalesce_mmio(m.mailbox, register="COUNTER0")
+        m.start()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            made = m.results(0)["made"]
+            if made == writes:
+                break
+            time.sleep(0.005)
+        assert made == writes
+        assert COUNTERS not in log and m.mailbox.counter(0) == 0  # waiting in the ring
+        m.metrics.sample()
+        assert log[COUNTERS] == list(range(1, writes + 1))
+        v = m.metrics.vcpu(0)
+        assert (v.exit_mmio_write, v.coalesced_mmio_write, v.coalesced_drains) == (0, writes, 1)
+        assert m.metrics.current(0)["coalesced_mmio_write"] == writes  # the sample saw them
