@@ -463,23 +463,35 @@ class Machine:
         another vCPU polls for). Counted per vCPU (``coalesced_mmio_write``,
         ``coalesced_drains``) and per zone (``metrics.coalesced_zones()``); with
         ``trace=True`` each delivered write is a ``coalesced_mmio_write`` row."""
-        self._require_open("coalesce_mmio()")
+        return self._coalesce("coalesce_mmio", target, size, register, pio=False)
+
+    def coalesce_pio(self, target, size: int | None = None, *, register: str | None = None) -> Zone:
+        """``coalesce_mmio`` for port writes (OUT): a device on the port I/O bus with
+        ``register``, or a port with ``size``. Needs ``capabilities.coalesced_pio``
+        (``KVM_CAP_COALESCED_PIO``). Counted in ``coalesced_pio_write``, traced as
+        ``coalesced_io_out``. None of the standard port devices has a register that may wait."""
+        return self._coalesce("coalesce_pio", target, size, register, pio=True)
+
+    def _coalesce(self, what: str, target, size: int | None, register: str | None, *, pio: bool) -> Zone:
+        self._require_open(f"{what}()")
         if isinstance(target, int) and not isinstance(target, bool):
             if register is not None:
-                raise ConfigError("coalesce_mmio(address, size): a register name goes with a device, not an address")
+                raise ConfigError(f"{what}(address, size): a register name goes with a device, not an address")
             if size is None:
-                raise ConfigError(f"coalesce_mmio({target:#x}): give the zone's size in bytes")
-            return self._vmm.coalesced.register(target, size)
-        entry = next((e for e in self.mmio_bus.entries if e.device is target), None)
+                raise ConfigError(f"{what}({target:#x}): give the zone's size in bytes")
+            return self._vmm.coalesced.register(target, size, pio=pio)
+        bus = self.pio_bus if pio else self.mmio_bus
+        entry = next((e for e in bus.entries if e.device is target), None)
         if entry is None:
-            raise ConfigError(f"coalesce_mmio({target!r}): not a device on this machine's MMIO bus (or pass an address and size)")
+            kind = "port I/O" if pio else "MMIO"
+            raise ConfigError(f"{what}({target!r}): not a device on this machine's {kind} bus (or pass an address and size)")
         if register is None:
-            raise ConfigError(f"coalesce_mmio({target!r}): name the register to coalesce (register=...)")
+            raise ConfigError(f"{what}({target!r}): name the register to coalesce (register=...)")
         names = {name: offset for offset, name in (getattr(target, "registers", None) or {}).items()}
         if register not in names:
-            raise ConfigError(f"coalesce_mmio(): the {entry.name} has no register {register!r}")
+            raise ConfigError(f"{what}(): the {entry.name} has no register {register!r}")
         width = size if size is not None else getattr(target, "register_width", 4)
-        return self._vmm.coalesced.register(entry.base + names[register], width, register=register)
+        return self._vmm.coalesced.register(entry.base + names[register], width, register=register, pio=pio)
 
     def uncoalesce_mmio(self, zone: Zone) -> None:
         """Ends ``zone``: its writes exit again, and those still queued reach the device first."""

@@ -291,3 +291,72 @@ def test_writes_wait_until_a_sample_drains_them(engine):
         v = m.metrics.vcpu(0)
         assert (v.exit_mmio_write, v.coalesced_mmio_write, v.coalesced_drains) == (0, writes, 1)
         assert m.metrics.current(0)["coalesced_mmio_write"] == writes  # the sample saw them
+
+
+class PortLog(Device):
+    """A port device whose DATA port only stores (and logs) what is written; STATUS reads back
+    how many writes it has seen."""
+
+    name = "portlog"
+    size = 2
+    registers = {0: "DATA", 1: "STATUS"}
+    register_width = 1
+    coalescible = frozenset({0})
+    side_effects = {1: "a status port, read for what the writes did"}
+
+    def __init__(self):
+        self.log: list[int] = []
+
+    def write(self, offset, size, value):
+        if offset == 0:
+            self.log.append(value)
+
+    def read(self, offset, size):
+        return len(self.log) & 0xFF if offset == 1 else 0
+
+
+OUT_LOOP = """
+    mov dx, PORT
+    xor ecx, ecx
+again:
+    inc ecx
+    mov al, cl
+    out dx, al                      ; coalesced: no exit
+    cmp ecx, WRITES
+    jne again
+    inc dx
+    in al, dx                       ; exits: the device has seen every write before it
+    mov byte ptr [RESULTS], al
+    hlt
+"""
+
+
+def test_coalesced_port_writes(engine):
+    writes, port = 1000, 0x700
+    m = Machine(vcpus=1, memory_mib=2, engine=engine)
+    with m:
+        if not m.capabilities.coalesced_pio:
+            pytest.skip("this KVM has no KVM_CAP_COALESCED_PIO")
+        m.load(programs.from_source(OUT_LOOP, "out", results=("status",), writes=writes, port=port), mode="real")
+        device = PortLog()
+        m.add_device(device, port, bus="pio")
+        with pytest.raises(ConfigError, match="STATUS: a status port"):
+            m.coalesce_pio(device, register="STATUS")
+        with pytest.raises(ConfigError, match="outside the 64 Ki ports"):
+            m.coalesce_pio(0xFFFF, 4)
+        with pytest.raises(ConfigError, match="on the serial.*refused, THR/RBR is not declared plain storage"):
+            m.coalesce_pio(m.serial, register="THR/RBR", size=1)
+        zone = m.coalesce_pio(device, register="DATA")
+        assert (zone.address, zone.size, zone.pio) == (port, 1, True)
+        m.coalesce_mmio(m.mailbox, register="COUNTER0")  # an MMIO zone beside it: separate
+        m.start()
+        assert m.wait(60) == 0
+        assert device.log == [i & 0xFF for i in range(1, writes + 1)]
+        assert m.results(0)["status"] & 0xFF == writes & 0xFF  # the IN saw every OUT before it
+        v = m.metrics.vcpu(0)
+        assert v.exit_io_out + v.coalesced_pio_write == writes
+        assert v.coalesced_mmio_write == 0
+        assert v.exit_io_out <= writes // (RING_ENTRIES - 10) + 2
+        zones = m.metrics.coalesced_zones()
+        assert list(zones["bus"]) == ["pio", "mmio"]
+        assert zones.loc[0, "writes"] == v.coalesced_pio_write

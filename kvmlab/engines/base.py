@@ -79,6 +79,8 @@ class Capabilities:
     ioeventfd: bool = False
     #: MMIO writes queued in a ring instead of exiting (``KVM_REGISTER_COALESCED_MMIO``)
     coalesced_mmio: bool = False
+    #: port writes (OUT) queued in the same ring (``KVM_CAP_COALESCED_PIO``)
+    coalesced_pio: bool = False
     #: a whole machine written down and brought back
     snapshots: bool = False
     #: breakpoints and watchpoints (``KVM_GUESTDBG_USE_SW_BP`` / ``USE_HW_BP``)
@@ -222,11 +224,12 @@ class VmBackend(ABC):
         the vCPUs exist."""
         raise self.capabilities.refuse("coalesced_ring()", "coalesced MMIO (KVM_REGISTER_COALESCED_MMIO)", "use engine='kvm'")
 
-    def register_coalesced_mmio(self, address: int, size: int) -> None:
-        """Guest writes to ``size`` bytes at ``address`` go to the ring instead of exiting."""
+    def register_coalesced_mmio(self, address: int, size: int, pio: bool = False) -> None:
+        """Guest writes to ``size`` bytes at ``address`` (ports with ``pio``) go to the ring
+        instead of exiting."""
         raise self.capabilities.refuse("register_coalesced_mmio()", "coalesced MMIO (KVM_REGISTER_COALESCED_MMIO)", "use engine='kvm'")
 
-    def unregister_coalesced_mmio(self, address: int, size: int) -> None:
+    def unregister_coalesced_mmio(self, address: int, size: int, pio: bool = False) -> None:
         """Undoes ``register_coalesced_mmio`` with the same arguments."""
         raise self.capabilities.refuse("unregister_coalesced_mmio()", "coalesced MMIO (KVM_REGISTER_COALESCED_MMIO)", "use engine='kvm'")
 

@@ -144,6 +144,7 @@ CAPABILITIES = Capabilities(
     single_step=False,  # Machine.step's stepping() runs to the next exit; instruction steps are the debugger's
     interrupt_injection=True,  # delivered through the guest's IVT/IDT as a CPU does, behind KVM's kvm_run protocol
     coalesced_mmio=True,  # a ring of the engine's own in KVM's layout, drained by the same code
+    coalesced_pio=True,
 )
 
 if unicorn is not None:
@@ -299,8 +300,10 @@ class EmulatedVmBackend(VmBackend):
         self.running: set[int] = set()
         # Coalesced MMIO as KVM does it: a write inside a zone goes into a ring page (KVM's
         # layout) instead of exiting; the shared exit handling drains it at the next exit.
-        #: the zones as (start, end), read by every MMIO write (empty: one truth test)
+        #: the zones as (start, end), read by every MMIO write (empty: one truth test); port
+        #: zones, read by every OUT
         self.zones: tuple[tuple[int, int], ...] = ()
+        self.pio_zones: tuple[tuple[int, int], ...] = ()
         self._ring_page = bytearray(PAGE_SIZE)
         self._ring = Ring(memoryview(self._ring_page))
         self._push_lock = threading.Lock()  # the writers' side (KVM's ring_lock); drains hold their own
@@ -308,21 +311,27 @@ class EmulatedVmBackend(VmBackend):
     def coalesced_ring(self) -> memoryview:
         return memoryview(self._ring_page)
 
-    def register_coalesced_mmio(self, address: int, size: int) -> None:
-        self.zones = (*self.zones, (address, address + size))
+    def register_coalesced_mmio(self, address: int, size: int, pio: bool = False) -> None:
+        if pio:
+            self.pio_zones = (*self.pio_zones, (address, address + size))
+        else:
+            self.zones = (*self.zones, (address, address + size))
 
-    def unregister_coalesced_mmio(self, address: int, size: int) -> None:
-        zones = list(self.zones)
+    def unregister_coalesced_mmio(self, address: int, size: int, pio: bool = False) -> None:
+        zones = list(self.pio_zones if pio else self.zones)
         zones.remove((address, address + size))
-        self.zones = tuple(zones)
+        if pio:
+            self.pio_zones = tuple(zones)
+        else:
+            self.zones = tuple(zones)
 
-    def coalesce(self, address: int, size: int, value: int) -> bool:
+    def coalesce(self, address: int, size: int, value: int, pio: int = 0) -> bool:
         """Queues a guest write inside a zone; False when it is in none or the ring is full
         (then it exits, as KVM exits when its ring has no room)."""
-        for start, end in self.zones:
+        for start, end in self.pio_zones if pio else self.zones:
             if start <= address < end:
                 with self._push_lock:
-                    return self._ring.push(address, size, value)
+                    return self._ring.push(address, size, value, pio)
         return False
 
     @property
@@ -523,6 +532,10 @@ class EmulatedVcpuBackend(VcpuBackend):
 
     def _on_out(self, uc, port, size, value, _, _data=PIO_DATA_OFFSET):
         value &= (1 << (8 * size)) - 1
+        vm = self.vm
+        if vm.pio_zones and vm.coalesce(port, size, value, 1):
+            self._last_read = None
+            return  # queued, no exit (a coalesced port zone)
         u8 = self.run_u8
         encode_io(u8, self.run_u16, self.run_u32, self.run_u64, IO_OUT, port, size, 1, _data)
         u8[_data : _data + size] = value.to_bytes(size, "little")

@@ -61,6 +61,7 @@ class KvmEngine(Engine):
                 pit=bool(kvm.check_extension(Cap.PIT2)),
                 tsc_khz=bool(kvm.check_extension(Cap.GET_TSC_KHZ)),
                 coalesced_mmio=bool(kvm.check_extension(Cap.COALESCED_MMIO)),
+                coalesced_pio=bool(kvm.check_extension(Cap.COALESCED_MMIO) and kvm.check_extension(Cap.COALESCED_PIO)),
             )
         except BaseException:
             kvm.close()
@@ -188,11 +189,11 @@ class KvmVmBackend(VmBackend):
             return super().coalesced_ring()
         return self._vcpus[0].run_views[0][page * 4096 : (page + 1) * 4096]
 
-    def register_coalesced_mmio(self, address: int, size: int) -> None:
-        self.vm.register_coalesced_mmio(address, size)
+    def register_coalesced_mmio(self, address: int, size: int, pio: bool = False) -> None:
+        self.vm.register_coalesced_mmio(address, size, pio)
 
-    def unregister_coalesced_mmio(self, address: int, size: int) -> None:
-        self.vm.unregister_coalesced_mmio(address, size)
+    def unregister_coalesced_mmio(self, address: int, size: int, pio: bool = False) -> None:
+        self.vm.unregister_coalesced_mmio(address, size, pio)
 
     def map_memory(self, memory: GuestMemory) -> None:
         """One KVM memory slot per RAM range (the memory is kept: an interrupt's gate is

@@ -296,11 +296,11 @@ class MetricsRegistry:
         return frame.astype({name: "int64" for name in ("gsi", *LINE_FIELDS)})
 
     def coalesced_zones(self) -> pd.DataFrame:
-        """One row per coalesced MMIO zone the machine registered (``Machine.coalesce_mmio``):
-        its ``device``, ``register``, ``address`` and ``size``, whether it is still ``open``,
+        """One row per coalesced zone the machine registered (``Machine.coalesce_mmio``,
+        ``coalesce_pio``): its ``bus`` ("mmio" or "pio"), ``device``, ``register``, ``address`` and ``size``, whether it is still ``open``,
         the ``writes`` delivered from the ring to it and the ``drains`` that delivered any.
         Exact whoever drained (the per-vCPU ``coalesced_*`` counters say which vCPU did)."""
-        columns = ["device", "register", "address", "size", "open", "writes", "drains"]
+        columns = ["bus", "device", "register", "address", "size", "open", "writes", "drains"]
         rows = self.zone_rows() if self.zone_rows is not None else []
         return pd.DataFrame(rows, columns=columns).astype({"address": "int64", "size": "int64", "open": "bool", "writes": "int64", "drains": "int64"})
 

@@ -62,6 +62,8 @@ class Zone:
     size: int
     device: str
     register: str
+    #: a port range (``KVM_CAP_COALESCED_PIO``: OUT instructions) rather than MMIO
+    pio: bool = False
     #: writes delivered from the ring to the device
     writes: int = 0
     #: drains that delivered at least one of its writes
@@ -87,7 +89,7 @@ class Ring:
         self.u64.release()
         self.page.release()
 
-    def push(self, address: int, size: int, value: int) -> bool:
+    def push(self, address: int, size: int, value: int, pio: int = 0) -> bool:
         """Appends a write as KVM does (the emulated engine's side); False when the ring is full
         (the write must then exit instead, as KVM's ``coalesced_mmio_write`` refuses it)."""
         u32 = self.u32
@@ -98,7 +100,7 @@ class Ring:
         u64 = self.u64
         u64[_ADDR_U64 + _STRIDE_U64 * last] = address
         u32[_LEN_U32 + _STRIDE_U32 * last] = size
-        u32[_PIO_U32 + _STRIDE_U32 * last] = 0
+        u32[_PIO_U32 + _STRIDE_U32 * last] = pio
         u64[_DATA_U64 + _STRIDE_U64 * last] = value
         u32[LAST_U32] = following  # after the entry, as KVM publishes it
         return True
@@ -120,34 +122,42 @@ class CoalescedMmio:
 
     # --- zones ---------------------------------------------------------------------------------
 
-    def register(self, address: int, size: int, *, register: str = "") -> Zone:
-        """Checks and registers a zone; returns it. Raises ``ConfigError`` with the reason."""
+    def register(self, address: int, size: int, *, register: str = "", pio: bool = False) -> Zone:
+        """Checks and registers a zone (``pio``: of ports); returns it. Raises ``ConfigError``
+        with the reason."""
         vm = self.vm
-        if not vm.backend.capabilities.coalesced_mmio:
-            raise vm.backend.capabilities.refuse("coalesce_mmio()", "coalesced MMIO (KVM_REGISTER_COALESCED_MMIO)", "use engine='kvm'")
+        caps = vm.backend.capabilities
+        what = "coalesce_pio" if pio else "coalesce_mmio"
+        if pio and not caps.coalesced_pio:
+            raise caps.refuse(f"{what}()", "coalesced port I/O (KVM_CAP_COALESCED_PIO)")
+        if not caps.coalesced_mmio:
+            raise caps.refuse(f"{what}()", "coalesced MMIO (KVM_REGISTER_COALESCED_MMIO)", "use engine='kvm'")
         if not vm.vcpus:
-            raise MachineStateError("coalesce_mmio(): load a program first (the ring lives in the vCPUs' kvm_run mappings)")
+            raise MachineStateError(f"{what}(): load a program first (the ring lives in the vCPUs' kvm_run mappings)")
         if not isinstance(address, int) or not isinstance(size, int) or isinstance(size, bool):
-            raise ConfigError(f"coalesce_mmio({address!r}, {size!r}): need an integer address and size")
+            raise ConfigError(f"{what}({address!r}, {size!r}): need an integer address and size")
         if size <= 0:
-            raise ConfigError(f"coalesce_mmio({address:#x}, {size}): a zone needs at least one byte")
-        if address < 0 or address + size > 1 << 52:
-            raise ConfigError(f"coalesce_mmio({address:#x}, {size}): outside the guest's physical address space")
+            raise ConfigError(f"{what}({address:#x}, {size}): a zone needs at least one byte")
+        bus = vm.pio_bus if pio else vm.mmio_bus
+        if address < 0 or address + size > bus.limit:
+            space = "the 64 Ki ports" if pio else "the guest's physical address space"
+            raise ConfigError(f"{what}({address:#x}, {size}): outside {space}")
         end = address + size
-        for rng in vm.memory.ranges:
-            if address < rng.end and rng.start < end:
-                raise ConfigError(f"coalesce_mmio({address:#x}, {size}): overlaps RAM at {rng.start:#x}-{rng.end:#x}; only MMIO exits can be coalesced")
+        if not pio:
+            for rng in vm.memory.ranges:
+                if address < rng.end and rng.start < end:
+                    raise ConfigError(f"{what}({address:#x}, {size}): overlaps RAM at {rng.start:#x}-{rng.end:#x}; only MMIO exits can be coalesced")
         for zone in self.zones:
-            if address < zone.end and zone.address < end:
-                raise ConfigError(f"coalesce_mmio({address:#x}, {size}): overlaps the zone {zone.address:#x}-{zone.end:#x} ({zone.register or zone.device})")
-        entry = vm.mmio_bus.resolve(address)
+            if zone.pio == pio and address < zone.end and zone.address < end:
+                raise ConfigError(f"{what}({address:#x}, {size}): overlaps the zone {zone.address:#x}-{zone.end:#x} ({zone.register or zone.device})")
+        entry = bus.resolve(address)
         if entry is None or end > entry.base + entry.length:
-            raise ConfigError(f"coalesce_mmio({address:#x}, {size}): not inside one device's window (no device would see the writes)")
+            raise ConfigError(f"{what}({address:#x}, {size}): not inside one device's window (no device would see the writes)")
         refusal = getattr(entry.device, "coalesce_refusal", None)
         reason = refusal(address - entry.base, size) if refusal is not None else f"{entry.name} declares no registers that may be coalesced"
         if reason:
-            raise ConfigError(f"coalesce_mmio({address:#x}, {size}) on the {entry.name}: refused, {reason}")
-        zone = Zone(address, size, entry.name, register or entry.register_name(address - entry.base))
+            raise ConfigError(f"{what}({address:#x}, {size}) on the {entry.name}: refused, {reason}")
+        zone = Zone(address, size, entry.name, register or entry.register_name(address - entry.base), pio=pio)
         with self.lock:
             if self.ring is None:
                 self.ring = Ring(vm.backend.coalesced_ring())
@@ -156,7 +166,7 @@ class CoalescedMmio:
             # handled without a drain once a write may wait (an attribute store is atomic).
             for vcpu in vm.vcpus:
                 vcpu.peripherals.coalesced = self
-            vm.backend.register_coalesced_mmio(address, size)
+            vm.backend.register_coalesced_mmio(address, size, pio)
             self.zones.append(zone)
             self.history.append(zone)
             self._index()
@@ -167,27 +177,27 @@ class CoalescedMmio:
         with self.lock:
             if not zone.open:
                 return
-            self.vm.backend.unregister_coalesced_mmio(zone.address, zone.size)
+            self.vm.backend.unregister_coalesced_mmio(zone.address, zone.size, zone.pio)
             zone.open = False
             self.zones.remove(zone)
             self._index()
         self.drain()
 
     def _index(self) -> None:
-        by_page: dict[int, list[Zone]] = {}
+        by_page: dict[tuple[bool, int], list[Zone]] = {}
         for zone in self.zones:
             for page in range(zone.address >> 12, ((zone.end - 1) >> 12) + 1):
-                by_page.setdefault(page, []).append(zone)
+                by_page.setdefault((zone.pio, page), []).append(zone)
         self._by_page = by_page
 
-    def zone_at(self, address: int) -> Zone | None:
-        for zone in self._by_page.get(address >> 12, ()):
+    def zone_at(self, address: int, pio: bool = False) -> Zone | None:
+        for zone in self._by_page.get((pio, address >> 12), ()):
             if zone.address <= address < zone.end:
                 return zone
         return None
 
     def rows(self) -> list[tuple]:
-        return [(z.device, z.register, z.address, z.size, z.open, z.writes, z.drains) for z in self.history]
+        return [("pio" if z.pio else "mmio", z.device, z.register, z.address, z.size, z.open, z.writes, z.drains) for z in self.history]
 
     # --- draining --------------------------------------------------------------------------------
 
@@ -203,20 +213,23 @@ class CoalescedMmio:
         with self.lock:
             p = p if p is not None else self.default
             m = p.metrics
-            bus = self.vm.mmio_bus
+            buses = (self.vm.mmio_bus, self.vm.pio_bus)
             u64 = ring.u64
             trace = p.trace
             first = u32[FIRST_U32]
-            delivered = 0
+            delivered = ports = 0
             touched: set[int] = set()
             while first != u32[LAST_U32]:
                 address = u64[_ADDR_U64 + _STRIDE_U64 * first]
                 size = u32[_LEN_U32 + _STRIDE_U32 * first]
                 value = u64[_DATA_U64 + _STRIDE_U64 * first] & ALL_ONES[size if size <= 8 else 8]
+                pio = u32[_PIO_U32 + _STRIDE_U32 * first] != 0
                 first = (first + 1) % RING_ENTRIES
                 u32[FIRST_U32] = first  # consumed (after the entry was read): KVM may reuse the slot
                 delivered += 1
-                zone = self.zone_at(address) or self._closed_zone_at(address)
+                ports += pio
+                bus = buses[pio]
+                zone = self.zone_at(address, pio) or self._closed_zone_at(address, pio)
                 if zone is not None:
                     zone.writes += 1
                     touched.add(id(zone))
@@ -230,10 +243,12 @@ class CoalescedMmio:
                     except Exception as exc:
                         from .exits import _device_failed  # exits imports nothing from here
 
-                        _device_failed(p, entry, "coalesced MMIO write", address, size, value, exc)
+                        _device_failed(p, entry, "coalesced port write" if pio else "coalesced MMIO write", address, size, value, exc)
                 if trace is not None:
-                    trace(kinds.COALESCED_MMIO_WRITE, address, size, value, start, perf_counter_ns() - start)
-            m.coalesced_mmio_write += delivered
+                    kind = kinds.COALESCED_IO_OUT if pio else kinds.COALESCED_MMIO_WRITE
+                    trace(kind, address, size, value, start, perf_counter_ns() - start)
+            m.coalesced_mmio_write += delivered - ports
+            m.coalesced_pio_write += ports
             m.coalesced_drains += 1
             for zone in self.history:
                 if id(zone) in touched:
@@ -254,8 +269,8 @@ class CoalescedMmio:
                 ring.release()
             self.default = None
 
-    def _closed_zone_at(self, address: int) -> Zone | None:
+    def _closed_zone_at(self, address: int, pio: bool) -> Zone | None:
         for zone in reversed(self.history):
-            if zone.address <= address < zone.end:
+            if zone.pio == pio and zone.address <= address < zone.end:
                 return zone
         return None
