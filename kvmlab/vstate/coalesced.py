@@ -54,7 +54,7 @@ _DATA_U64 = (_HEADER + ks.kvm_coalesced_mmio.data.offset) // 8
 _STRIDE_U64, _STRIDE_U32 = _ENTRY // 8, _ENTRY // 4
 
 
-@dataclass
+@dataclass(eq=False)  # one zone is one object: hashed by identity
 class Zone:
     """One registered zone and what went through it."""
 
@@ -218,7 +218,7 @@ class CoalescedMmio:
             trace = p.trace
             first = u32[FIRST_U32]
             delivered = ports = 0
-            touched: set[int] = set()
+            touched: set[Zone] = set()
             while first != u32[LAST_U32]:
                 address = u64[_ADDR_U64 + _STRIDE_U64 * first]
                 size = u32[_LEN_U32 + _STRIDE_U32 * first]
@@ -232,9 +232,9 @@ class CoalescedMmio:
                 zone = self.zone_at(address, pio) or self._closed_zone_at(address, pio)
                 if zone is not None:
                     zone.writes += 1
-                    touched.add(id(zone))
+                    touched.add(zone)
                 entry = bus.lookup.get(address) or bus.resolve(address)
-                start = perf_counter_ns()
+                start = perf_counter_ns() if trace is not None else 0
                 if entry is not None:
                     try:
                         entry.write(address - entry.base, size, value)
@@ -250,9 +250,8 @@ class CoalescedMmio:
             m.coalesced_mmio_write += delivered - ports
             m.coalesced_pio_write += ports
             m.coalesced_drains += 1
-            for zone in self.history:
-                if id(zone) in touched:
-                    zone.drains += 1
+            for zone in touched:
+                zone.drains += 1
         return delivered
 
     def close(self) -> None:
