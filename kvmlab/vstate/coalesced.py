@@ -1,4 +1,7 @@
-"""Coalesced MMIO: guest writes queued in a ring instead of exiting, delivered in order later.
+"""Coalesced MMIO (and PIO): guest writes queued in a ring instead of exiting, delivered in order later.
+
+Port zones (``KVM_CAP_COALESCED_PIO``) share the ring: their entries carry ``pio = 1`` and go
+to the port bus; everything below holds for them too.
 
 KVM (api.rst 4.66/4.67, ``KVM_CAP_COALESCED_MMIO``) appends a write to a registered zone to
 one VM-wide ring, mapped in every vCPU's mmap at the page ``KVM_CAP_COALESCED_MMIO`` names,
