@@ -51,6 +51,7 @@ from .metrics.registry import DEFAULT_HISTORY_S, DEFAULT_SAMPLE_HZ
 from .metrics.trace import DEFAULT_CAPACITY as DEFAULT_TRACE_CAPACITY
 from .vmm import MachineExit, Phase, Vmm
 from .vstate.bus import BusDevice, BusEntry
+from .vstate.coalesced import Zone
 from .vstate.cpu_state import CpuConfiguration, VcpuSnapshot
 from .vstate.exit_record import ExitRecord, outcome_of, read_exit
 from .vstate.exits import DeviceFailure, Emulation
@@ -198,6 +199,8 @@ class Machine:
         )
         if config.trace:
             metrics.enable_trace(config.trace_capacity)
+        metrics.before_sample = vmm.coalesced.drain  # a sample sees every coalesced write before it
+        metrics.zone_rows = vmm.coalesced.rows
         vmm.on_start.append(metrics.start)
         vmm.on_stop.append(lambda _exit, registry=metrics: registry.stop())
         self._add_standard_devices(vm)
@@ -445,6 +448,56 @@ class Machine:
         (``kvm.irq_injections``). For a device's line into the IOAPIC/PIC: ``irq_line``."""
         self._require_open("raise_irq()")
         self._vmm.raise_irq(vector, vcpu)
+
+    def coalesce_mmio(self, target, size: int | None = None, *, register: str | None = None) -> Zone:
+        """Coalesces guest writes to a device's plain-storage registers: they go into a ring
+        instead of exiting, and reach the device in order at the next exit (of any vCPU),
+        before a Pause is answered, before a metrics sample, and at the stop; a read there
+        still exits, and sees every earlier write. ``target`` is a device on the MMIO bus
+        with ``register`` (one of its ``registers`` names: ``m.coalesce_mmio(m.mailbox,
+        register="COUNTER0")``), or an address with ``size``. Allowed while the vCPUs run;
+        needs the vCPUs (``load()`` first) and ``capabilities.coalesced_mmio``.
+
+        Refused with the reason: a zero or negative size, a zone over RAM, one that overlaps
+        another zone or leaves one device's window, and any register whose write does more
+        than store its value (``Device.coalescible``: a doorbell, an acknowledge, a hand-over
+        another vCPU polls for). Counted per vCPU (``coalesced_mmio_write``,
+        ``coalesced_drains``) and per zone (``metrics.coalesced_zones()``); with
+        ``trace=True`` each delivered write is a ``coalesced_mmio_write`` row."""
+        return self._coalesce("coalesce_mmio", target, size, register, pio=False)
+
+    def coalesce_pio(self, target, size: int | None = None, *, register: str | None = None) -> Zone:
+        """``coalesce_mmio`` for port writes (OUT): a device on the port I/O bus with
+        ``register``, or a port with ``size``. Needs ``capabilities.coalesced_pio``
+        (``KVM_CAP_COALESCED_PIO``). Counted in ``coalesced_pio_write``, traced as
+        ``coalesced_io_out``. None of the standard port devices has a register that may wait."""
+        return self._coalesce("coalesce_pio", target, size, register, pio=True)
+
+    def _coalesce(self, what: str, target, size: int | None, register: str | None, *, pio: bool) -> Zone:
+        self._require_open(f"{what}()")
+        if isinstance(target, int) and not isinstance(target, bool):
+            if register is not None:
+                raise ConfigError(f"{what}(address, size): a register name goes with a device, not an address")
+            if size is None:
+                raise ConfigError(f"{what}({target:#x}): give the zone's size in bytes")
+            return self._vmm.coalesce(target, size, pio=pio)
+        bus = self.pio_bus if pio else self.mmio_bus
+        entry = next((e for e in bus.entries if e.device is target), None)
+        if entry is None:
+            kind = "port I/O" if pio else "MMIO"
+            raise ConfigError(f"{what}({target!r}): not a device on this machine's {kind} bus (or pass an address and size)")
+        if register is None:
+            raise ConfigError(f"{what}({target!r}): name the register to coalesce (register=...)")
+        names = {name: offset for offset, name in (getattr(target, "registers", None) or {}).items()}
+        if register not in names:
+            raise ConfigError(f"{what}(): the {entry.name} has no register {register!r}")
+        width = size if size is not None else getattr(target, "register_width", 4)
+        return self._vmm.coalesce(entry.base + names[register], width, register=register, pio=pio)
+
+    def uncoalesce_mmio(self, zone: Zone) -> None:
+        """Ends ``zone``: its writes exit again, and those still queued reach the device first."""
+        self._require_open("uncoalesce_mmio()")
+        self._vmm.coalesced.unregister(zone)
 
     def irq_line(self, gsi: int) -> IrqLine:
         """Input ``gsi`` (0-23) of KVM's in-kernel irqchip, a device's interrupt line: 0-15

@@ -45,6 +45,8 @@ TITLES = {
     "interrupts_injected": "interrupts injected / s",
     "irq_window_exits": "interrupt-window exits / s",
     "hlt_wakeups": "wake-ups from HLT / s",
+    "coalesced_mmio_write": "coalesced MMIO writes / s",
+    "coalesced_drains": "coalesced ring drains / s",
 }
 #: named sets of metrics the plot's picker offers (those a registry lacks are left out)
 PRESETS: dict[str, tuple[str, ...]] = {
@@ -53,6 +55,8 @@ PRESETS: dict[str, tuple[str, ...]] = {
     "kernel": ("kvm.exits", "kvm.mmio_exits", "kvm.io_exits"),
     "kicks": ("interrupted",),
     "interrupts": ("interrupts_injected", "irq_window_exits", "hlt_wakeups"),
+    # the guest's MMIO writes are the sum of the first two: exits against writes that waited
+    "coalesced MMIO": ("exit_mmio_write", "coalesced_mmio_write", "coalesced_drains"),
 }
 #: How each vCPU's line differs from the others' beyond its colour: two vCPUs doing the same
 #: work (a ping-pong's writes) draw the same line, and a colour drawn over another hides it

@@ -19,6 +19,7 @@ from typing import Callable
 
 from .checks import is_whole_number
 from .errors import ConfigError, MachineStateError, VcpuError, VcpuExitedError
+from .vstate.coalesced import CoalescedMmio
 from .vstate.exits import DeviceFailure, ExitCode
 from .vstate.final_state import FinalState
 from .vstate.interrupts import check_vector
@@ -76,6 +77,8 @@ class Vmm:
         self.irq_lines = IrqLines(vm.backend)
         #: the doorbells (``ioeventfd``) and the I/O thread that serves them
         self.doorbells = Doorbells(vm.backend, lambda: vm.memory.ranges, self.irq_lines.metrics, self.record_device_failure)
+        #: the coalesced MMIO zones and ring (``Machine.coalesce_mmio``)
+        self.coalesced = CoalescedMmio(vm)
         #: called just before the vCPUs are first resumed
         self.on_start: list[Callable[[], None]] = []
         #: called (on whichever thread stopped the machine) once every vCPU thread has ended
@@ -188,8 +191,27 @@ class Vmm:
         return self.irq_lines.irqfd(gsi, level)
 
     def ioeventfd(self, address: int, size: int, datamatch: int | None, handler, bus: str) -> Doorbell:
-        """A new doorbell (``kvmlab.vstate.doorbells``)."""
+        """A new doorbell (``kvmlab.vstate.doorbells``), never inside a coalesced zone."""
+        if is_whole_number(address) and is_whole_number(size):
+            for zone in self.coalesced.zones:
+                if zone.open and zone.pio == (bus == "pio") and address < zone.end and zone.address < address + size:
+                    raise ConfigError(
+                        f"ioeventfd({address:#x}, size={size}): inside the coalesced zone {zone.address:#x}-{zone.end:#x}; "
+                        "a write there is queued in the ring and could not also ring a doorbell: uncoalesce it first"
+                    )
         return self.doorbells.register(address, size, datamatch, handler, bus)
+
+    def coalesce(self, address: int, size: int, *, register: str = "", pio: bool = False):
+        """A new coalesced zone (``kvmlab.vstate.coalesced``), never over a doorbell."""
+        if is_whole_number(address) and is_whole_number(size):
+            for bell in self.doorbells.doorbells:
+                if (bell.bus == "pio") == pio and bell.address < address + size and address < bell.address + bell.size:
+                    what = "coalesce_pio" if pio else "coalesce_mmio"
+                    raise ConfigError(
+                        f"{what}({address:#x}, {size}): covers the doorbell {bell!r}; its writes ring an eventfd and "
+                        "cannot also be queued in the ring: close the doorbell first"
+                    )
+        return self.coalesced.register(address, size, register=register, pio=pio)
 
     def acknowledge_irq(self, vector: int) -> None:
         """A device says the guest's handler for ``vector`` started on the vCPU whose exit it
@@ -265,6 +287,7 @@ class Vmm:
             for handle in self.handles:
                 handle.release()
             self.exit = MachineExit(code, reason, {v.index: (v.exit_status.code if v.exit_status else None) for v in self.vcpus})
+            self.coalesced.drain()  # no vCPU runs: the writes still queued reach their devices now
             self.phase = Phase.STOPPED
             self._halt_lines()
             # Before waking wait(): whoever wait() returns to sees the final metrics sample.
@@ -301,6 +324,7 @@ class Vmm:
             self._closed_finals = [vcpu.final_state for vcpu in self.vcpus]
             for vcpu in self.vcpus:
                 vcpu.read_code = None  # it holds the guest's memory, which goes now
+            self.coalesced.close()  # a last drain, then its views of the vCPUs' mappings go
             self.irq_lines.close()  # irqfds deassigned and their eventfds closed while the VM exists
             self.doorbells.close()  # likewise every ioeventfd
             self.vm.close()

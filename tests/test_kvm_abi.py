@@ -80,7 +80,8 @@ def _c_program() -> tuple[str, dict[str, int]]:
     for name in ("KVM_API_VERSION", "KVM_EXIT_IO_IN", "KVM_EXIT_IO_OUT", "KVM_GUESTDBG_ENABLE", "KVM_GUESTDBG_SINGLESTEP",
                  "KVM_GUESTDBG_USE_SW_BP", "KVM_GUESTDBG_USE_HW_BP", "KVM_GUESTDBG_INJECT_DB", "KVM_GUESTDBG_INJECT_BP",
                  "KVM_IRQFD_FLAG_DEASSIGN", "KVM_IRQFD_FLAG_RESAMPLE", "KVM_IOEVENTFD_FLAG_DATAMATCH", "KVM_IOEVENTFD_FLAG_PIO",
-                 "KVM_IOEVENTFD_FLAG_DEASSIGN", "KVM_PIT_SPEAKER_DUMMY", "KVM_IOAPIC_NUM_PINS"):  # fmt: skip
+                 "KVM_IOEVENTFD_FLAG_DEASSIGN", "KVM_PIT_SPEAKER_DUMMY", "KVM_IOAPIC_NUM_PINS",
+                 "KVM_COALESCED_MMIO_PAGE_OFFSET"):  # fmt: skip
         emit(f"const:{name}", name, getattr(kc, name))
     for name, c_path in kr.C_PATHS.items():  # every index of the kvm_run views, as offsetof() sees it
         item = kr.KvmRunLayout.item_size(name)

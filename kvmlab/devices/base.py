@@ -37,6 +37,28 @@ class Device:
     #: how a vector comes to be, said when ``raise_irq()`` has none to raise
     irq_vector_hint = "pass one: raise_irq(vector, vcpu)"
 
+    #: offsets of the registers whose write only stores its value (plain storage), which
+    #: ``Machine.coalesce_mmio`` may coalesce: their writes can wait in a ring and arrive later,
+    #: in order. A write with an immediate effect (an interrupt, a hand-over) must not wait.
+    coalescible: frozenset[int] = frozenset()
+    #: why a register is not coalescible, for the refusal (offset -> reason)
+    side_effects: dict[int, str] = {}
+    #: the width of a register in bytes (a zone is checked register by register)
+    register_width: int = 4
+
+    def coalesce_refusal(self, offset: int, size: int) -> str | None:
+        """Why writes to ``size`` bytes at ``offset`` may not be coalesced, or None if they may."""
+        if offset < 0 or offset + size > self.size:
+            return f"{offset:#x}+{size} leaves the device's {self.size:#x}-byte window"
+        width = self.register_width
+        for reg in range(offset - offset % width, offset + size, width):
+            if reg in self.coalescible:
+                continue
+            name = self.registers.get(reg, f"offset {reg:#x}")
+            reason = self.side_effects.get(reg)
+            return f"{name}: {reason}" if reason else f"{name} is not declared plain storage (Device.coalescible)"
+        return None
+
     def read(self, offset: int, size: int) -> int:
         return 0
 

@@ -40,6 +40,17 @@ class Mailbox(Device):
         **{COUNTERS + 4 * i: f"COUNTER{i}" for i in range(MAX_COUNTERS)},
     }  # fmt: skip
 
+    #: the counters only store what the guest writes: their writes may wait (coalesce_mmio)
+    coalescible = frozenset(COUNTERS + 4 * i for i in range(MAX_COUNTERS))
+    side_effects = {
+        ID: "read only, it identifies the device",
+        PING: "its write is the ping-pong's hand-over, which the other vCPU polls for: it must arrive at once",
+        PONG: "its write is the ping-pong's hand-over, which the other vCPU polls for: it must arrive at once",
+        IRQ_VECTOR: "it programs the vector the doorbell raises, which the next DOORBELL write must see",
+        DOORBELL: "its write raises an interrupt at once",
+        IRQ_ACK: "its write acknowledges an interrupt and times its delivery at the moment of the write",
+    }
+
     def __init__(self, name: str = "mailbox"):
         self.name = name
         self._regs = bytearray(self.size)

@@ -81,6 +81,8 @@ class Capabilities:
     ioeventfd: bool = False
     #: MMIO writes queued in a ring instead of exiting (``KVM_REGISTER_COALESCED_MMIO``)
     coalesced_mmio: bool = False
+    #: port writes (OUT) queued in the same ring (``KVM_CAP_COALESCED_PIO``)
+    coalesced_pio: bool = False
     #: a whole machine written down and brought back
     snapshots: bool = False
     #: breakpoints and watchpoints (``KVM_GUESTDBG_USE_SW_BP`` / ``USE_HW_BP``)
@@ -230,6 +232,22 @@ class VmBackend(ABC):
         """Delivers the MSI a device would write (``data`` to ``address``) through the
         in-kernel LAPICs; returns above 0 when delivered, 0 when the guest blocked it."""
         raise self.capabilities.refuse("signal_msi()", "MSI delivery (KVM_SIGNAL_MSI)", "use engine='kvm' and irqchip=True")
+
+    # Coalesced MMIO (``kvmlab.vstate.coalesced`` checks the zone and drains the ring).
+
+    def coalesced_ring(self) -> memoryview:
+        """The page of the VM's coalesced MMIO ring (``kvm_coalesced_mmio_ring``'s layout), once
+        the vCPUs exist."""
+        raise self.capabilities.refuse("coalesced_ring()", "coalesced MMIO (KVM_REGISTER_COALESCED_MMIO)", "use engine='kvm'")
+
+    def register_coalesced_mmio(self, address: int, size: int, pio: bool = False) -> None:
+        """Guest writes to ``size`` bytes at ``address`` (ports with ``pio``) go to the ring
+        instead of exiting."""
+        raise self.capabilities.refuse("register_coalesced_mmio()", "coalesced MMIO (KVM_REGISTER_COALESCED_MMIO)", "use engine='kvm'")
+
+    def unregister_coalesced_mmio(self, address: int, size: int, pio: bool = False) -> None:
+        """Undoes ``register_coalesced_mmio`` with the same arguments."""
+        raise self.capabilities.refuse("unregister_coalesced_mmio()", "coalesced MMIO (KVM_REGISTER_COALESCED_MMIO)", "use engine='kvm'")
 
     @abstractmethod
     def close(self) -> None: ...

@@ -73,6 +73,7 @@ from ..kvm.run import (
     IO_OUT, MMIO_DATA_U64, MMIO_IS_WRITE_U8, MMIO_LEN_U32, MMIO_PHYS_ADDR_U64, PIO_DATA_OFFSET,
     READY_FOR_INTERRUPT_INJECTION_U8, REQUEST_INTERRUPT_WINDOW_U8, RUN_MAPPING_SIZE, encode_io, encode_reason,
 )  # fmt: skip
+from ..vstate.coalesced import Ring
 from ..vstate.exits import Emulation, Peripherals, handle_kvm_exit
 from ..vstate.interrupts import FIRST_INTERRUPT_VECTOR
 from ..vstate.layout import PAGE_SIZE
@@ -143,6 +144,8 @@ CAPABILITIES = Capabilities(
     single_step=False,  # Machine.step's stepping() runs to the next exit; instruction steps are the debugger's
     interrupt_injection=True,  # delivered through the guest's IVT/IDT as a CPU does, behind KVM's kvm_run protocol
     ioeventfd=True,  # matched in the MMIO and port callbacks, as KVM matches them inside KVM_RUN
+    coalesced_mmio=True,  # a ring of the engine's own in KVM's layout, drained by the same code
+    coalesced_pio=True,
 )
 
 if unicorn is not None:
@@ -316,6 +319,42 @@ class EmulatedVmBackend(VmBackend):
         #: entry's tuple whole (atomic under the GIL), so it may come while vCPUs run.
         self.mmio_doorbells: dict[int, tuple] = {}
         self.pio_doorbells: dict[int, tuple] = {}
+
+        # Coalesced MMIO as KVM does it: a write inside a zone goes into a ring page (KVM's
+        # layout) instead of exiting; the shared exit handling drains it at the next exit.
+        #: the zones as (start, end), read by every MMIO write (empty: one truth test); port
+        #: zones, read by every OUT
+        self.zones: tuple[tuple[int, int], ...] = ()
+        self.pio_zones: tuple[tuple[int, int], ...] = ()
+        self._ring_page = bytearray(PAGE_SIZE)
+        self._ring = Ring(memoryview(self._ring_page))
+        self._push_lock = threading.Lock()  # the writers' side (KVM's ring_lock); drains hold their own
+
+    def coalesced_ring(self) -> memoryview:
+        return memoryview(self._ring_page)
+
+    def register_coalesced_mmio(self, address: int, size: int, pio: bool = False) -> None:
+        if pio:
+            self.pio_zones = (*self.pio_zones, (address, address + size))
+        else:
+            self.zones = (*self.zones, (address, address + size))
+
+    def unregister_coalesced_mmio(self, address: int, size: int, pio: bool = False) -> None:
+        zones = list(self.pio_zones if pio else self.zones)
+        zones.remove((address, address + size))
+        if pio:
+            self.pio_zones = tuple(zones)
+        else:
+            self.zones = tuple(zones)
+
+    def coalesce(self, address: int, size: int, value: int, pio: int = 0) -> bool:
+        """Queues a guest write inside a zone; False when it is in none or the ring is full
+        (then it exits, as KVM exits when its ring has no room)."""
+        for start, end in self.pio_zones if pio else self.zones:
+            if start <= address < end:
+                with self._push_lock:
+                    return self._ring.push(address, size, value, pio)
+        return False
 
     @property
     def regions(self) -> list[MemoryRegion]:
@@ -511,6 +550,10 @@ class EmulatedVcpuBackend(VcpuBackend):
         if self._mmio_bells and _ring(self._mmio_bells, base + offset, size, value):
             self._last_read = None
             return  # a doorbell: the eventfd was written, no device is called (KVM_IOEVENTFD)
+        vm = self.vm
+        if vm.zones and vm.coalesce(base + offset, size, value):
+            self._last_read = None
+            return  # queued, no exit: the next exit (or kick, HLT, stop) delivers it
         u32, u64 = self.run_u32, self.run_u64
         u32[_reason] = _mmio
         u64[_addr] = base + offset
@@ -531,6 +574,10 @@ class EmulatedVcpuBackend(VcpuBackend):
         if self._pio_bells and _ring(self._pio_bells, port, size, value):
             self._last_read = None
             return  # a doorbell on a port
+        vm = self.vm
+        if vm.pio_zones and vm.coalesce(port, size, value, 1):
+            self._last_read = None
+            return  # queued, no exit (a coalesced port zone)
         u8 = self.run_u8
         encode_io(u8, self.run_u16, self.run_u32, self.run_u64, IO_OUT, port, size, 1, _data)
         u8[_data : _data + size] = value.to_bytes(size, "little")

@@ -61,6 +61,8 @@ class KvmEngine(Engine):
                 pit=bool(kvm.check_extension(Cap.PIT2)),
                 tsc_khz=bool(kvm.check_extension(Cap.GET_TSC_KHZ)),
                 ioeventfd=bool(kvm.check_extension(Cap.IOEVENTFD)),
+                coalesced_mmio=bool(kvm.check_extension(Cap.COALESCED_MMIO)),
+                coalesced_pio=bool(kvm.check_extension(Cap.COALESCED_MMIO) and kvm.check_extension(Cap.COALESCED_PIO)),
             )
         except BaseException:
             kvm.close()
@@ -136,6 +138,9 @@ class KvmVmBackend(VmBackend):
             if irqchip:
                 self.create_irqchip()
             self._mmap_size = kvm.get_vcpu_mmap_size()
+            #: the coalesced MMIO ring's page in every vCPU's mmap (KVM_CAP_COALESCED_MMIO's answer; 0: none)
+            self._ring_page = kvm.check_extension(Cap.COALESCED_MMIO)
+            self._vcpus: list[KvmVcpuBackend] = []
             self._supported_cpuid = kvm.get_supported_cpuid()
             check_mask_against(cpuid_mask, self._supported_cpuid)
             self._cpuid_mask = cpuid_mask
@@ -187,6 +192,19 @@ class KvmVmBackend(VmBackend):
         """KVM_IOEVENTFD with DEASSIGN; once it returns KVM signals the eventfd no more."""
         self.vm.ioeventfd(eventfd, address, size, pio=pio, datamatch=datamatch, deassign=True)
 
+    def coalesced_ring(self) -> memoryview:
+        """The ring page of vCPU 0's mmap (the ring is the VM's: every vCPU maps the same page)."""
+        page = self._ring_page
+        if not page or not self._vcpus or (page + 1) * 4096 > self._mmap_size:
+            return super().coalesced_ring()
+        return self._vcpus[0].run_views[0][page * 4096 : (page + 1) * 4096]
+
+    def register_coalesced_mmio(self, address: int, size: int, pio: bool = False) -> None:
+        self.vm.register_coalesced_mmio(address, size, pio)
+
+    def unregister_coalesced_mmio(self, address: int, size: int, pio: bool = False) -> None:
+        self.vm.unregister_coalesced_mmio(address, size, pio)
+
     def map_memory(self, memory: GuestMemory) -> None:
         """One KVM memory slot per RAM range (the memory is kept: an interrupt's gate is
         read from it before it goes in)."""
@@ -198,7 +216,9 @@ class KvmVmBackend(VmBackend):
         fd = self.vm.create_vcpu(index, self._mmap_size)
         with fd.closed_on_error():  # a refused CPUID (or MP state read) must not leak the vCPU fd
             fd.set_cpuid2(cpuid_for_vcpu(self._supported_cpuid, index, count, self._cpuid_mask))
-            return KvmVcpuBackend(fd, self)
+            vcpu = KvmVcpuBackend(fd, self)
+        self._vcpus.append(vcpu)
+        return vcpu
 
     def close(self) -> None:
         self.vm.close()

@@ -61,7 +61,24 @@ class kvm_userspace_memory_region(Struct):
 
 
 class kvm_coalesced_mmio_zone(Struct):
+    """KVM_(UN)REGISTER_COALESCED_MMIO's argument (api.rst 4.66/4.67): writes to ``size``
+    bytes at ``addr`` go to the ring instead of exiting; ``pio`` 1 for a port range
+    (``KVM_CAP_COALESCED_PIO``). In C ``pio`` shares a union with ``pad``."""
+
     _fields_ = [("addr", u64), ("size", u32), ("pio", u32)]
+
+
+class kvm_coalesced_mmio(Struct):
+    """One entry of the coalesced MMIO ring: a guest write of ``len`` bytes (``data``)."""
+
+    _fields_ = [("phys_addr", u64), ("len", u32), ("pio", u32), ("data", u8 * 8)]
+
+
+class kvm_coalesced_mmio_ring(Struct):
+    """The ring's header, at page ``KVM_CAP_COALESCED_MMIO``'s answer of every vCPU's mmap:
+    KVM writes at ``last``, the VMM consumes from ``first``; the entries follow."""
+
+    _fields_ = [("first", u32), ("last", u32)]
 
 
 class kvm_pit_config(Struct):
@@ -445,6 +462,8 @@ class kvm_stats_desc(Struct):
 ABI_STRUCTS = {
     "kvm_userspace_memory_region": kvm_userspace_memory_region,
     "kvm_coalesced_mmio_zone": kvm_coalesced_mmio_zone,
+    "kvm_coalesced_mmio": kvm_coalesced_mmio,
+    "kvm_coalesced_mmio_ring": kvm_coalesced_mmio_ring,
     "kvm_pit_config": kvm_pit_config,
     "kvm_irq_level": kvm_irq_level,
     "kvm_irqfd": kvm_irqfd,

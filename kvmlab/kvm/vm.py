@@ -41,6 +41,19 @@ class VmFd(OwnedFd):
         """
         return VcpuFd(ioctl(self.fd, c.KVM_CREATE_VCPU, vcpu_id, name="KVM_CREATE_VCPU"), mmap_size, vcpu_id)
 
+    def register_coalesced_mmio(self, address: int, size: int, pio: bool = False) -> None:
+        """KVM_REGISTER_COALESCED_MMIO (api.rst 4.66): from now on guest writes to ``size``
+        bytes at ``address`` (ports with ``pio``, ``KVM_CAP_COALESCED_PIO``) are appended to
+        the VM's ring instead of exiting; a read there still exits."""
+        zone = s.kvm_coalesced_mmio_zone(addr=address, size=size, pio=int(pio))
+        ioctl(self.fd, c.KVM_REGISTER_COALESCED_MMIO, ctypes.byref(zone), name="KVM_REGISTER_COALESCED_MMIO")
+
+    def unregister_coalesced_mmio(self, address: int, size: int, pio: bool = False) -> None:
+        """KVM_UNREGISTER_COALESCED_MMIO (api.rst 4.67): undoes the zone registered with these
+        same arguments. Entries already in the ring stay there for the VMM to drain."""
+        zone = s.kvm_coalesced_mmio_zone(addr=address, size=size, pio=int(pio))
+        ioctl(self.fd, c.KVM_UNREGISTER_COALESCED_MMIO, ctypes.byref(zone), name="KVM_UNREGISTER_COALESCED_MMIO")
+
     def set_tss_addr(self, address: int) -> None:
         """Three pages KVM needs on Intel to run real mode; must lie outside RAM and devices."""
         ioctl(self.fd, c.KVM_SET_TSS_ADDR, address, name="KVM_SET_TSS_ADDR")

@@ -28,6 +28,12 @@ COUNTER_HELP = {
     "exit_mmio_write": "MMIO writes that left the guest (KVM_EXIT_MMIO, is_write = 1)",
     "exit_io_in": "port reads that left the guest (KVM_EXIT_IO in)",
     "exit_io_out": "port writes that left the guest (KVM_EXIT_IO out)",
+    "coalesced_mmio_write": (
+        "MMIO writes queued in the coalesced MMIO ring and delivered to their device by this vCPU's drains "
+        "(the ring does not say which vCPU wrote; drains outside any vCPU count on vCPU 0)"
+    ),
+    "coalesced_pio_write": "port writes (OUT) queued in the coalesced ring and delivered by this vCPU's drains (as coalesced_mmio_write)",
+    "coalesced_drains": "drains of the coalesced MMIO ring that delivered writes (before exits, pauses, samples, the stop)",
     "exit_hlt": "HLT exits (with IF=0 the vCPU stopped; with IF=1 it waited for an interrupt)",
     "exit_shutdown": "SHUTDOWN exits (triple fault)",
     "exit_debug": "KVM_EXIT_DEBUG (single-step, breakpoints)",
@@ -45,7 +51,7 @@ COUNTER_HELP = {
 }
 
 #: The counters that count something other than exits
-COUNTER_UNITS = {"interrupts_injected": "interrupts", "hlt_wakeups": "wakeups"}
+COUNTER_UNITS = {"interrupts_injected": "interrupts", "hlt_wakeups": "wakeups", "coalesced_mmio_write": "writes", "coalesced_pio_write": "writes", "coalesced_drains": "drains"}
 
 
 @dataclass(frozen=True)

@@ -23,12 +23,17 @@ ABSENT_COUNTERS = ("absent_io_read", "absent_io_write", "absent_mmio_read", "abs
 #: KVM_INTERRUPT, KVM_EXIT_IRQ_WINDOW_OPEN exits, and HLTs with IF=1 an interrupt ended.
 INTERRUPT_COUNTERS = ("interrupts_injected", "irq_window_exits", "hlt_wakeups")
 
+#: Coalesced MMIO and PIO (``Machine.coalesce_mmio``, ``coalesce_pio``): writes a drain of the ring delivered to their
+#: device without an exit of their own, and the drains that delivered any.
+COALESCED_COUNTERS = ("coalesced_mmio_write", "coalesced_pio_write", "coalesced_drains")
+
 #: Counter names in display order; each is an int slot of ``VcpuMetrics``.
 COUNTERS = (
     "exit_mmio_read",
     "exit_mmio_write",
     "exit_io_in",
     "exit_io_out",
+    *COALESCED_COUNTERS,
     "exit_hlt",
     "exit_shutdown",
     "exit_debug",

@@ -114,6 +114,11 @@ class MetricsRegistry:
         #: the machine's interrupt lines (``irq_lines()`` has them one by one)
         self.lines = lines if lines is not None else LineMetrics()
         self._describe_address = describe_address
+        #: called first in every sample (the machine drains its coalesced MMIO ring there, so
+        #: a sample counts every write the guest made before it); None: nothing to do
+        self.before_sample: Callable[[], object] | None = None
+        #: the machine's coalesced MMIO zones as rows (``coalesced_zones()``); None: none
+        self.zone_rows: Callable[[], list[tuple]] | None = None
         self.sample_hz = sample_hz
         self.history_s = history_s
         self.sampler = Sampler(self.sample, sample_hz) if sample_hz else None
@@ -304,6 +309,15 @@ class MetricsRegistry:
         frame["address"] = hex_array(frame["address"])  # shown 0xb0000, still an integer
         return frame
 
+    def coalesced_zones(self) -> pd.DataFrame:
+        """One row per coalesced zone the machine registered (``Machine.coalesce_mmio``,
+        ``coalesce_pio``): its ``bus`` ("mmio" or "pio"), ``device``, ``register``, ``address`` and ``size``, whether it is still ``open``,
+        the ``writes`` delivered from the ring to it and the ``drains`` that delivered any.
+        Exact whoever drained (the per-vCPU ``coalesced_*`` counters say which vCPU did)."""
+        columns = ["bus", "device", "register", "address", "size", "open", "writes", "drains"]
+        rows = self.zone_rows() if self.zone_rows is not None else []
+        return pd.DataFrame(rows, columns=columns).astype({"address": "int64", "size": "int64", "open": "bool", "writes": "int64", "drains": "int64"})
+
     # --- sampling -------------------------------------------------------------------------------
 
     def start(self) -> None:
@@ -343,6 +357,8 @@ class MetricsRegistry:
                 "metrics.sample(): the machine has stopped and its last sample was taken then; "
                 "totals(), to_dataframe() and export() hold the final values"
             )
+        if self.before_sample is not None:
+            self.before_sample()
         now = time.perf_counter_ns()
         start = self.start_perf_ns if self.start_perf_ns is not None else now
         row = [self._wall_ns(now), (now - start) / 1e9]

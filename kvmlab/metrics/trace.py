@@ -15,10 +15,13 @@ from ..errors import ConfigError
 # What kind of exit a row is (small ints on the hot path; names in the DataFrame).
 # IRQ_WINDOW is a KVM_EXIT_IRQ_WINDOW_OPEN; INJECTED is not an exit but the KVM_INTERRUPT
 # before a run (its address column is the vector), so a trace shows when each went in.
+# COALESCED_MMIO_WRITE (COALESCED_IO_OUT for a port) is not an exit either: a write that waited in the coalesced ring,
+# its row written when a drain delivered it (start_ns is the delivery, not the guest's write).
 MMIO_READ, MMIO_WRITE, IO_IN, IO_OUT, HLT, SHUTDOWN, INTERRUPTED, DEBUG, SYSTEM_EVENT, ERROR, IRQ_WINDOW, INJECTED = range(12)
+COALESCED_MMIO_WRITE, COALESCED_IO_OUT = 12, 13
 KIND_NAMES = (
     "mmio_read", "mmio_write", "io_in", "io_out", "hlt", "shutdown", "interrupted", "debug", "system_event", "error",
-    "irq_window", "interrupt_injected",
+    "irq_window", "interrupt_injected", "coalesced_mmio_write", "coalesced_io_out",
 )  # fmt: skip
 
 DEFAULT_CAPACITY = 100_000

@@ -132,7 +132,7 @@ class Peripherals:
 
     __slots__ = (
         "index", "run_u8", "run_u16", "run_u32", "run_u64",
-        "mmio_bus", "pio_bus", "metrics", "trace", "on_device_error", "unhandled",
+        "mmio_bus", "pio_bus", "metrics", "trace", "on_device_error", "unhandled", "coalesced",
     )  # fmt: skip
 
     def __init__(
@@ -153,6 +153,9 @@ class Peripherals:
         self.trace = None
         self.on_device_error = on_device_error
         self.unhandled = unhandled if unhandled is not None else UnhandledWarnings()
+        #: the VM's coalesced MMIO (``vstate.coalesced``) once a zone exists, drained before
+        #: every exit is handled; None until then, so the exit path pays one test
+        self.coalesced = None
 
 
 def handle_kvm_exit(p: Peripherals, err: int):
@@ -163,6 +166,8 @@ def handle_kvm_exit(p: Peripherals, err: int):
     raises ``FaultyKvmExit`` / ``UnhandledKvmExit`` for the exits Firecracker treats as errors.
     """
     m = p.metrics
+    if p.coalesced is not None:  # before the exit: a read that exits sees every earlier write
+        p.coalesced.drain(p)
     if err:
         return _handle_errno(m, err)
     u32 = p.run_u32

@@ -213,6 +213,8 @@ class Vcpu:
                 peripherals.trace(trace_kinds.ERROR, 0, 0, 0, time.perf_counter_ns(), 0)
             return self.exit(Stopped(ExitCode.GENERIC_ERROR, str(err), machine_wide=True))
 
+        if peripherals.coalesced is not None:  # a kick ended the run: no exit drained since
+            peripherals.coalesced.drain(peripherals)
         try:
             event, seq = self.events.get_nowait()
         except queue.Empty:

@@ -88,10 +88,11 @@ def hello() -> Program:
 
 
 def mmio_counter(iterations: int = 1000, read_every: int = 8) -> Program:
-    """Each vCPU writes 1..iterations to its own mailbox counter (0 = forever)."""
+    """Each vCPU writes 1..iterations to its own mailbox counter (0 = forever), reading it
+    back every ``read_every``-th write (a power of two; 0: never, only writes)."""
     _count("iterations", iterations)
-    if not isinstance(read_every, int) or read_every < 1 or read_every & (read_every - 1):
-        raise ConfigError(f"read_every={read_every!r}: need a power of two (1, 2, 4, 8, ...)")
+    if not isinstance(read_every, int) or isinstance(read_every, bool) or read_every < 0 or read_every & (read_every - 1):
+        raise ConfigError(f"read_every={read_every!r}: need 0 (never read back) or a power of two (1, 2, 4, 8, ...)")
     return Program(
         "mmio_counter.asm",
         _source("mmio_counter.asm"),

@@ -7,7 +7,8 @@
 ;
 ; vCPU n writes 1, 2, 3, ... to COUNTER<n> (MAILBOX + 0x100 + 4n): one MMIO write exit per
 ; iteration. Every READ_EVERY-th iteration it reads the register back (one MMIO read exit) and
-; checks it holds what it wrote. ITERATIONS iterations, then HLT; ITERATIONS = 0 counts forever.
+; checks it holds what it wrote (READ_EVERY = 0: never). ITERATIONS iterations, then HLT;
+; ITERATIONS = 0 counts forever.
 ;
 ; Real mode cannot address 0xa0000 with a 16-bit offset, so there the program points ES at the
 ; device (ES = MAILBOX / 16) and uses offsets from it; protected and long mode are flat.
@@ -36,6 +37,7 @@ count:
     inc ecx
     mov dword ptr es:[edx], ecx         ; exit: MMIO write
     inc dword ptr [ebx]
+.if READ_EVERY
     test ecx, READ_EVERY - 1
     jnz next
     mov eax, dword ptr es:[edx]         ; exit: MMIO read
@@ -43,6 +45,7 @@ count:
     cmp eax, ecx
     je next
     inc dword ptr [ebx + 8]
+.endif
 next:
 .if ITERATIONS
     cmp ecx, ITERATIONS
