@@ -66,7 +66,7 @@ class Mailbox(Device):
         return self._words[IRQ_VECTOR // 4] or None
 
     def read(self, offset: int, size: int) -> int:
-        if offset in (DOORBELL, IRQ_ACK) and size == 4:
+        if DOORBELL <= offset < IRQ_ACK + 4:  # actions, not storage: they read 0
             return 0
         if size == 4 and not offset & 3:
             return self._words[offset >> 2]
@@ -75,10 +75,10 @@ class Mailbox(Device):
     def write(self, offset: int, size: int, value: int) -> None:
         if offset < ID + 4:
             return
-        if offset == DOORBELL and size == 4:
+        if offset == DOORBELL:  # any width: the value written names the vCPU
             self.raise_irq(vcpu=value)  # refusals (no vector yet, no such vCPU) are device errors
             return
-        if offset == IRQ_ACK and size == 4:
+        if offset == IRQ_ACK:
             self.irq_acknowledged(value)
             return
         if size == 4 and not offset & 3:
