@@ -312,3 +312,36 @@ def test_an_engine_without_doorbells_refuses_them_by_name():
     with pytest.raises(EngineCapabilityError, match=r"^ioeventfd\(720896, size=4\): the emulated engine has no ioeventfd"):
         Doorbells(Bare(), lambda: [], LineMetrics()).register(BELL)
     assert open_fds() == before
+
+
+def test_a_handler_may_close_its_own_doorbell_or_stop_the_machine(engine, machines):
+    """A one-shot doorbell closes itself from its handler, and a handler may stop the machine:
+    neither waits on the handler that is running (the I/O thread would deadlock on itself)."""
+    m = machines(memory_mib=1, engine=engine, sample_hz=0)
+    calls: list[int] = []
+
+    def once(count: int) -> None:
+        calls.append(count)
+        bell.close()  # its writes exit again, to the open bus
+
+    bell = m.ioeventfd(BELL, size=4, handler=once)
+    m.ioeventfd(PORT, size=1, bus="pio")
+    m.load(programs.from_source(RING, "ring", count=N, bell=BELL, port=PORT), mode="protected")
+    m.start()
+    assert m.wait(20) == 0
+    assert len(calls) >= 1 and bell.counters.signals + m.metrics.vcpu(0).absent_mmio_write == N, "every write rang or exited"
+
+    m2 = machines(memory_mib=1, engine=engine, sample_hz=0)
+    stopped = threading.Event()
+
+    def stop(count: int) -> None:
+        m2.stop()
+        stopped.set()
+
+    m2.ioeventfd(BELL, size=4, handler=stop)
+    m2.ioeventfd(PORT, size=1, bus="pio")
+    m2.load(programs.from_source(RING, "ring", count=N, bell=BELL, port=PORT), mode="protected")
+    m2.start()
+    assert stopped.wait(10), "the handler's stop() returned"
+    assert m2.phase == "stopped"
+    m2.close()

@@ -19,7 +19,7 @@ a vCPU that wants another's attention rings the doorbell and the other wakes fro
 its handler (``programs.mailbox_irq``). The vector is the guest's to choose, as a driver
 programs a device's MSI vector. A handler whose first instruction writes its vector to
 IRQ_ACK lets kvmlab time each delivery, from the raise to that write
-(``m.metrics.interrupt_latencies()``).
+(``m.metrics.interrupt_latencies()``; without the in-kernel irqchip, whose MSIs are not timed).
 """
 
 from __future__ import annotations

@@ -227,8 +227,10 @@ class CoalescedMmio:
                 size = u32[_LEN_U32 + _STRIDE_U32 * first]
                 value = u64[_DATA_U64 + _STRIDE_U64 * first] & ALL_ONES[size if size <= 8 else 8]
                 pio = u32[_PIO_U32 + _STRIDE_U32 * first] != 0
+                # ``first`` moves on only once the device has the write (below): until then the
+                # ring is not empty to a thread that looks without the lock (the quick test at
+                # the top), so a vCPU whose exit reads this register waits here for the write.
                 first = (first + 1) % RING_ENTRIES
-                u32[FIRST_U32] = first  # consumed (after the entry was read): KVM may reuse the slot
                 delivered += 1
                 ports += pio
                 bus = buses[pio]
@@ -247,6 +249,7 @@ class CoalescedMmio:
                         from .exits import _device_failed  # exits imports nothing from here
 
                         _device_failed(p, entry, "coalesced port write" if pio else "coalesced MMIO write", address, size, value, exc)
+                u32[FIRST_U32] = first  # consumed and delivered: KVM may reuse the slot
                 if trace is not None:
                     kind = kinds.COALESCED_IO_OUT if pio else kinds.COALESCED_MMIO_WRITE
                     trace(kind, address, size, value, start, perf_counter_ns() - start)

@@ -77,6 +77,7 @@ class Doorbell:
         self.counters = counters
         self._owner = owner
         self._serving = threading.Lock()  # one drain at a time: the I/O thread, or the closer
+        self._server: int | None = None  # the thread serving now (its handler runs)
         self.assigned = False
         self._event = EventFd(f"ioeventfd of {self.where}")
 
@@ -93,24 +94,41 @@ class Doorbell:
         """Deassigns the doorbell (those writes exit again) and serves what is left."""
         self._owner.release(self)
 
-    def _drain(self) -> None:
-        """Reads the eventfd and serves what it held: one handler call with the count."""
-        with self._serving:
-            if self._event.closed:
-                return
-            count = self._event.read()
-            if not count:
-                return
-            c = self.counters
-            c.signals += count
-            c.wakeups += 1
-            if self.handler is None:
-                return
-            try:
-                self.handler(count)
-            except Exception as exc:
-                c.errors += 1
-                self._owner.failed(self, count, exc)
+    def _drain(self, timeout: float = -1) -> None:
+        """Reads the eventfd and serves what it held: one handler call with the count.
+
+        Never on the thread whose handler is running (a handler that closes its own doorbell
+        or stops the machine: what is left is served after it returns, or at close), and with
+        ``timeout`` never waiting longer than that for a handler that blocks elsewhere."""
+        if self._server == threading.get_ident():
+            return
+        if not self._serving.acquire(timeout=timeout):
+            log.error("doorbell %s: its handler still runs after %.1f s; not served again now", self.where, timeout)
+            return
+        try:
+            self._server = threading.get_ident()
+            self._serve()
+        finally:
+            self._server = None
+            self._serving.release()
+
+    def _serve(self) -> None:
+        """``_drain``'s work, with the serving lock held."""
+        if self._event.closed:
+            return
+        count = self._event.read()
+        if not count:
+            return
+        c = self.counters
+        c.signals += count
+        c.wakeups += 1
+        if self.handler is None:
+            return
+        try:
+            self.handler(count)
+        except Exception as exc:
+            c.errors += 1
+            self._owner.failed(self, count, exc)
 
     def __repr__(self) -> str:
         state = "assigned" if self.assigned else "deassigned"
@@ -209,7 +227,7 @@ class Doorbells:
             self._released.append(bell)
             self._version += 1
             self._poke_locked()
-        bell._drain()
+        bell._drain(IO_THREAD_JOIN_S)
 
     def _deassign(self, bell: Doorbell) -> None:
         if not bell.assigned:
@@ -286,7 +304,7 @@ class Doorbells:
         # The closed ones too: on the emulated engine a vCPU that had matched a write just as the
         # doorbell closed still writes its eventfd once (KVM's deassign waits for that itself).
         for bell in list(self._bells) + list(self._released):
-            bell._drain()
+            bell._drain(IO_THREAD_JOIN_S)
 
     def close(self) -> None:
         """Ends the thread, serves the rest, deassigns every doorbell and closes every fd (while
@@ -302,7 +320,7 @@ class Doorbells:
             alive = thread is not None and thread.is_alive()
         for bell in bells:
             self._deassign(bell)
-            bell._drain()  # nothing can ring now: the last word
+            bell._drain(IO_THREAD_JOIN_S)  # nothing can ring now: the last word
         for bell in bells + released:
             if bell._serving.acquire(timeout=IO_THREAD_JOIN_S):  # not while a blocked handler runs
                 try:

@@ -125,7 +125,10 @@ class DeliveryClock:
     kick, the wait for the guest's window, the injection and the CPU's delivery through the
     IDT. Raises of a vector are acknowledged in order (one handler run per injection), so the
     oldest stamp of that vector is the one a handler answers; each vector keeps at most
-    ``RAISES_KEPT`` (a guest that never acknowledges costs a bounded amount of memory)."""
+    ``RAISES_KEPT`` (a guest that never acknowledges costs a bounded amount of memory).
+    Only raises through ``KVM_INTERRUPT`` are stamped: on a machine with the in-kernel irqchip
+    a raise is an MSI the LAPIC may merge with another, so there is nothing to pair an
+    acknowledge with, and ``interrupt_latencies()`` stays empty."""
 
     __slots__ = ("_raised",)
 
@@ -134,8 +137,8 @@ class DeliveryClock:
 
     def raised(self, vector: int) -> None:
         stamps = self._raised.get(vector)
-        if stamps is None:
-            stamps = self._raised[vector] = collections.deque(maxlen=RAISES_KEPT)
+        if stamps is None:  # setdefault: two threads raising a new vector at once share one deque
+            stamps = self._raised.setdefault(vector, collections.deque(maxlen=RAISES_KEPT))
         stamps.append(perf_counter_ns())
 
     def acknowledged(self, vector: int, metrics: VcpuMetrics) -> int | None:

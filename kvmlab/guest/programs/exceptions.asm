@@ -17,7 +17,8 @@
 ; instruction pointer at the code after the instruction, and return there.
 ;
 ; No IDT entry for a vector (or no IDT) is what turns an exception into a triple fault: the
-; CPU cannot deliver it, nor the #GP that follows, nor the #DF after that.
+; CPU cannot deliver it, nor the #NP that follows (a not-present gate; #GP for an entry beyond
+; the table's limit), nor the #DF after that.
 ;
 ; vCPU 0 takes #DE and #UD REPEAT times each, then (long mode) one #PF, then stops; the other
 ; vCPUs stop at once. Results (vCPU 0, at RESULTS): dword 0 = divide errors handled, dword 1 =
